@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what nestcache builds and tests with, from Debian's packages, when missing.
+set -euo pipefail
+need=()
+for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compiler \
+            skopeo:skopeo umoci:umoci busybox:busybox-static pigz:pigz \
+            docker-registry:docker-registry openssl:openssl; do
+  bin=${pair%%:*} pkg=${pair#*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's containerd package may start a system containerd through its service; nestcache
+# never needs it and the tests never touch it.

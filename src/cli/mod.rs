@@ -1,0 +1,124 @@
+//! Argument parsing and printing. Each command family has its own file; handlers call the
+//! library and print, and hold no logic of their own.
+
+mod cache;
+mod env;
+mod images;
+mod run;
+mod stage;
+mod store;
+mod system;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use nestcache::layout::DEFAULT_STATE_DIR;
+
+#[derive(Debug, Parser)]
+#[command(name = "nestcache", version, about = "Start nested containers from a file cache container, through containerd, with no Docker daemon")]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone, Args)]
+pub struct Globals {
+    /// containerd's gRPC socket (default: /run/containerd/containerd.sock, or the embedded one)
+    #[arg(long, global = true, env = "CONTAINERD_ADDRESS")]
+    pub address: Option<String>,
+    /// containerd namespace
+    #[arg(long, global = true, env = "CONTAINERD_NAMESPACE", default_value = "nestcache")]
+    pub namespace: String,
+    /// nestcache's state directory (embedded containerd, default content dirs, nested containers)
+    #[arg(long, global = true, env = "NESTCACHE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report the environment: Kubernetes or local, containerd, runc, overlayfs
+    Env(env::EnvArgs),
+    /// The embedded containerd: status, stop
+    #[command(subcommand)]
+    System(system::SystemCmd),
+    /// Cache containers: create, inspect, ls, rm, gc, touch
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
+    /// Stage an image into a cache's content dir (or a plain store directory)
+    Stage(stage::StageArgs),
+    /// Images in a store: ls, rm
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
+    /// The content store: check, gc, unpack
+    #[command(subcommand)]
+    Store(store::StoreCmd),
+    /// Run a nested container from a cache's store
+    Run(Box<run::RunArgs>),
+    /// Check that a nested container sees its cache's content
+    Verify(run::VerifyArgs),
+    /// List nested containers
+    Ps(run::PsArgs),
+    /// Stop a nested container
+    Stop(run::StopArgs),
+    /// Remove a nested container
+    Rm(run::RmArgs),
+    /// Print a detached nested container's output
+    Logs(run::LogsArgs),
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.globals;
+    match cli.command {
+        Command::Env(a) => env::run(&g, a).await,
+        Command::System(c) => system::run(&g, c).await,
+        Command::Cache(c) => cache::run(&g, c).await,
+        Command::Stage(a) => stage::run(&g, a).await,
+        Command::Images(c) => images::run(&g, c).await,
+        Command::Store(c) => store::run(&g, c).await,
+        Command::Run(a) => run::run(&g, *a).await,
+        Command::Verify(a) => run::verify(&g, a).await,
+        Command::Ps(a) => run::ps(&g, a).await,
+        Command::Stop(a) => run::stop(&g, a).await,
+        Command::Rm(a) => run::rm(&g, a).await,
+        Command::Logs(a) => run::logs(&g, a).await,
+    }
+}
+
+/// `RUST_LOG` controls logs; they go to stderr and are silent by default.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// An error chain on one line: "what: why: root cause".
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        // Library errors often already embed their source's text; skip exact repeats.
+        if !parts.last().is_some_and(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Placeholder for commands whose issue has not landed yet.
+pub fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("{what} is not implemented yet")
+}

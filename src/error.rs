@@ -1,0 +1,61 @@
+//! The library's error type. Every variant renders as one line a user can act on:
+//! what failed, on which object (file, digest, name), and expected vs actual.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("digest mismatch for {what}: expected {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        expected_size: u64,
+        actual: String,
+        actual_size: u64,
+    },
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex>")]
+    InvalidDigest(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("unsafe path in {layer}: entry {entry:?} {why}")]
+    UnsafePath {
+        layer: String,
+        entry: PathBuf,
+        why: String,
+    },
+    #[error("containerd at {address}: {message}")]
+    Containerd { address: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an io::Error with what was being done and to which path.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Adds context to io results: `fs::read(p).ctx(|| format!("read {}", p.display()))?`.
+pub trait IoContext<T> {
+    fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
+        self.map_err(|e| Error::io(f(), e))
+    }
+}

@@ -1,0 +1,134 @@
+//! Where things live. One place names every path so that the store, the unpacker, the
+//! nested runner and the shim agree without talking to each other.
+//!
+//! A content directory (a cache's, or any `--store DIR`) is an OCI image layout plus
+//! nestcache's own working areas beside `blobs/`, never inside it:
+//!
+//! ```text
+//! <content>/oci-layout                  OCI layout marker
+//! <content>/index.json                  refs (org.opencontainers.image.ref.name)
+//! <content>/blobs/sha256/<hex>          verified blobs, immutable
+//! <content>/ingest/                     in-progress blob writes (temp files)
+//! <content>/layers/diff/<hex>/          an extracted layer, keyed by diff_id
+//! <content>/layers/chain/<hex>/         an extracted layer that hardlinks into lower
+//!                                       layers (copied up), keyed by chain id
+//! <content>/layers/tmp/                 extractions in progress
+//! <content>/.nestcache/                 handshake nonces, lock file, cache metadata
+//! ```
+//!
+//! The state directory (default `/var/lib/nestcache`) holds what belongs to this machine:
+//!
+//! ```text
+//! <state>/containerd/                   the embedded containerd (config, root, state, socket)
+//! <state>/caches/<name>/                default content dir of cache <name>
+//! <state>/keeper/                       the cache container's minimal rootfs
+//! <state>/containers/<id>/              a nested container: upper/, work/, lower/ links, io, log
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/nestcache";
+
+/// Paths inside one content directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentLayout {
+    root: PathBuf,
+}
+
+impl ContentLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ContentLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn oci_layout_file(&self) -> PathBuf {
+        self.root.join("oci-layout")
+    }
+
+    pub fn index_file(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join(Digest::ALGORITHM)
+    }
+
+    pub fn blob(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    pub fn ingest_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    /// An extracted layer that stands on its own (no hardlinks into lower layers).
+    pub fn layer_by_diff_id(&self, diff_id: &Digest) -> PathBuf {
+        self.layers_dir().join("diff").join(diff_id.hex())
+    }
+
+    /// An extracted layer whose tree depends on the layers beneath it.
+    pub fn layer_by_chain_id(&self, chain_id: &Digest) -> PathBuf {
+        self.layers_dir().join("chain").join(chain_id.hex())
+    }
+
+    pub fn layers_tmp_dir(&self) -> PathBuf {
+        self.layers_dir().join("tmp")
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(".nestcache")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.meta_dir().join("lock")
+    }
+}
+
+/// Paths inside nestcache's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateLayout {
+    root: PathBuf,
+}
+
+impl StateLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn embedded_containerd_dir(&self) -> PathBuf {
+        self.root.join("containerd")
+    }
+
+    pub fn caches_dir(&self) -> PathBuf {
+        self.root.join("caches")
+    }
+
+    pub fn default_content_dir(&self, cache_name: &str) -> PathBuf {
+        self.caches_dir().join(cache_name)
+    }
+
+    pub fn keeper_dir(&self) -> PathBuf {
+        self.root.join("keeper")
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+}
