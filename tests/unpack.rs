@@ -26,7 +26,11 @@ fn apply_ok(tar: &[u8], dest: &Path) {
 fn refused(tar: &[u8]) -> String {
     let (_t, dest) = scratch();
     let err = apply(&gzip(tar), GZIP, &Digest::of(tar), &dest).expect_err("hostile layer accepted");
-    assert!(!dest.exists(), "partial tree left behind at {}", dest.display());
+    assert!(
+        !dest.exists(),
+        "partial tree left behind at {}",
+        dest.display()
+    );
     err.to_string()
 }
 
@@ -55,23 +59,55 @@ fn regular_files_dirs_links_devices_and_metadata() {
     assert_eq!((m.uid(), m.gid()), (1000, 1001));
     assert_eq!(m.mtime(), 1_600_000_000);
     assert_eq!(std::fs::read(dest.join("bin/su")).unwrap(), b"suid");
-    assert_eq!(std::fs::symlink_metadata(dest.join("bin/sg")).unwrap().mode() & 0o7777, 0o2711);
+    assert_eq!(
+        std::fs::symlink_metadata(dest.join("bin/sg"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o2711
+    );
     let tmp = std::fs::symlink_metadata(dest.join("tmp")).unwrap();
     assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
-    assert_eq!(tmp.mtime(), 1_600_000_000, "directory mtime set after its contents");
-    assert_eq!(std::fs::symlink_metadata(dest.join("etc")).unwrap().mtime(), 1_600_000_000);
-    assert_eq!(std::fs::read_link(dest.join("bin/sh")).unwrap(), Path::new("busybox"));
-    assert_eq!(std::fs::read_link(dest.join("etc/mtab")).unwrap(), Path::new("/proc/mounts"));
+    assert_eq!(
+        tmp.mtime(),
+        1_600_000_000,
+        "directory mtime set after its contents"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(dest.join("etc")).unwrap().mtime(),
+        1_600_000_000
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("etc/mtab")).unwrap(),
+        Path::new("/proc/mounts")
+    );
     let a = std::fs::metadata(dest.join("etc/passwd")).unwrap();
     let b = std::fs::metadata(dest.join("etc/passwd-")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hardlink shares the inode");
     let null = std::fs::symlink_metadata(dest.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
-    assert!(std::fs::symlink_metadata(dest.join("dev/sda")).unwrap().file_type().is_block_device());
-    assert!(std::fs::symlink_metadata(dest.join("run/fifo")).unwrap().file_type().is_fifo());
-    assert_eq!(xattr::get(dest.join("bin/ping"), "user.test").unwrap().as_deref(), Some(&b"v1"[..]));
-    assert!(xattr::get(dest.join("bin/ping"), "security.capability").unwrap().is_some());
+    assert!(std::fs::symlink_metadata(dest.join("dev/sda"))
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert!(std::fs::symlink_metadata(dest.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        xattr::get(dest.join("bin/ping"), "user.test")
+            .unwrap()
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert!(xattr::get(dest.join("bin/ping"), "security.capability")
+        .unwrap()
+        .is_some());
 }
 
 #[test]
@@ -91,11 +127,24 @@ fn whiteouts_become_overlay_whiteouts() {
     assert!(wh.file_type().is_char_device());
     assert_eq!(wh.rdev(), 0, "whiteout is a 0/0 character device");
     assert!(!dest.join("etc/.wh.gone").exists());
-    assert_eq!(xattr::get(dest.join("var/cache"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        xattr::get(dest.join("var/cache"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
     assert!(!dest.join("var/cache/.wh..wh..opq").exists());
     assert_eq!(std::fs::read(dest.join("var/cache/new")).unwrap(), b"n");
-    assert_eq!(xattr::get(dest.join("implicit"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
-    assert!(!dest.join(".wh..wh.plnk").exists(), "AUFS metadata is dropped");
+    assert_eq!(
+        xattr::get(dest.join("implicit"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(
+        !dest.join(".wh..wh.plnk").exists(),
+        "AUFS metadata is dropped"
+    );
 }
 
 #[test]
@@ -118,15 +167,24 @@ fn later_entries_replace_earlier_ones() {
 
 #[test]
 fn every_compression_gives_the_same_tree() {
-    let tar = LayerTar::new().dir("d/", 0o755).file("d/f", &vec![7u8; 100_000]).finish();
+    let tar = LayerTar::new()
+        .dir("d/", 0o755)
+        .file("d/f", &vec![7u8; 100_000])
+        .finish();
     let id = Digest::of(&tar);
     for (blob, media) in [
         (tar.clone(), TAR),
         (gzip(&tar), GZIP),
         (zstd(&tar), ZSTD),
-        (gzip(&tar), "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        (
+            gzip(&tar),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
         // docker-archive layers are plain tars labelled gzip: the magic bytes decide.
-        (tar.clone(), "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        (
+            tar.clone(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
     ] {
         let (_t, dest) = scratch();
         match apply(&blob, media, &id, &dest).unwrap() {
@@ -136,7 +194,11 @@ fn every_compression_gives_the_same_tree() {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(std::fs::read(dest.join("d/f")).unwrap().len(), 100_000, "{media}");
+        assert_eq!(
+            std::fs::read(dest.join("d/f")).unwrap().len(),
+            100_000,
+            "{media}"
+        );
     }
 }
 
@@ -144,14 +206,29 @@ fn every_compression_gives_the_same_tree() {
 fn unknown_media_type_is_refused() {
     let tar = LayerTar::new().file("f", b"x").finish();
     let (_t, dest) = scratch();
-    let err = apply(&tar, "application/vnd.oci.image.config.v1+json", &Digest::of(&tar), &dest).unwrap_err();
-    assert!(err.to_string().contains("application/vnd.oci.image.config.v1+json"), "{err}");
+    let err = apply(
+        &tar,
+        "application/vnd.oci.image.config.v1+json",
+        &Digest::of(&tar),
+        &dest,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("application/vnd.oci.image.config.v1+json"),
+        "{err}"
+    );
     assert!(!dest.exists());
 }
 
 #[test]
 fn dot_dot_is_refused() {
-    let e = refused(&LayerTar::new().file("ok", b"x").file("../escape", b"x").finish());
+    let e = refused(
+        &LayerTar::new()
+            .file("ok", b"x")
+            .file("../escape", b"x")
+            .finish(),
+    );
     assert!(e.contains("../escape") && e.contains(".."), "{e}");
     let e = refused(&LayerTar::new().file("a/../../escape", b"x").finish());
     assert!(e.contains("a/../../escape"), "{e}");
@@ -160,7 +237,10 @@ fn dot_dot_is_refused() {
 #[test]
 fn absolute_path_is_refused() {
     let e = refused(&LayerTar::new().file("/etc/nc-unpack-test", b"x").finish());
-    assert!(e.contains("/etc/nc-unpack-test") && e.contains("absolute"), "{e}");
+    assert!(
+        e.contains("/etc/nc-unpack-test") && e.contains("absolute"),
+        "{e}"
+    );
     assert!(!Path::new("/etc/nc-unpack-test").exists());
 }
 
@@ -168,27 +248,53 @@ fn absolute_path_is_refused() {
 fn write_through_symlinked_parent_is_refused() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().to_str().unwrap().to_string();
-    let e = refused(&LayerTar::new().symlink("evil", &target).file("evil/pwned", b"x").finish());
+    let e = refused(
+        &LayerTar::new()
+            .symlink("evil", &target)
+            .file("evil/pwned", b"x")
+            .finish(),
+    );
     assert!(e.contains("evil/pwned") && e.contains("symlink"), "{e}");
     assert!(!outside.path().join("pwned").exists());
     // Relative symlinks climbing out are caught the same way.
-    let e = refused(&LayerTar::new().dir("d/", 0o755).symlink("d/up", "../../../../..").file("d/up/tmp/pwned", b"x").finish());
+    let e = refused(
+        &LayerTar::new()
+            .dir("d/", 0o755)
+            .symlink("d/up", "../../../../..")
+            .file("d/up/tmp/pwned", b"x")
+            .finish(),
+    );
     assert!(e.contains("d/up/tmp/pwned"), "{e}");
 }
 
 #[test]
 fn symlink_loop_is_refused() {
-    let e = refused(&LayerTar::new().symlink("a", "b").symlink("b", "a").file("a/x", b"x").finish());
+    let e = refused(
+        &LayerTar::new()
+            .symlink("a", "b")
+            .symlink("b", "a")
+            .file("a/x", b"x")
+            .finish(),
+    );
     assert!(e.contains("a/x") && e.contains("symlink"), "{e}");
 }
 
 #[test]
 fn hardlink_escapes_are_refused() {
-    let e = refused(&LayerTar::new().hardlink("passwd", "../../../../etc/passwd").finish());
+    let e = refused(
+        &LayerTar::new()
+            .hardlink("passwd", "../../../../etc/passwd")
+            .finish(),
+    );
     assert!(e.contains("passwd") && e.contains(".."), "{e}");
     let e = refused(&LayerTar::new().hardlink("passwd", "/etc/passwd").finish());
     assert!(e.contains("absolute"), "{e}");
-    let e = refused(&LayerTar::new().symlink("etc", "/etc").hardlink("passwd", "etc/passwd").finish());
+    let e = refused(
+        &LayerTar::new()
+            .symlink("etc", "/etc")
+            .hardlink("passwd", "etc/passwd")
+            .finish(),
+    );
     assert!(e.contains("passwd") && e.contains("symlink"), "{e}");
     let e = refused(&LayerTar::new().dir("d/", 0o755).hardlink("l", "d").finish());
     assert!(e.contains("directory"), "{e}");
@@ -198,12 +304,18 @@ fn hardlink_escapes_are_refused() {
 fn hardlink_to_an_outward_symlink_stays_a_symlink() {
     // linkat without AT_SYMLINK_FOLLOW: the link is a second symlink, nothing is written
     // through it (containerd and GNU tar behave the same).
-    let tar = LayerTar::new().symlink("s", "/etc/passwd").hardlink("l", "s").finish();
+    let tar = LayerTar::new()
+        .symlink("s", "/etc/passwd")
+        .hardlink("l", "s")
+        .finish();
     let (_t, dest) = scratch();
     apply_ok(&tar, &dest);
     let m = std::fs::symlink_metadata(dest.join("l")).unwrap();
     assert!(m.file_type().is_symlink());
-    assert_eq!(std::fs::read_link(dest.join("l")).unwrap(), PathBuf::from("/etc/passwd"));
+    assert_eq!(
+        std::fs::read_link(dest.join("l")).unwrap(),
+        PathBuf::from("/etc/passwd")
+    );
 }
 
 #[test]
@@ -229,43 +341,79 @@ fn gzip_bomb_is_refused() {
         blob.extend_from_slice(&zeros);
     }
     blob.extend_from_slice(&gzip(&[0u8; 1024]));
-    assert!(size / blob.len() as u64 >= 900, "bomb ratio {}", size / blob.len() as u64);
+    assert!(
+        size / blob.len() as u64 >= 900,
+        "bomb ratio {}",
+        size / blob.len() as u64
+    );
     let (_t, dest) = scratch();
     let fake = Digest::of(b"unknown");
     // The default ratio guard trips after 64 MiB; a smaller grace keeps the debug-build
     // test quick and exercises the same check.
-    let limits = Limits { ratio_grace_bytes: 8 << 20, ..Limits::default() };
-    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits).unwrap_err().to_string();
-    assert!(err.contains("decompression guard") && err.contains("max_ratio") && err.contains("zeros"), "{err}");
+    let limits = Limits {
+        ratio_grace_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("decompression guard") && err.contains("max_ratio") && err.contains("zeros"),
+        "{err}"
+    );
     assert!(!dest.exists());
     // The total-size limit works on its own too.
-    let limits = Limits { max_layer_bytes: 1 << 20, ..Limits::default() };
-    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits).unwrap_err().to_string();
+    let limits = Limits {
+        max_layer_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("max_layer_bytes"), "{err}");
     assert!(!dest.exists());
 }
 
 #[test]
 fn entry_count_limit() {
-    let tar = LayerTar::new().file("a", b"").file("b", b"").file("c", b"").finish();
+    let tar = LayerTar::new()
+        .file("a", b"")
+        .file("b", b"")
+        .file("c", b"")
+        .finish();
     let (_t, dest) = scratch();
-    let limits = Limits { max_entries: 2, ..Limits::default() };
-    let err = apply_layer(&tar[..], TAR, &Digest::of(&tar), &dest, Some(&[]), &limits).unwrap_err().to_string();
-    assert!(err.contains("max_entries") && err.contains("\"c\""), "{err}");
+    let limits = Limits {
+        max_entries: 2,
+        ..Limits::default()
+    };
+    let err = apply_layer(&tar[..], TAR, &Digest::of(&tar), &dest, Some(&[]), &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_entries") && err.contains("\"c\""),
+        "{err}"
+    );
     assert!(!dest.exists());
 }
 
 #[test]
 fn tar_ending_mid_entry_is_refused() {
-    let tar = LayerTar::new().file("first", b"ok").file("big", &vec![1u8; 10_000]).finish();
+    let tar = LayerTar::new()
+        .file("first", b"ok")
+        .file("big", &vec![1u8; 10_000])
+        .finish();
     let cut = &tar[..512 * 2 + 512 + 4096];
     let (_t, dest) = scratch();
-    let err = apply(cut, TAR, &Digest::of(&tar), &dest).unwrap_err().to_string();
+    let err = apply(cut, TAR, &Digest::of(&tar), &dest)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("big"), "{err}");
     assert!(!dest.exists());
     // The same, truncated inside the gzip stream.
     let gz = gzip(&tar);
-    let err = apply(&gz[..gz.len() / 2], GZIP, &Digest::of(&tar), &dest).unwrap_err().to_string();
+    let err = apply(&gz[..gz.len() / 2], GZIP, &Digest::of(&tar), &dest)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truncated") || err.contains("ends"), "{err}");
     assert!(!dest.exists());
 }
@@ -275,14 +423,22 @@ fn wrong_diff_id_is_refused() {
     let tar = LayerTar::new().file("f", b"x").finish();
     let wrong = Digest::of(b"something else");
     let (_t, dest) = scratch();
-    let err = apply(&gzip(&tar), GZIP, &wrong, &dest).unwrap_err().to_string();
-    assert!(err.contains(&wrong.to_string()) && err.contains(&Digest::of(&tar).to_string()), "{err}");
+    let err = apply(&gzip(&tar), GZIP, &wrong, &dest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&wrong.to_string()) && err.contains(&Digest::of(&tar).to_string()),
+        "{err}"
+    );
     assert!(!dest.exists());
 }
 
 #[test]
 fn cross_layer_hardlink_needs_lowers_and_copies_up() {
-    let lower_tar = LayerTar::new().dir("bin/", 0o755).file_with("bin/tool", b"tool", 0o4750, 7, 8).finish();
+    let lower_tar = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file_with("bin/tool", b"tool", 0o4750, 7, 8)
+        .finish();
     let (t, lower) = scratch();
     apply_ok(&lower_tar, &lower);
     let upper_tar = LayerTar::new().hardlink("bin/alias", "bin/tool").finish();
@@ -292,7 +448,16 @@ fn cross_layer_hardlink_needs_lowers_and_copies_up() {
     assert!(matches!(out, Outcome::NeedsLowers { .. }), "{out:?}");
     assert!(!upper.exists());
     let lowers = vec![lower.clone()];
-    match apply_layer(&upper_tar[..], TAR, &id, &upper, Some(&lowers), &Limits::default()).unwrap() {
+    match apply_layer(
+        &upper_tar[..],
+        TAR,
+        &id,
+        &upper,
+        Some(&lowers),
+        &Limits::default(),
+    )
+    .unwrap()
+    {
         Outcome::Done(s) => assert!(s.depends_on_lowers),
         other => panic!("{other:?}"),
     }
@@ -301,10 +466,21 @@ fn cross_layer_hardlink_needs_lowers_and_copies_up() {
     assert_eq!(a.ino(), b.ino());
     assert_eq!((a.mode() & 0o7777, a.uid(), a.gid()), (0o4750, 7, 8));
     assert_eq!(std::fs::read(upper.join("bin/alias")).unwrap(), b"tool");
-    assert_eq!(std::fs::symlink_metadata(upper.join("bin")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::symlink_metadata(upper.join("bin")).unwrap().mode() & 0o7777,
+        0o755
+    );
     // A target that is nowhere is an error naming it.
     let bad = LayerTar::new().hardlink("x", "nowhere").finish();
-    let err = apply_layer(&bad[..], TAR, &Digest::of(&bad), &t.path().join("bad"), Some(&lowers), &Limits::default()).unwrap_err();
+    let err = apply_layer(
+        &bad[..],
+        TAR,
+        &Digest::of(&bad),
+        &t.path().join("bad"),
+        Some(&lowers),
+        &Limits::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nowhere"), "{err}");
     assert!(!t.path().join("bad").exists());
 }

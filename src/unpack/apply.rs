@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{fchmod, fchmodat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
 use tar::EntryType;
@@ -55,7 +58,9 @@ pub struct LayerStats {
 pub enum Outcome {
     Done(LayerStats),
     /// Lower layers were not given but the layer hardlinks into them; nothing was kept.
-    NeedsLowers { entry: PathBuf },
+    NeedsLowers {
+        entry: PathBuf,
+    },
 }
 
 /// Extracts one layer blob into `dest`, which must not exist yet (its parent must).
@@ -91,12 +96,20 @@ pub fn discard(dir: &Path) {
     }
 }
 
-fn extract<R: Read>(blob: R, diff_id: &Digest, dest: &Path, lowers: Option<&[PathBuf]>, limits: &Limits) -> Result<Outcome> {
+fn extract<R: Read>(
+    blob: R,
+    diff_id: &Digest,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
     let layer = format!("layer {diff_id}");
     let guard = stream::open(Box::new(blob), limits).ctx(|| format!("{layer}: read blob"))?;
     let tripped = guard.tripped.clone();
     let stream_error = |entry: Option<&Path>, e: io::Error| -> Error {
-        let at = entry.map(|p| format!(" (after entry {:?})", p)).unwrap_or_default();
+        let at = entry
+            .map(|p| format!(" (after entry {:?})", p))
+            .unwrap_or_default();
         match tripped.take() {
             Some(why) => Error::Invalid(format!("{layer}: {why}{at}")),
             None => Error::Invalid(format!("{layer}: corrupt or truncated stream{at}: {e}")),
@@ -113,13 +126,19 @@ fn extract<R: Read>(blob: R, diff_id: &Digest, dest: &Path, lowers: Option<&[Pat
         },
         buf: vec![0; COPY_BUFFER],
     };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, HashingReader::new(guard)));
+    let mut archive = tar::Archive::new(BufReader::with_capacity(
+        TAR_BUFFER,
+        HashingReader::new(guard),
+    ));
     let mut count = 0u64;
     let mut last: Option<PathBuf> = None;
     for entry in archive.entries().map_err(|e| stream_error(None, e))? {
         let mut entry = entry.map_err(|e| stream_error(last.as_deref(), e))?;
         count += 1;
-        let name = entry.path().map(|p| p.into_owned()).unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
+        let name = entry
+            .path()
+            .map(|p| p.into_owned())
+            .unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
         if count > limits.max_entries {
             return Err(Error::Invalid(format!(
                 "{layer}: more than {} entries (limit max_entries), at entry {name:?}",
@@ -144,7 +163,8 @@ fn extract<R: Read>(blob: R, diff_id: &Digest, dest: &Path, lowers: Option<&[Pat
             "{layer}: uncompressed content has digest {actual} ({tar_bytes} bytes), expected diff_id {diff_id} (from the image config)"
         )));
     }
-    ap.finish_dirs().map_err(|f| f.into_error(&layer, PathBuf::from(".")))?;
+    ap.finish_dirs()
+        .map_err(|f| f.into_error(&layer, PathBuf::from(".")))?;
     Ok(Outcome::Done(LayerStats {
         diff_id: diff_id.clone(),
         tar_bytes,
@@ -158,7 +178,12 @@ fn extract<R: Read>(blob: R, diff_id: &Digest, dest: &Path, lowers: Option<&[Pat
 /// known: each takes the metadata the same directory has below (containerd's applier does
 /// the same). Returns whether the tree now depends on the lowers (any implicit directory
 /// does, when there are lowers: another chain could have it with other metadata).
-pub fn finish_with_lowers(dest: &Path, implicit: &[RelPath], lowers: &[PathBuf], diff_id: &Digest) -> Result<bool> {
+pub fn finish_with_lowers(
+    dest: &Path,
+    implicit: &[RelPath],
+    lowers: &[PathBuf],
+    diff_id: &Digest,
+) -> Result<bool> {
     if implicit.is_empty() || lowers.is_empty() {
         return Ok(false);
     }
@@ -166,11 +191,15 @@ pub fn finish_with_lowers(dest: &Path, implicit: &[RelPath], lowers: &[PathBuf],
     let mut tree = Tree::open(dest).ctx(|| format!("open {}", dest.display()))?;
     for rel in implicit {
         let res = (|| -> std::result::Result<(), Fail> {
-            let Some(found) = lower::lookup(lowers, rel)? else { return Ok(()) };
+            let Some(found) = lower::lookup(lowers, rel)? else {
+                return Ok(());
+            };
             if !found.meta.is_dir() {
                 return Ok(());
             }
-            let Some((parent, name)) = rel.split_last() else { return Ok(()) };
+            let Some((parent, name)) = rel.split_last() else {
+                return Ok(());
+            };
             let dir = match tree.dir(parent, None) {
                 Ok(d) => d,
                 Err(_) => return Ok(()),
@@ -179,13 +208,25 @@ pub fn finish_with_lowers(dest: &Path, implicit: &[RelPath], lowers: &[PathBuf],
                 return Ok(());
             }
             let m = &found.meta;
-            fchownat(Some(dir), name, Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())), AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(|e| io_err(format!("chown {rel}"), e))?;
+            fchownat(
+                Some(dir),
+                name,
+                Some(Uid::from_raw(m.uid())),
+                Some(Gid::from_raw(m.gid())),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(format!("chown {rel}"), e))?;
             copy_xattrs(&found.path, &tree.full_path(rel))?;
-            fchmodat(Some(dir), name, Mode::from_bits_truncate(m.mode() & 0o7777), FchmodatFlags::FollowSymlink)
-                .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(m.mode() & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
             let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
-            utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| io_err(format!("set times of {rel}"), e))?;
+            utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                .map_err(|e| io_err(format!("set times of {rel}"), e))?;
             Ok(())
         })();
         res.map_err(|f| f.into_error(&layer, rel.to_path()))?;
@@ -226,7 +267,9 @@ impl Fail {
             },
             Fail::Invalid(why) => Error::Invalid(format!("{layer}: entry {entry:?}: {why}")),
             Fail::Io(what, e) => Error::io(format!("{layer}: entry {entry:?}: {what}"), e),
-            Fail::Stream(e) => Error::Invalid(format!("{layer}: corrupt or truncated stream at entry {entry:?}: {e}")),
+            Fail::Stream(e) => Error::Invalid(format!(
+                "{layer}: corrupt or truncated stream at entry {entry:?}: {e}"
+            )),
         }
     }
 }
@@ -307,7 +350,9 @@ impl Applier<'_> {
             }
         }
         match etype {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => self.file(&rel, e, &meta)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.file(&rel, e, &meta)?
+            }
             EntryType::Directory => self.dir(&rel, &meta)?,
             EntryType::Symlink => {
                 let target = e
@@ -327,8 +372,15 @@ impl Applier<'_> {
                     .into_owned();
                 return self.hardlink(&rel, &target);
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => self.node(&rel, e, etype, &meta)?,
-            other => return Err(Fail::Invalid(format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.node(&rel, e, etype, &meta)?
+            }
+            other => {
+                return Err(Fail::Invalid(format!(
+                    "unsupported tar entry type {:?}",
+                    other.as_byte() as char
+                )))
+            }
         }
         Ok(Step::Next)
     }
@@ -340,7 +392,8 @@ impl Applier<'_> {
 
     fn file<R: Read>(&mut self, rel: &RelPath, e: &mut tar::Entry<R>, meta: &Meta) -> Step_<()> {
         let (dir, _) = self.prepare(rel, false)?;
-        let file = create_file_at(dir, last(rel)).map_err(|e| io_err(format!("create {rel}"), e))?;
+        let file =
+            create_file_at(dir, last(rel)).map_err(|e| io_err(format!("create {rel}"), e))?;
         let mut file = File::from(file);
         let want = e.size();
         let mut got = 0u64;
@@ -351,35 +404,47 @@ impl Applier<'_> {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(Fail::Stream(err)),
             };
-            file.write_all(&self.buf[..n]).map_err(|err| io_err(format!("write {rel}"), err))?;
+            file.write_all(&self.buf[..n])
+                .map_err(|err| io_err(format!("write {rel}"), err))?;
             got += n as u64;
         }
         if got != want {
-            return Err(Fail::Invalid(format!("archive ends inside the entry: {got} of {want} bytes")));
+            return Err(Fail::Invalid(format!(
+                "archive ends inside the entry: {got} of {want} bytes"
+            )));
         }
         let fd = file.as_raw_fd();
-        fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid))).map_err(|e| io_err(format!("chown {rel}"), e))?;
+        fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| io_err(format!("chown {rel}"), e))?;
         // After chown, which clears setuid/setgid.
-        fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(|e| io_err(format!("chmod {rel}"), e))?;
+        fchmod(fd, Mode::from_bits_truncate(meta.mode))
+            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
         for (k, v) in &meta.xattrs {
             if let Err(err) = xattr::FileExt::set_xattr(&file, k, v) {
                 xattr_failed(rel, k, err)?;
             }
         }
-        futimens(fd, &meta.mtime, &meta.mtime).map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        futimens(fd, &meta.mtime, &meta.mtime)
+            .map_err(|e| io_err(format!("set times of {rel}"), e))?;
         Ok(())
     }
 
     fn dir(&mut self, rel: &RelPath, meta: &Meta) -> Step_<()> {
         if rel.is_root() {
             let root = self.tree.root_path().to_path_buf();
-            std::os::unix::fs::lchown(&root, Some(meta.uid), Some(meta.gid)).map_err(|e| io_err("chown layer root", e))?;
+            std::os::unix::fs::lchown(&root, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| io_err("chown layer root", e))?;
             self.set_xattrs_path(rel, &root, &meta.xattrs)?;
         } else {
             let (dir, kept) = self.prepare(rel, true)?;
             let name = last(rel);
             if !kept {
-                mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700)).map_err(|e| io_err(format!("create directory {rel}"), e))?;
+                mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700))
+                    .map_err(|e| io_err(format!("create directory {rel}"), e))?;
             }
             own_at(dir, name, rel, meta)?;
             let full = self.tree.full_path(rel);
@@ -397,16 +462,29 @@ impl Applier<'_> {
     fn symlink(&mut self, rel: &RelPath, target: &Path, meta: &Meta) -> Step_<()> {
         let (dir, _) = self.prepare(rel, false)?;
         let name = last(rel);
-        symlinkat(target, Some(dir), name).map_err(|e| io_err(format!("create symlink {rel}"), e))?;
+        symlinkat(target, Some(dir), name)
+            .map_err(|e| io_err(format!("create symlink {rel}"), e))?;
         own_at(dir, name, rel, meta)?;
         let full = self.tree.full_path(rel);
         self.set_xattrs_path(rel, &full, &meta.xattrs)?;
-        utimensat(Some(dir), name, &meta.mtime, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
         Ok(())
     }
 
-    fn node<R: Read>(&mut self, rel: &RelPath, e: &tar::Entry<R>, etype: EntryType, meta: &Meta) -> Step_<()> {
+    fn node<R: Read>(
+        &mut self,
+        rel: &RelPath,
+        e: &tar::Entry<R>,
+        etype: EntryType,
+        meta: &Meta,
+    ) -> Step_<()> {
         let h = e.header();
         let major = h.device_major().ok().flatten().unwrap_or(0);
         let minor = h.device_minor().ok().flatten().unwrap_or(0);
@@ -417,15 +495,32 @@ impl Applier<'_> {
         };
         let (dir, _) = self.prepare(rel, false)?;
         let name = last(rel);
-        mknodat(Some(dir), name, kind, Mode::from_bits_truncate(0o600), makedev(major.into(), minor.into()))
-            .map_err(|e| io_err(format!("create device node {rel}"), e))?;
+        mknodat(
+            Some(dir),
+            name,
+            kind,
+            Mode::from_bits_truncate(0o600),
+            makedev(major.into(), minor.into()),
+        )
+        .map_err(|e| io_err(format!("create device node {rel}"), e))?;
         own_at(dir, name, rel, meta)?;
-        fchmodat(Some(dir), name, Mode::from_bits_truncate(meta.mode), FchmodatFlags::FollowSymlink)
-            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+        fchmodat(
+            Some(dir),
+            name,
+            Mode::from_bits_truncate(meta.mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| io_err(format!("chmod {rel}"), e))?;
         let full = self.tree.full_path(rel);
         self.set_xattrs_path(rel, &full, &meta.xattrs)?;
-        utimensat(Some(dir), name, &meta.mtime, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
         Ok(())
     }
 
@@ -433,14 +528,21 @@ impl Applier<'_> {
     /// beneath. Linking never follows a symlink: a link to a symlink is a second symlink,
     /// through which nothing is written.
     fn hardlink(&mut self, rel: &RelPath, target: &Path) -> Step_<Step> {
-        let trel = RelPath::parse(target).map_err(|why| Fail::Unsafe(format!("hardlink target {target:?} {why}")))?;
+        let trel = RelPath::parse(target)
+            .map_err(|why| Fail::Unsafe(format!("hardlink target {target:?} {why}")))?;
         if trel.is_root() || trel == *rel {
-            return Err(Fail::Invalid(format!("hardlink to {target:?} links to itself or the layer root")));
+            return Err(Fail::Invalid(format!(
+                "hardlink to {target:?} links to itself or the layer root"
+            )));
         }
         let present = match self.target_dir(&trel)? {
-            Some(dir) => match lstat_at(dir.as_raw_fd(), last(&trel)).map_err(|e| io_err(format!("stat {trel}"), e))? {
+            Some(dir) => match lstat_at(dir.as_raw_fd(), last(&trel))
+                .map_err(|e| io_err(format!("stat {trel}"), e))?
+            {
                 Some(st) if kind(&st) == SFlag::S_IFDIR => {
-                    return Err(Fail::Unsafe(format!("is a hardlink to directory {target:?}")));
+                    return Err(Fail::Unsafe(format!(
+                        "is a hardlink to directory {target:?}"
+                    )));
                 }
                 Some(_) => true,
                 None => false,
@@ -452,7 +554,9 @@ impl Applier<'_> {
                 return Ok(Step::NeedsLowers);
             };
             if !self.copy_up(lowers, &trel)? {
-                return Err(Fail::Invalid(format!("hardlink target {target:?} is neither in this layer nor below")));
+                return Err(Fail::Invalid(format!(
+                    "hardlink target {target:?} is neither in this layer nor below"
+                )));
             }
             self.parents.depends = true;
         }
@@ -461,8 +565,14 @@ impl Applier<'_> {
         let tdir = self
             .target_dir(&trel)?
             .ok_or_else(|| Fail::Invalid(format!("hardlink target {target:?} vanished")))?;
-        linkat(Some(tdir.as_raw_fd()), last(&trel), Some(dir), last(rel), AtFlags::empty())
-            .map_err(|e| io_err(format!("link to {trel}"), e))?;
+        linkat(
+            Some(tdir.as_raw_fd()),
+            last(&trel),
+            Some(dir),
+            last(rel),
+            AtFlags::empty(),
+        )
+        .map_err(|e| io_err(format!("link to {trel}"), e))?;
         Ok(Step::Next)
     }
 
@@ -485,11 +595,15 @@ impl Applier<'_> {
     /// Copies `trel` from the layers beneath into this one (as overlayfs does before it
     /// links a lower file). Returns false when the lowers do not have it.
     fn copy_up(&mut self, lowers: &[PathBuf], trel: &RelPath) -> Step_<bool> {
-        let Some(found) = lower::lookup(lowers, trel)? else { return Ok(false) };
+        let Some(found) = lower::lookup(lowers, trel)? else {
+            return Ok(false);
+        };
         let m = &found.meta;
         let ft = m.file_type();
         if ft.is_dir() {
-            return Err(Fail::Unsafe(format!("is a hardlink to directory {trel} of a lower layer")));
+            return Err(Fail::Unsafe(format!(
+                "is a hardlink to directory {trel} of a lower layer"
+            )));
         }
         let (dir, _) = self.prepare(trel, false)?;
         let name = last(trel);
@@ -499,11 +613,15 @@ impl Applier<'_> {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&found.path)
                 .map_err(|e| io_err(format!("open lower {}", found.path.display()), e))?;
-            let mut dst = File::from(create_file_at(dir, name).map_err(|e| io_err(format!("create {trel}"), e))?);
+            let mut dst = File::from(
+                create_file_at(dir, name).map_err(|e| io_err(format!("create {trel}"), e))?,
+            );
             io::copy(&mut src, &mut dst).map_err(|e| io_err(format!("copy up {trel}"), e))?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&found.path).map_err(|e| io_err(format!("read lower link {}", found.path.display()), e))?;
-            symlinkat(&target, Some(dir), name).map_err(|e| io_err(format!("create symlink {trel}"), e))?;
+            let target = std::fs::read_link(&found.path)
+                .map_err(|e| io_err(format!("read lower link {}", found.path.display()), e))?;
+            symlinkat(&target, Some(dir), name)
+                .map_err(|e| io_err(format!("create symlink {trel}"), e))?;
         } else {
             let kind = if ft.is_char_device() {
                 SFlag::S_IFCHR
@@ -514,18 +632,36 @@ impl Applier<'_> {
             } else {
                 SFlag::S_IFSOCK
             };
-            mknodat(Some(dir), name, kind, Mode::from_bits_truncate(0o600), m.rdev())
-                .map_err(|e| io_err(format!("create device node {trel}"), e))?;
+            mknodat(
+                Some(dir),
+                name,
+                kind,
+                Mode::from_bits_truncate(0o600),
+                m.rdev(),
+            )
+            .map_err(|e| io_err(format!("create device node {trel}"), e))?;
         }
-        fchownat(Some(dir), name, Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| io_err(format!("chown {trel}"), e))?;
+        fchownat(
+            Some(dir),
+            name,
+            Some(Uid::from_raw(m.uid())),
+            Some(Gid::from_raw(m.gid())),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(format!("chown {trel}"), e))?;
         if !ft.is_symlink() {
-            fchmodat(Some(dir), name, Mode::from_bits_truncate(m.mode() & 0o7777), FchmodatFlags::FollowSymlink)
-                .map_err(|e| io_err(format!("chmod {trel}"), e))?;
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(m.mode() & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {trel}"), e))?;
         }
         copy_xattrs(&found.path, &self.tree.full_path(trel))?;
         let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
-        utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| io_err(format!("set times of {trel}"), e))?;
+        utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| io_err(format!("set times of {trel}"), e))?;
         Ok(true)
     }
 
@@ -534,9 +670,11 @@ impl Applier<'_> {
     fn whiteout(&mut self, rel: &RelPath, last: &[u8]) -> Step_<()> {
         if last == OPAQUE_MARKER.as_bytes() {
             let dir = rel.parent();
-            self.tree.dir(dir.parts(), Some(&mut |r| self.parents.make(r)))?;
+            self.tree
+                .dir(dir.parts(), Some(&mut |r| self.parents.make(r)))?;
             let full = self.tree.full_path(&dir);
-            xattr::set(&full, OPAQUE_XATTR, b"y").map_err(|e| io_err(format!("mark {dir} opaque"), e))?;
+            xattr::set(&full, OPAQUE_XATTR, b"y")
+                .map_err(|e| io_err(format!("mark {dir} opaque"), e))?;
             return Ok(());
         }
         if last.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
@@ -544,17 +682,29 @@ impl Applier<'_> {
             return Ok(());
         }
         let hidden = OsStr::from_bytes(&last[WHITEOUT_PREFIX.len()..]);
-        if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.as_bytes().contains(&b'/') {
+        if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.as_bytes().contains(&b'/')
+        {
             return Err(Fail::Unsafe("is a whiteout that names no file".into()));
         }
         let target = rel.with_last(hidden);
         let (dir, _) = self.prepare(&target, false)?;
-        mknodat(Some(dir), hidden, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-            .map_err(|e| io_err(format!("create whiteout for {target}"), e))?;
+        mknodat(
+            Some(dir),
+            hidden,
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            makedev(0, 0),
+        )
+        .map_err(|e| io_err(format!("create whiteout for {target}"), e))?;
         Ok(())
     }
 
-    fn set_xattrs_path(&self, rel: &RelPath, path: &Path, xattrs: &[(OsString, Vec<u8>)]) -> Step_<()> {
+    fn set_xattrs_path(
+        &self,
+        rel: &RelPath,
+        path: &Path,
+        xattrs: &[(OsString, Vec<u8>)],
+    ) -> Step_<()> {
         for (k, v) in xattrs {
             if let Err(err) = xattr::set(path, k, v) {
                 xattr_failed(rel, k, err)?;
@@ -571,21 +721,45 @@ impl Applier<'_> {
         for d in &dirs {
             if d.rel.is_root() {
                 let root = self.tree.root_path();
-                std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(d.mode))
-                    .map_err(|e| io_err("chmod layer root", e))?;
-                utimensat(None, root, &d.mtime, &d.mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| io_err("set times of layer root", e))?;
+                std::fs::set_permissions(
+                    root,
+                    std::os::unix::fs::PermissionsExt::from_mode(d.mode),
+                )
+                .map_err(|e| io_err("chmod layer root", e))?;
+                utimensat(
+                    None,
+                    root,
+                    &d.mtime,
+                    &d.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| io_err("set times of layer root", e))?;
                 continue;
             }
-            let Some((parent, name)) = d.rel.split_last() else { continue };
-            let Ok(dir) = self.tree.dir(parent, None) else { continue };
+            let Some((parent, name)) = d.rel.split_last() else {
+                continue;
+            };
+            let Ok(dir) = self.tree.dir(parent, None) else {
+                continue;
+            };
             if !matches!(lstat_at(dir, name), Ok(Some(st)) if kind(&st) == SFlag::S_IFDIR) {
                 continue;
             }
-            fchmodat(Some(dir), name, Mode::from_bits_truncate(d.mode), FchmodatFlags::FollowSymlink)
-                .map_err(|e| io_err(format!("chmod {}", d.rel), e))?;
-            utimensat(Some(dir), name, &d.mtime, &d.mtime, UtimensatFlags::NoFollowSymlink)
-                .map_err(|e| io_err(format!("set times of {}", d.rel), e))?;
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(d.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {}", d.rel), e))?;
+            utimensat(
+                Some(dir),
+                name,
+                &d.mtime,
+                &d.mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| io_err(format!("set times of {}", d.rel), e))?;
         }
         Ok(())
     }
@@ -607,8 +781,14 @@ fn create_file_at(dir: RawFd, name: &OsStr) -> std::result::Result<OwnedFd, Errn
 }
 
 fn own_at(dir: RawFd, name: &OsStr, rel: &RelPath, meta: &Meta) -> Step_<()> {
-    fchownat(Some(dir), name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(|e| io_err(format!("chown {rel}"), e))?;
+    fchownat(
+        Some(dir),
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(format!("chown {rel}"), e))?;
     Ok(())
 }
 
@@ -627,13 +807,17 @@ fn xattr_failed(rel: &RelPath, key: &OsStr, err: io::Error) -> Step_<()> {
 /// Copies xattrs from a lower file, except overlayfs' own (an inherited opaque marker or
 /// redirect would change what the merged tree shows).
 fn copy_xattrs(from: &Path, to: &Path) -> Step_<()> {
-    let names = xattr::list(from).map_err(|e| io_err(format!("list xattrs of {}", from.display()), e))?;
+    let names =
+        xattr::list(from).map_err(|e| io_err(format!("list xattrs of {}", from.display()), e))?;
     for k in names {
         if k.as_bytes().starts_with(b"trusted.overlay.") {
             continue;
         }
-        if let Some(v) = xattr::get(from, &k).map_err(|e| io_err(format!("read xattr of {}", from.display()), e))? {
-            xattr::set(to, &k, &v).map_err(|e| io_err(format!("set xattr {k:?} on {}", to.display()), e))?;
+        if let Some(v) = xattr::get(from, &k)
+            .map_err(|e| io_err(format!("read xattr of {}", from.display()), e))?
+        {
+            xattr::set(to, &k, &v)
+                .map_err(|e| io_err(format!("set xattr {k:?} on {}", to.display()), e))?;
         }
     }
     Ok(())
@@ -656,10 +840,16 @@ fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> Step_<Meta> {
             let key = ext.key_bytes();
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 if name.starts_with(b"trusted.overlay.") {
-                    tracing::warn!("ignoring overlayfs xattr {:?} from a layer", OsStr::from_bytes(name));
+                    tracing::warn!(
+                        "ignoring overlayfs xattr {:?} from a layer",
+                        OsStr::from_bytes(name)
+                    );
                     continue;
                 }
-                xattrs.push((OsStr::from_bytes(name).to_os_string(), ext.value_bytes().to_vec()));
+                xattrs.push((
+                    OsStr::from_bytes(name).to_os_string(),
+                    ext.value_bytes().to_vec(),
+                ));
             } else if key == b"mtime" {
                 if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
                     mtime = t;

@@ -36,14 +36,25 @@ pub struct LayerBlob {
 }
 
 /// The published tree of a layer, if any: by diff_id (independent) or by chain id.
-pub fn existing_layer(layout: &ContentLayout, diff_id: &Digest, chain_id: &Digest) -> Option<PathBuf> {
-    [layout.layer_by_diff_id(diff_id), layout.layer_by_chain_id(chain_id)]
-        .into_iter()
-        .find(|p| p.is_dir())
+pub fn existing_layer(
+    layout: &ContentLayout,
+    diff_id: &Digest,
+    chain_id: &Digest,
+) -> Option<PathBuf> {
+    [
+        layout.layer_by_diff_id(diff_id),
+        layout.layer_by_chain_id(chain_id),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
 }
 
 /// Makes sure every layer is extracted; returns the layer directories bottom → top.
-pub fn ensure_layers(layout: &ContentLayout, layers: &[LayerBlob], limits: &Limits) -> Result<Vec<PathBuf>> {
+pub fn ensure_layers(
+    layout: &ContentLayout,
+    layers: &[LayerBlob],
+    limits: &Limits,
+) -> Result<Vec<PathBuf>> {
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let chains = chain_ids(&diff_ids);
     let mut dirs: Vec<Option<PathBuf>> = (0..layers.len())
@@ -79,10 +90,18 @@ pub fn ensure_layers(layout: &ContentLayout, layers: &[LayerBlob], limits: &Limi
             dirs[i] = Some(p);
             continue;
         }
-        let lowers: Vec<PathBuf> = dirs[..i].iter().map(|d| d.clone().expect("lower layers are published first")).collect();
+        let lowers: Vec<PathBuf> = dirs[..i]
+            .iter()
+            .map(|d| d.clone().expect("lower layers are published first"))
+            .collect();
         let (work, depends) = match r {
             Extracted::Done(work, stats) => {
-                let depends = finish_with_lowers(&work.tree(), &stats.implicit_dirs, &lowers, &stats.diff_id)?;
+                let depends = finish_with_lowers(
+                    &work.tree(),
+                    &stats.implicit_dirs,
+                    &lowers,
+                    &stats.diff_id,
+                )?;
                 (work, depends || stats.depends_on_lowers)
             }
             Extracted::NeedsLowers(_) => {
@@ -106,7 +125,10 @@ pub fn ensure_layers(layout: &ContentLayout, layers: &[LayerBlob], limits: &Limi
         };
         dirs[i] = Some(publish(&work, &dest)?);
     }
-    Ok(dirs.into_iter().map(|d| d.expect("every layer is published")).collect())
+    Ok(dirs
+        .into_iter()
+        .map(|d| d.expect("every layer is published"))
+        .collect())
 }
 
 enum Extracted {
@@ -125,11 +147,17 @@ fn extract_parallel(
     // The same diff_id may appear more than once in an image: extract it once.
     let mut unique: Vec<usize> = Vec::new();
     for &i in todo {
-        if !unique.iter().any(|&j| layers[j].diff_id == layers[i].diff_id) {
+        if !unique
+            .iter()
+            .any(|&j| layers[j].diff_id == layers[i].diff_id)
+        {
             unique.push(i);
         }
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(unique.len()).max(1);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(unique.len())
+        .max(1);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let out: Mutex<Vec<(usize, Result<Extracted>)>> = Mutex::new(Vec::new());
@@ -143,10 +171,12 @@ fn extract_parallel(
                 let Some(&i) = unique.get(k) else { break };
                 let lowers: Option<&[PathBuf]> = if i == 0 { Some(&[]) } else { None };
                 let r = WorkDir::new(layout).and_then(|work| {
-                    Ok(match apply_one(layout, &layers[i], &work, lowers, limits)? {
-                        Outcome::Done(stats) => Extracted::Done(work, stats),
-                        Outcome::NeedsLowers { entry } => Extracted::NeedsLowers(entry),
-                    })
+                    Ok(
+                        match apply_one(layout, &layers[i], &work, lowers, limits)? {
+                            Outcome::Done(stats) => Extracted::Done(work, stats),
+                            Outcome::NeedsLowers { entry } => Extracted::NeedsLowers(entry),
+                        },
+                    )
                 });
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
@@ -171,7 +201,13 @@ fn extract_parallel(
     Ok(done)
 }
 
-fn apply_one(layout: &ContentLayout, layer: &LayerBlob, work: &WorkDir, lowers: Option<&[PathBuf]>, limits: &Limits) -> Result<Outcome> {
+fn apply_one(
+    layout: &ContentLayout,
+    layer: &LayerBlob,
+    work: &WorkDir,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
     let path = layout.blob(&layer.digest);
     let blob = File::open(&path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::NotFound(format!(
@@ -182,8 +218,19 @@ fn apply_one(layout: &ContentLayout, layer: &LayerBlob, work: &WorkDir, lowers: 
         )),
         _ => Error::io(format!("open blob {}", path.display()), e),
     })?;
-    tracing::debug!("extracting layer {} from blob {}", layer.diff_id, layer.digest);
-    apply_layer(blob, &layer.media_type, &layer.diff_id, &work.tree(), lowers, limits)
+    tracing::debug!(
+        "extracting layer {} from blob {}",
+        layer.diff_id,
+        layer.digest
+    );
+    apply_layer(
+        blob,
+        &layer.media_type,
+        &layer.diff_id,
+        &work.tree(),
+        lowers,
+        limits,
+    )
 }
 
 /// `layers/tmp/<random>/`, locked while this process works in it, removed on drop.
@@ -216,11 +263,17 @@ impl WorkDir {
 fn publish(work: &WorkDir, dest: &Path) -> Result<PathBuf> {
     match std::fs::rename(work.tree(), dest) {
         Ok(()) => Ok(dest.to_path_buf()),
-        Err(e) if dest.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+        Err(e)
+            if dest.is_dir()
+                && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) =>
+        {
             discard(&work.tree());
             Ok(dest.to_path_buf())
         }
-        Err(e) => Err(Error::io(format!("publish layer into {}", dest.display()), e)),
+        Err(e) => Err(Error::io(
+            format!("publish layer into {}", dest.display()),
+            e,
+        )),
     }
 }
 
@@ -239,7 +292,9 @@ fn prepare_dirs(layout: &ContentLayout) -> Result<()> {
 /// Very young ones are left alone: their owner may be between creating and locking them.
 pub fn clean_stale_tmp(layout: &ContentLayout) {
     let tmp = layout.layers_tmp_dir();
-    let Ok(entries) = std::fs::read_dir(&tmp) else { return };
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let young = entry
@@ -266,5 +321,6 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 fn sync_layers(layout: &ContentLayout) -> Result<()> {
     let dir = layout.layers_dir();
     let f = File::open(&dir).ctx(|| format!("open {}", dir.display()))?;
-    nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
+    nix::unistd::syncfs(f.as_raw_fd())
+        .map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
 }

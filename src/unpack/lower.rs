@@ -50,7 +50,11 @@ fn lookup_in(layer: &Path, rel: &RelPath) -> TreeResult<InLayer> {
         let meta = match std::fs::symlink_metadata(&cur) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(if opaque { InLayer::Hidden } else { InLayer::Absent });
+                return Ok(if opaque {
+                    InLayer::Hidden
+                } else {
+                    InLayer::Absent
+                });
             }
             Err(e) => return Err(io_err(format!("stat lower {}", cur.display()), e)),
         };

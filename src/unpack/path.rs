@@ -116,8 +116,14 @@ mod tests {
         let (parent, last) = p.split_last().unwrap();
         assert_eq!(parent.len(), 2);
         assert_eq!(last, "\u{2e}wh.c");
-        assert_eq!(p.with_last(OsStr::new("c")).to_path(), PathBuf::from("a/b/c"));
+        assert_eq!(
+            p.with_last(OsStr::new("c")).to_path(),
+            PathBuf::from("a/b/c")
+        );
         assert_eq!(p.parent().to_path(), PathBuf::from("a/b"));
-        assert!(RelPath::parse(Path::new("./")).unwrap().split_last().is_none());
+        assert!(RelPath::parse(Path::new("./"))
+            .unwrap()
+            .split_last()
+            .is_none());
     }
 }

@@ -111,7 +111,9 @@ impl Read for Guard<'_> {
     }
 }
 
-const BLOB_BUFFER: usize = 1 << 20;
+/// Small enough that the compressed count the ratio guard sees is close to what the
+/// decompressor really consumed.
+const BLOB_BUFFER: usize = 64 << 10;
 
 /// Builds blob → decompressor → guard, choosing the decompressor from the magic bytes.
 pub fn open<'a>(blob: Box<dyn Read + 'a>, limits: &Limits) -> io::Result<Guard<'a>> {

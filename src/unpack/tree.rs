@@ -13,10 +13,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
-use nix::fcntl::AtFlags;
 
 use super::path::RelPath;
 
@@ -104,7 +104,10 @@ impl Tree {
         self.cursor.truncate(common);
         let mut missing = missing;
         for i in common..parts.len() {
-            let parent = self.cursor.last().map_or(self.root.as_raw_fd(), |(_, fd)| fd.as_raw_fd());
+            let parent = self
+                .cursor
+                .last()
+                .map_or(self.root.as_raw_fd(), |(_, fd)| fd.as_raw_fd());
             let name = parts[i].as_os_str();
             let fd = match open_dir_at(parent, name) {
                 Ok(fd) => fd,
@@ -117,8 +120,9 @@ impl Tree {
                     };
                     let rel = RelPath::from_parts(parts[..=i].to_vec());
                     let meta = make(&rel)?;
-                    create_dir_at(parent, name, meta)
-                        .map_err(|e| io_err(format!("create directory {}", show(&parts[..=i])), e))?;
+                    create_dir_at(parent, name, meta).map_err(|e| {
+                        io_err(format!("create directory {}", show(&parts[..=i])), e)
+                    })?;
                     open_dir_at(parent, name)
                         .map_err(|e| io_err(format!("open directory {}", show(&parts[..=i])), e))?
                 }
@@ -129,7 +133,10 @@ impl Tree {
             };
             self.cursor.push((parts[i].clone(), fd));
         }
-        Ok(self.cursor.last().map_or(self.root.as_raw_fd(), |(_, fd)| fd.as_raw_fd()))
+        Ok(self
+            .cursor
+            .last()
+            .map_or(self.root.as_raw_fd(), |(_, fd)| fd.as_raw_fd()))
     }
 
     fn classify_non_dir(&self, parent: RawFd, name: &OsStr, parts: &[OsString]) -> TreeError {
@@ -146,7 +153,12 @@ impl Tree {
     /// room for a new entry there: a directory stays when the new entry is a directory too
     /// (tar semantics: contents merge, later metadata wins); anything else already there is
     /// removed. Returns the parent's fd and whether a directory was kept.
-    pub fn prepare(&mut self, rel: &RelPath, new_is_dir: bool, missing: MissingDir) -> TreeResult<(RawFd, bool)> {
+    pub fn prepare(
+        &mut self,
+        rel: &RelPath,
+        new_is_dir: bool,
+        missing: MissingDir,
+    ) -> TreeResult<(RawFd, bool)> {
         let (parent, name) = rel
             .split_last()
             .ok_or_else(|| TreeError::Unsafe("names the layer root".into()))?;
@@ -155,7 +167,8 @@ impl Tree {
             return Ok((dir, false));
         };
         if kind(&st) != SFlag::S_IFDIR {
-            unlinkat(Some(dir), name, UnlinkatFlags::NoRemoveDir).map_err(|e| io_err(format!("remove {rel}"), e))?;
+            unlinkat(Some(dir), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| io_err(format!("remove {rel}"), e))?;
             return Ok((dir, false));
         }
         if new_is_dir {

@@ -61,7 +61,14 @@ impl LayerTar {
         self.file_with(name, data, 0o644, 0, 0)
     }
 
-    pub fn file_with(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Self {
+    pub fn file_with(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> &mut Self {
         let mut h = Self::header(name, EntryType::Regular, data.len() as u64, mode);
         h.set_uid(uid);
         h.set_gid(gid);
@@ -92,7 +99,10 @@ impl LayerTar {
 
     /// A file with PAX xattr records.
     pub fn file_xattrs(&mut self, name: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> &mut Self {
-        let keys: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
         self.b
             .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
             .unwrap();
@@ -131,7 +141,10 @@ pub fn put_layer(root: &Path, tar: &[u8], gz: bool) -> LayerBlob {
 
 /// A scratch directory with a not-yet-existing destination inside.
 pub fn scratch() -> (tempfile::TempDir, PathBuf) {
-    let t = tempfile::Builder::new().prefix("nc-unpack-").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("nc-unpack-")
+        .tempdir()
+        .unwrap();
     let dest = t.path().join("layer");
     (t, dest)
 }
