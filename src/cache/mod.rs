@@ -568,6 +568,10 @@ pub async fn gc(client: &Client) -> Result<Vec<Reaped>> {
         let i = info(client, c).await?;
         let reason = if i.expired {
             format!("expired at {}", i.expires.as_deref().unwrap_or("?"))
+        } else if i.status == Some(TaskStatus::Stopped) {
+            // create removes a keeper that dies during the handshake itself, so a stopped
+            // task is never a create in progress.
+            "its task stopped".to_string()
         } else if !i.is_running() && i.created_at.map_or(true, |t| t + HALF_CREATED_GRACE <= now) {
             format!("half-created or dead (task: {})", i.status_word())
         } else {
