@@ -138,3 +138,11 @@ impl StateLayout {
         self.containers_dir().join(id)
     }
 }
+
+impl ContentLayout {
+    /// Files the cache container's keeper and nestcache share for cache `name`: the
+    /// handshake nonce and ack, and the expiry deadline.
+    pub fn cache_meta_dir(&self, name: &str) -> PathBuf {
+        self.meta_dir().join("cache").join(name)
+    }
+}
