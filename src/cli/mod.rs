@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 use nestcache::layout::DEFAULT_STATE_DIR;
 
 #[derive(Debug, Parser)]
-#[command(name = "nestcache", version, about = "Start nested containers from a file cache container, through containerd, with no Docker daemon")]
+#[command(
+    name = "nestcache",
+    version,
+    about = "Start nested containers from a file cache container, through containerd, with no Docker daemon"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub globals: Globals,
@@ -32,7 +36,12 @@ pub struct Globals {
     #[arg(long, global = true, env = "CONTAINERD_ADDRESS")]
     pub address: Option<String>,
     /// containerd namespace
-    #[arg(long, global = true, env = "CONTAINERD_NAMESPACE", default_value = "nestcache")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "nestcache"
+    )]
     pub namespace: String,
     /// nestcache's state directory (embedded containerd, default content dirs, nested containers)
     #[arg(long, global = true, env = "NESTCACHE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]

@@ -90,7 +90,6 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-
 pub async fn run(_g: &Globals, _a: RunArgs) -> anyhow::Result<ExitCode> {
     super::not_yet("run")
 }
