@@ -1,1 +1,3 @@
 //! TODO: see lib.rs
+
+pub mod io;
