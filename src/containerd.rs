@@ -1,3 +1,0 @@
-//! TODO: see lib.rs
-
-pub mod io;
