@@ -133,6 +133,14 @@ impl StateLayout {
     }
 }
 
+impl ContentLayout {
+    /// Files the cache container's keeper and nestcache share for cache `name`: the
+    /// handshake nonce and ack, and the expiry deadline.
+    pub fn cache_meta_dir(&self, name: &str) -> PathBuf {
+        self.meta_dir().join("cache").join(name)
+    }
+}
+
 /// A nested container's files (its overlay parts are named by `rootfs::Overlay`).
 impl StateLayout {
     /// The output of a detached nested container.

@@ -131,3 +131,22 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 pub fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
     anyhow::bail!("{what} is not implemented yet")
 }
+
+/// The library's connection options from the global flags.
+pub fn connect_options(g: &Globals) -> nestcache::env::ConnectOptions {
+    nestcache::env::ConnectOptions {
+        address: g.address.clone().filter(|a| !a.is_empty()),
+        namespace: g.namespace.clone(),
+        state_dir: g.state_dir.clone(),
+    }
+}
+
+/// Connects to containerd (starting the embedded one when allowed and needed) and reaps
+/// expired caches on the way: every command that talks to containerd goes through here.
+pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Client> {
+    let client = nestcache::env::connect(&connect_options(g)).await?;
+    for r in nestcache::cache::reap_expired(&client).await {
+        tracing::info!("reaped cache {}: {}", r.name, r.reason);
+    }
+    Ok(client)
+}

@@ -9,7 +9,12 @@ use crate::error::{Error, Result};
 
 /// Stops (SIGTERM, SIGKILL after `grace`) and deletes the task, deletes the container and
 /// its dir. Parts already gone are fine, so this can run after any failure.
-pub async fn remove(client: &Client, id: &str, paths: &ContainerPaths, grace: Duration) -> Result<()> {
+pub async fn remove(
+    client: &Client,
+    id: &str,
+    paths: &ContainerPaths,
+    grace: Duration,
+) -> Result<()> {
     client.stop_and_delete_task(id, grace).await?;
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use super::user::UserDb;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::rootfs::{self, LayerStack};
-use crate::store::Store;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
+#[allow(dead_code)]
 const USER_DB_LIMIT: u64 = 4 << 20;
 
 /// What `run` needs of the image.
@@ -25,7 +24,11 @@ pub struct PreparedImage {
 
 /// Resolves `image` in the store at `content_dir` (staging `stage` first), extracts what
 /// is not extracted yet, and reads the image's /etc/passwd and /etc/group.
-pub async fn prepare(content_dir: &Path, image: &str, stage: Option<&str>) -> Result<PreparedImage> {
+pub async fn prepare(
+    content_dir: &Path,
+    image: &str,
+    stage: Option<&str>,
+) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
     let image = image.to_string();
     let stage = stage.map(str::to_string);
@@ -34,38 +37,12 @@ pub async fn prepare(content_dir: &Path, image: &str, stage: Option<&str>) -> Re
         .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
 }
 
-fn prepare_blocking(content_dir: &Path, image: &str, stage: Option<&str>) -> Result<PreparedImage> {
-    let store = Store::open(content_dir)?;
-    if let Some(source) = stage {
-        stage_into(&store, source, image)?;
-    }
-    let resolved = store.resolve(image, None).map_err(|e| match e {
-        Error::NotFound(what) => Error::NotFound(format!(
-            "image {image:?} in the cache's store {} ({what}); stage it first (`nestcache stage` or `run --stage`)",
-            content_dir.display()
-        )),
-        other => other,
-    })?;
-    crate::unpack::ensure_unpacked(&store, &resolved, &crate::unpack::Limits::default())?;
-    // Re-derive the dirs through the shared lookup, which refuses anything missing.
-    let layer_dirs = rootfs::layer_dirs(&store, &resolved)?;
-    let stack = LayerStack::new(layer_dirs.clone());
-    let read = |p: &str| -> Result<Option<String>> {
-        Ok(stack
-            .read_file(p, USER_DB_LIMIT)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned()))
-    };
-    Ok(PreparedImage {
-        manifest_digest: resolved.manifest_digest.clone(),
-        config: resolved.config.config().clone(),
-        users: UserDb {
-            passwd: read("/etc/passwd")?,
-            group: read("/etc/group")?,
-        },
-        layer_dirs,
-    })
-}
-
-fn stage_into(_store: &Store, _source: &str, _image: &str) -> Result<()> {
-    Err(Error::Other("--stage: staging is not wired yet".into()))
+fn prepare_blocking(
+    _content_dir: &Path,
+    _image: &str,
+    _stage: Option<&str>,
+) -> Result<PreparedImage> {
+    Err(Error::Other(
+        "nestcache run needs the content store (issue 3), which has not landed yet".into(),
+    ))
 }

@@ -175,9 +175,11 @@ pub async fn logs(
     };
     let mut pos = 0u64;
     loop {
-        f.seek(SeekFrom::Start(pos)).ctx(|| format!("seek {}", path.display()))?;
+        f.seek(SeekFrom::Start(pos))
+            .ctx(|| format!("seek {}", path.display()))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).ctx(|| format!("read {}", path.display()))?;
+        f.read_to_end(&mut buf)
+            .ctx(|| format!("read {}", path.display()))?;
         pos += buf.len() as u64;
         out.write_all(&buf).ctx(|| "write the log".into())?;
         out.flush().ctx(|| "write the log".into())?;

@@ -104,7 +104,10 @@ fn verify_once(pid: u32, target: &Path, content_dir: &Path) -> Result<Verificati
         problems: Vec::new(),
     };
     let host_meta = std::fs::metadata(content_dir).map_err(|e| {
-        Error::io(format!("stat the cache's content dir {}", content_dir.display()), e)
+        Error::io(
+            format!("stat the cache's content dir {}", content_dir.display()),
+            e,
+        )
     })?;
     let expected = listing(content_dir)
         .map_err(|e| Error::io(format!("list {}", content_dir.display()), e))?;
@@ -112,7 +115,8 @@ fn verify_once(pid: u32, target: &Path, content_dir: &Path) -> Result<Verificati
     let inside_meta = match std::fs::metadata(&inside) {
         Ok(m) => m,
         Err(e) => {
-            v.problems.push(format!("{} is not there ({e})", target.display()));
+            v.problems
+                .push(format!("{} is not there ({e})", target.display()));
             return Ok(v);
         }
     };
@@ -172,7 +176,10 @@ fn listing(dir: &Path) -> std::io::Result<BTreeMap<String, EntryInfo>> {
 }
 
 /// Differences, at most a few named, then a count.
-fn compare(expected: &BTreeMap<String, EntryInfo>, actual: &BTreeMap<String, EntryInfo>) -> Vec<String> {
+fn compare(
+    expected: &BTreeMap<String, EntryInfo>,
+    actual: &BTreeMap<String, EntryInfo>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let missing: Vec<&str> = expected
         .keys()
@@ -231,7 +238,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("index.json"), "{}").unwrap();
         std::fs::create_dir(t.path().join("blobs")).unwrap();
-        let v = verify_mount(std::process::id(), t.path(), t.path()).await.unwrap();
+        let v = verify_mount(std::process::id(), t.path(), t.path())
+            .await
+            .unwrap();
         assert!(v.ok, "{:?}", v.problems);
         assert!(v.same_directory);
         assert_eq!(v.entries, 2);
@@ -247,13 +256,18 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("index.json"), "{\"x\":1}").unwrap();
         std::fs::write(other.join("stray"), "").unwrap();
-        let v = verify_mount(std::process::id(), &other, &content).await.unwrap();
+        let v = verify_mount(std::process::id(), &other, &content)
+            .await
+            .unwrap();
         assert!(!v.ok && !v.same_directory);
         let s = v.summary();
         assert!(s.contains("another directory"), "{s}");
         assert!(s.contains("missing: blobs"), "{s}");
         assert!(s.contains("unexpected entries: stray"), "{s}");
-        assert!(s.contains("index.json (file 7 bytes, expected file 2 bytes)"), "{s}");
+        assert!(
+            s.contains("index.json (file 7 bytes, expected file 2 bytes)"),
+            "{s}"
+        );
         assert!(v.clone().into_result().is_err());
 
         let v = verify_mount(std::process::id(), &t.path().join("absent"), &content)
