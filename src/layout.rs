@@ -146,3 +146,11 @@ impl ContentLayout {
         self.meta_dir().join("cache").join(name)
     }
 }
+
+/// A nested container's files (its overlay parts are named by `rootfs::Overlay`).
+impl StateLayout {
+    /// The output of a detached nested container.
+    pub fn container_log_file(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("log")
+    }
+}
