@@ -1,0 +1,141 @@
+//! The byte pipeline in front of the tar parser: blob → (counted) → decompressor →
+//! bomb guard → sha256 of the uncompressed stream (the diff_id). Every byte is read once.
+
+use std::cell::Cell;
+use std::io::{self, BufRead, BufReader, Read};
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
+
+/// Layer media types nestcache accepts (OCI and Docker, distributable or not).
+const LAYER_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
+/// Refuses anything that is not a layer. The compression itself is then taken from the
+/// stream's magic bytes, as containerd does: `docker save` archives label plain tars as
+/// gzip, and trusting the label would fail those.
+pub fn check_media_type(media_type: &str) -> Result<()> {
+    if LAYER_MEDIA_TYPES.contains(&media_type) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "unsupported layer media type {media_type:?}: expected an OCI or Docker layer (tar, tar+gzip, tar+zstd)"
+        )))
+    }
+}
+
+/// Limits against decompression bombs and absurd archives.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most uncompressed bytes one layer may expand to.
+    pub max_layer_bytes: u64,
+    /// Most tar entries in one layer.
+    pub max_entries: u64,
+    /// Most uncompressed bytes per compressed byte, checked once a layer has expanded past
+    /// `ratio_grace_bytes` (small layers of zeros compress extremely well and are harmless).
+    pub max_ratio: u64,
+    pub ratio_grace_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_layer_bytes: 64 << 30,
+            max_entries: 4_000_000,
+            max_ratio: 200,
+            ratio_grace_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counts bytes read from the blob so the guard can compute the expansion ratio.
+struct Counted<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Stops the stream when a limit is exceeded; the reason is kept in `tripped` because the
+/// tar parser may wrap or replace the io::Error on its way up.
+pub struct Guard<'a> {
+    inner: Box<dyn Read + 'a>,
+    compressed: Rc<Cell<u64>>,
+    expanded: u64,
+    limits: Limits,
+    pub tripped: Rc<Cell<Option<String>>>,
+}
+
+impl Read for Guard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.expanded += n as u64;
+        let why = if self.expanded > self.limits.max_layer_bytes {
+            Some(format!(
+                "decompression guard: layer expands past {} bytes (limit max_layer_bytes)",
+                self.limits.max_layer_bytes
+            ))
+        } else if self.expanded > self.limits.ratio_grace_bytes
+            && self.expanded > self.compressed.get().saturating_mul(self.limits.max_ratio)
+        {
+            Some(format!(
+                "decompression guard: {} compressed bytes expand to more than {} (ratio above {}:1, limit max_ratio)",
+                self.compressed.get(),
+                self.expanded,
+                self.limits.max_ratio
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.tripped.set(Some(why.clone()));
+            return Err(io::Error::other(why));
+        }
+        Ok(n)
+    }
+}
+
+/// Small enough that the compressed count the ratio guard sees is close to what the
+/// decompressor really consumed.
+const BLOB_BUFFER: usize = 64 << 10;
+
+/// Builds blob → decompressor → guard, choosing the decompressor from the magic bytes.
+pub fn open<'a>(blob: Box<dyn Read + 'a>, limits: &Limits) -> io::Result<Guard<'a>> {
+    let compressed = Rc::new(Cell::new(0));
+    let counted = Counted {
+        inner: blob,
+        count: compressed.clone(),
+    };
+    let mut buffered = BufReader::with_capacity(BLOB_BUFFER, counted);
+    let magic = buffered.fill_buf()?;
+    let inner: Box<dyn Read + 'a> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
+    } else {
+        Box::new(buffered)
+    };
+    Ok(Guard {
+        inner,
+        compressed,
+        expanded: 0,
+        limits: limits.clone(),
+        tripped: Rc::new(Cell::new(None)),
+    })
+}
