@@ -36,8 +36,8 @@ impl Spec {
     pub fn load(bundle: &Path) -> Result<Spec, String> {
         let path = bundle.join("config.json");
         let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("parse {}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
         let annotations = v
             .get("annotations")
             .and_then(|a| a.as_object())
@@ -55,8 +55,14 @@ impl Spec {
         if self.annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
             return Ok(None);
         }
-        let store = self.annotations.get(ANNOTATION_STORE).filter(|s| !s.is_empty());
-        let image = self.annotations.get(ANNOTATION_IMAGE).filter(|s| !s.is_empty());
+        let store = self
+            .annotations
+            .get(ANNOTATION_STORE)
+            .filter(|s| !s.is_empty());
+        let image = self
+            .annotations
+            .get(ANNOTATION_IMAGE)
+            .filter(|s| !s.is_empty());
         match (store, image) {
             (None, None) => Ok(None),
             (Some(store), Some(image)) => {
@@ -90,9 +96,7 @@ pub fn set_root_to_bundle_rootfs(bundle: &Path) -> Result<(), String> {
     let Some(obj) = v.as_object_mut() else {
         return Err(format!("{}: not a JSON object", path.display()));
     };
-    let root = obj
-        .entry("root")
-        .or_insert_with(|| serde_json::json!({}));
+    let root = obj.entry("root").or_insert_with(|| serde_json::json!({}));
     if let Some(root) = root.as_object_mut() {
         root.insert("path".into(), serde_json::Value::String("rootfs".into()));
     }

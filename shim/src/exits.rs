@@ -45,7 +45,11 @@ impl Exits {
                         continue;
                     };
                     if let Some(process) = me.claim_or_keep(pid, event.exit_code) {
-                        debug!("pid {pid} of {} exited {}", process.event_id(), event.exit_code);
+                        debug!(
+                            "pid {pid} of {} exited {}",
+                            process.event_id(),
+                            event.exit_code
+                        );
                         on_exit(process, event.exit_code);
                     }
                 }

@@ -91,7 +91,10 @@ pub fn unmount_all(target: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("unmount {}: {e}", target.display())),
         }
     }
-    Err(format!("unmount {}: still mounted after 64 unmounts", target.display()))
+    Err(format!(
+        "unmount {}: still mounted after 64 unmounts",
+        target.display()
+    ))
 }
 
 /// Undoes `setup` from its record: unmount the rootfs, remove a store rootfs's

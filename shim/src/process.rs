@@ -132,7 +132,11 @@ impl Process {
     }
 
     pub fn with_io<T>(&self, f: impl FnOnce(&Io) -> T) -> Option<T> {
-        self.io.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(f)
+        self.io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(f)
     }
 
     /// Drops the shim's side of the stdio (on delete).

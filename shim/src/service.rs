@@ -57,9 +57,10 @@ impl Shim for Service {
 
     fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let record = Record::load(&self.bundle);
-        let runc = record.as_ref().map(|r| r.runc.clone()).unwrap_or_else(|| {
-            Runc::new(None, None, &self.namespace, &self.bundle)
-        });
+        let runc = record
+            .as_ref()
+            .map(|r| r.runc.clone())
+            .unwrap_or_else(|| Runc::new(None, None, &self.namespace, &self.bundle));
         if let Err(e) = runc.delete(&self.id, true) {
             if !e.is_not_found() {
                 warn!("cleanup of {}: {e}", self.id);

@@ -256,7 +256,9 @@ fn receive_master(listener: &UnixListener) -> std::io::Result<File> {
             }
         }
     }
-    Err(std::io::Error::other("console socket message carried no fd"))
+    Err(std::io::Error::other(
+        "console socket message carried no fd",
+    ))
 }
 
 impl Io {

@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim::api::{
-    self, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
-    CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
-    PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest,
-    WaitResponse,
+    self, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
+    PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
+    StateRequest, StateResponse, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
@@ -107,7 +106,10 @@ impl TaskService {
         let mut guard = self.lock();
         match guard.as_mut() {
             Some(c) if c.id == id => f(c),
-            _ => Err(rpc_err(Code::NOT_FOUND, format!("container {id} not found"))),
+            _ => Err(rpc_err(
+                Code::NOT_FOUND,
+                format!("container {id} not found"),
+            )),
         }
     }
 
@@ -449,8 +451,12 @@ impl TaskService {
         if req.exec_id.is_empty() {
             return runc.kill(&req.id, req.signal, req.all).map_err(runc_err);
         }
-        let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
-            .map_err(|e| rpc_err(Code::INVALID_ARGUMENT, format!("signal {}: {e}", req.signal)))?;
+        let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|e| {
+            rpc_err(
+                Code::INVALID_ARGUMENT,
+                format!("signal {}: {e}", req.signal),
+            )
+        })?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(snap.pid as i32), signal).map_err(|e| {
             rpc_err(
                 Code::NOT_FOUND,
@@ -462,8 +468,9 @@ impl TaskService {
 
 impl Task for TaskService {
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        let (process, bundle) =
-            self.with_container(&req.id, |c| Ok((c.process(&req.exec_id)?, c.bundle.clone())))?;
+        let (process, bundle) = self.with_container(&req.id, |c| {
+            Ok((c.process(&req.exec_id)?, c.bundle.clone()))
+        })?;
         let snap = process.snapshot();
         let status = match snap.status {
             Status::Created => api::Status::CREATED,
@@ -492,7 +499,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        self.do_create(&req).inspect_err(|e| warn!("create {}: {e:?}", req.id))
+        self.do_create(&req)
+            .inspect_err(|e| warn!("create {}: {e:?}", req.id))
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
@@ -519,7 +527,8 @@ impl Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<api::Empty> {
-        let (runc, init) = self.with_container(&req.id, |c| Ok((c.runc.clone(), c.init.clone())))?;
+        let (runc, init) =
+            self.with_container(&req.id, |c| Ok((c.runc.clone(), c.init.clone())))?;
         runc.pause(&req.id).map_err(runc_err)?;
         init.set_status(Status::Paused);
         self.events.publish(
@@ -533,7 +542,8 @@ impl Task for TaskService {
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<api::Empty> {
-        let (runc, init) = self.with_container(&req.id, |c| Ok((c.runc.clone(), c.init.clone())))?;
+        let (runc, init) =
+            self.with_container(&req.id, |c| Ok((c.runc.clone(), c.init.clone())))?;
         runc.resume(&req.id).map_err(runc_err)?;
         init.set_status(Status::Running);
         self.events.publish(
