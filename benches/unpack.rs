@@ -39,9 +39,42 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "container", "layer", "overlay", "digest", "manifest", "runtime", "namespace", "cgroup", "mount", "snapshot",
-    "0x7f3a", "ELF", "libc.so.6", "/usr/lib", "fn", "return", "struct", "{", "}", "\n", "    ", "#include", "int", "0",
-    "error", "warning", "proc", "sys", "dev", "etc", "var", "tmp", "bin", "sbin", "lib64", "x86_64",
+    "container",
+    "layer",
+    "overlay",
+    "digest",
+    "manifest",
+    "runtime",
+    "namespace",
+    "cgroup",
+    "mount",
+    "snapshot",
+    "0x7f3a",
+    "ELF",
+    "libc.so.6",
+    "/usr/lib",
+    "fn",
+    "return",
+    "struct",
+    "{",
+    "}",
+    "\n",
+    "    ",
+    "#include",
+    "int",
+    "0",
+    "error",
+    "warning",
+    "proc",
+    "sys",
+    "dev",
+    "etc",
+    "var",
+    "tmp",
+    "bin",
+    "sbin",
+    "lib64",
+    "x86_64",
 ];
 
 fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
@@ -61,9 +94,18 @@ fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
 }
 
 fn generate() -> Image {
-    let n_layers: usize = std::env::var("NESTCACHE_BENCH_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let layer_mb: usize = std::env::var("NESTCACHE_BENCH_LAYER_MB").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
-    let dir = tempfile::Builder::new().prefix("nc-bench-").tempdir_in("/var/tmp").unwrap();
+    let n_layers: usize = std::env::var("NESTCACHE_BENCH_LAYERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let layer_mb: usize = std::env::var("NESTCACHE_BENCH_LAYER_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let dir = tempfile::Builder::new()
+        .prefix("nc-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let root = dir.path().join("store");
     std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -84,13 +126,19 @@ fn generate() -> Image {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
-                b.append_data(&mut h, format!("l{l}/d{}/", i / 50), &[][..]).unwrap();
+                b.append_data(&mut h, format!("l{l}/d{}/", i / 50), &[][..])
+                    .unwrap();
             }
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
             h.set_size(size as u64);
             h.set_mtime(1_600_000_000);
-            b.append_data(&mut h, format!("l{l}/d{}/f{i}", i / 50), &text(&mut rng, size)[..]).unwrap();
+            b.append_data(
+                &mut h,
+                format!("l{l}/d{}/f{i}", i / 50),
+                &text(&mut rng, size)[..],
+            )
+            .unwrap();
             total += size;
             i += 1;
         }
@@ -140,7 +188,11 @@ fn write_oci_index(root: &Path, layers: &[LayerBlob]) {
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": md.to_string(), "size": ms, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]});
     std::fs::write(root.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        root.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
 }
 
 fn blob(img: &Image, l: &LayerBlob) -> PathBuf {
@@ -148,13 +200,20 @@ fn blob(img: &Image, l: &LayerBlob) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) {
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().unwrap();
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
     assert!(st.success(), "{cmd:?} failed");
 }
 
 /// A fresh content dir sharing the blobs (hardlinked), with nothing extracted yet.
 fn fresh_store(img: &Image) -> (tempfile::TempDir, ContentLayout) {
-    let t = tempfile::Builder::new().prefix("nc-bench-run-").tempdir_in("/var/tmp").unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("nc-bench-run-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let blobs = t.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     for e in std::fs::read_dir(img.root.join("blobs/sha256")).unwrap() {
@@ -166,7 +225,10 @@ fn fresh_store(img: &Image) -> (tempfile::TempDir, ContentLayout) {
 }
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("nc-bench-out-").tempdir_in("/var/tmp").unwrap()
+    tempfile::Builder::new()
+        .prefix("nc-bench-out-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -175,10 +237,16 @@ fn bench(c: &mut Criterion) {
         "bench image: {} layers, {} MiB uncompressed, {} MiB gzip",
         img.layers.len(),
         img.tar_bytes >> 20,
-        img.layers.iter().map(|l| std::fs::metadata(blob(&img, l)).unwrap().len()).sum::<u64>() >> 20
+        img.layers
+            .iter()
+            .map(|l| std::fs::metadata(blob(&img, l)).unwrap().len())
+            .sum::<u64>()
+            >> 20
     );
     let mut g = c.benchmark_group("image");
-    g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Bytes(img.tar_bytes));
     g.bench_function("gzip -dc >/dev/null (floor, sequential)", |b| {
         b.iter(|| {
@@ -192,7 +260,11 @@ fn bench(c: &mut Criterion) {
             scratch,
             |out| {
                 for l in &img.layers {
-                    run(Command::new("tar").arg("-xzf").arg(blob(&img, l)).arg("-C").arg(out.path()));
+                    run(Command::new("tar")
+                        .arg("-xzf")
+                        .arg(blob(&img, l))
+                        .arg("-C")
+                        .arg(out.path()));
                 }
                 out
             },
@@ -227,18 +299,26 @@ fn bench(c: &mut Criterion) {
 
     let first = &img.layers[0];
     let mut g = c.benchmark_group("one layer");
-    g.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(1));
     let bytes: u64 = {
         let mut d = flate2::read::GzDecoder::new(std::fs::File::open(blob(&img, first)).unwrap());
         std::io::copy(&mut d, &mut std::io::sink()).unwrap()
     };
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("gzip -dc >/dev/null", |b| b.iter(|| run(Command::new("gzip").arg("-dc").arg(blob(&img, first)))));
+    g.bench_function("gzip -dc >/dev/null", |b| {
+        b.iter(|| run(Command::new("gzip").arg("-dc").arg(blob(&img, first))))
+    });
     g.bench_function("tar -xzf", |b| {
         b.iter_batched(
             scratch,
             |out| {
-                run(Command::new("tar").arg("-xzf").arg(blob(&img, first)).arg("-C").arg(out.path()));
+                run(Command::new("tar")
+                    .arg("-xzf")
+                    .arg(blob(&img, first))
+                    .arg("-C")
+                    .arg(out.path()));
                 out
             },
             BatchSize::PerIteration,
@@ -249,7 +329,15 @@ fn bench(c: &mut Criterion) {
             scratch,
             |out| {
                 let f = std::fs::File::open(blob(&img, first)).unwrap();
-                let r = apply_layer(f, &first.media_type, &first.diff_id, &out.path().join("l"), Some(&[]), &Limits::default()).unwrap();
+                let r = apply_layer(
+                    f,
+                    &first.media_type,
+                    &first.diff_id,
+                    &out.path().join("l"),
+                    Some(&[]),
+                    &Limits::default(),
+                )
+                .unwrap();
                 assert!(matches!(r, Outcome::Done(_)));
                 out
             },
