@@ -18,6 +18,14 @@ pub const EXPIRES: &str = "io.nestcache.expires";
 /// `false` when the user supplied it.
 pub const CONTENT_DIR_OWNED: &str = "io.nestcache.content-dir-owned";
 
+/// Nested containers (role [`ROLE_NESTED`]; [`NAME`], [`PATH`] and [`CONTENT_DIR`] name
+/// the cache they run from): the image as given to `run`, its manifest digest, whether
+/// the cache is mounted (`true`/`false`), and the exit code once the process has ended.
+pub const IMAGE: &str = "io.nestcache.image";
+pub const MANIFEST: &str = "io.nestcache.manifest";
+pub const MOUNT_CACHE: &str = "io.nestcache.mount-cache";
+pub const EXIT_CODE: &str = "io.nestcache.exit-code";
+
 /// Shim annotations (OCI spec `annotations`): the store (content dir) to assemble the
 /// rootfs from, and the image in it (reference or manifest digest).
 pub const ANNOTATION_STORE: &str = "io.nestcache.store";

@@ -9,6 +9,7 @@
 //! namespace is validated at connect so that header can never be malformed.
 
 mod containers;
+pub mod io;
 pub mod labels;
 mod tasks;
 
