@@ -91,14 +91,36 @@ pub async fn run(g: &Globals, c: StoreCmd) -> anyhow::Result<ExitCode> {
         }
         StoreCmd::Unpack(a) => {
             let store = a.target.open_existing(g).await?;
-            // UNPACK: call `nestcache::unpack::ensure_unpacked(&store, &img, &limits)` once
-            // the unpacker lands.
-            let img = store.resolve(&a.reference, None)?;
-            anyhow::bail!(
-                "store unpack {} ({}): the layer unpacker is not available in this build yet",
-                a.reference,
-                img.manifest_digest
-            )
+            let reference = a.reference.clone();
+            let (img, dirs) = tokio::task::spawn_blocking(move || {
+                let img = store.resolve(&reference, None)?;
+                let dirs = nestcache::unpack::ensure_unpacked(
+                    &store,
+                    &img,
+                    &nestcache::unpack::Limits::default(),
+                )?;
+                anyhow::Ok((img, dirs))
+            })
+            .await
+            .context("unpack worker")??;
+            if a.json {
+                super::print_json(&serde_json::json!({
+                    "reference": a.reference,
+                    "manifest_digest": img.manifest_digest.to_string(),
+                    "layers": dirs,
+                }))?;
+            } else {
+                for d in &dirs {
+                    println!("{}", d.display());
+                }
+                println!(
+                    "{} ({}): {} layers extracted",
+                    a.reference,
+                    img.manifest_digest,
+                    dirs.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

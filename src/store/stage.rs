@@ -121,8 +121,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
 
     let unpacked = !opts.no_unpack;
     if unpacked {
-        // UNPACK: `crate::unpack::ensure_unpacked(store, &img, &limits)` goes here once
-        // the unpacker lands; until then staging writes blobs only.
+        crate::unpack::ensure_unpacked(store, &img, &crate::unpack::Limits::default())?;
     }
 
     Ok(StageReport {
@@ -135,7 +134,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
         layers,
         bytes_written,
         bytes_reused,
-        unpacked: false,
+        unpacked,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
