@@ -40,7 +40,11 @@ pub struct LayerBlob {
 /// Makes sure every layer of a resolved image is extracted in `store`; returns the layer
 /// directories bottom → top. Holds the store's gc lock (shared) meanwhile, so `store gc`
 /// never removes a work dir or a layer under an extraction.
-pub fn ensure_unpacked(store: &Store, img: &ResolvedImage, limits: &Limits) -> Result<Vec<PathBuf>> {
+pub fn ensure_unpacked(
+    store: &Store,
+    img: &ResolvedImage,
+    limits: &Limits,
+) -> Result<Vec<PathBuf>> {
     let descriptors = img.manifest.layers();
     if descriptors.len() != img.diff_ids.len() {
         return Err(Error::Invalid(format!(
