@@ -24,14 +24,13 @@ pub struct Target {
 
 impl Target {
     /// The content directory this target names.
-    pub async fn dir(&self, _g: &Globals) -> anyhow::Result<PathBuf> {
+    pub async fn dir(&self, g: &Globals) -> anyhow::Result<PathBuf> {
         match (&self.store, &self.cache) {
             (Some(dir), _) => Ok(dir.clone()),
-            // CACHE: look the content dir up with the cache engineer's `cache::find` once
-            // it lands; until then only --store works.
-            (None, Some(name)) => anyhow::bail!(
-                "--cache {name}: cache lookup is not available in this build yet; use --store DIR"
-            ),
+            (None, Some(name)) => {
+                let client = super::connect(g).await?;
+                Ok(nestcache::cache::find(&client, name).await?.content_dir)
+            }
             (None, None) => anyhow::bail!("pass --cache NAME or --store DIR"),
         }
     }
@@ -84,6 +83,7 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         verify_existing: a.verify_existing,
         no_unpack: a.no_unpack,
         progress: !a.json,
+        ..Default::default()
     };
     let spec = a.source.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use nestcache::store::describe_problems;
+use nestcache::store::{describe_problems, unpack_image};
+use nestcache::unpack::Limits;
 
 use super::stage::Target;
 use super::Globals;
@@ -92,29 +93,23 @@ pub async fn run(g: &Globals, c: StoreCmd) -> anyhow::Result<ExitCode> {
         StoreCmd::Unpack(a) => {
             let store = a.target.open_existing(g).await?;
             let reference = a.reference.clone();
-            let (img, dirs) = tokio::task::spawn_blocking(move || {
+            let (img, dirs) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let _writer = store.writer_lock()?;
                 let img = store.resolve(&reference, None)?;
-                let dirs = nestcache::unpack::ensure_unpacked(
-                    &store,
-                    &img,
-                    &nestcache::unpack::Limits::default(),
-                )?;
-                anyhow::Ok((img, dirs))
+                let dirs = unpack_image(&store, &img, &Limits::default())?;
+                Ok((img, dirs))
             })
             .await
             .context("unpack worker")??;
             if a.json {
                 super::print_json(&serde_json::json!({
                     "reference": a.reference,
-                    "manifest_digest": img.manifest_digest.to_string(),
+                    "manifest_digest": img.manifest_digest,
                     "layers": dirs,
                 }))?;
             } else {
-                for d in &dirs {
-                    println!("{}", d.display());
-                }
                 println!(
-                    "{} ({}): {} layers extracted",
+                    "unpacked {} ({}): {} layers",
                     a.reference,
                     img.manifest_digest,
                     dirs.len()

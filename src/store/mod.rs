@@ -25,7 +25,7 @@ pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, Missi
 pub use gc::GcReport;
 pub use ingest::{hash_reader as hash_stream, Ingested};
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, LayerReport, StageOptions, StageReport};
+pub use stage::{stage, unpack_image, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -90,6 +90,11 @@ impl Store {
         }
         store.check_oci_layout()?;
         Ok(store)
+    }
+
+    /// Holds off `store gc` while writing (stage, unpack) or reading what gc may delete.
+    pub fn writer_lock(&self) -> Result<lock::LockGuard> {
+        lock::lock(&self.layout().gc_lock_file(), false)
     }
 
     pub fn layout(&self) -> &ContentLayout {

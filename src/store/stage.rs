@@ -32,6 +32,8 @@ pub struct StageOptions {
     pub no_unpack: bool,
     /// Per-layer progress bars on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Bomb guards for extraction.
+    pub limits: crate::unpack::Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +123,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
 
     let unpacked = !opts.no_unpack;
     if unpacked {
-        crate::unpack::ensure_unpacked(store, &img, &crate::unpack::Limits::default())?;
+        unpack_image(store, &img, &opts.limits)?;
     }
 
     Ok(StageReport {
@@ -137,6 +139,28 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
         unpacked,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Extracts the layers of an image whose blobs are in the store (the caller holds the gc
+/// lock shared); returns the layer directories bottom → top.
+pub fn unpack_image(
+    store: &Store,
+    img: &ResolvedImage,
+    limits: &crate::unpack::Limits,
+) -> Result<Vec<std::path::PathBuf>> {
+    let layers = img
+        .layers()
+        .iter()
+        .zip(&img.diff_ids)
+        .map(|(desc, diff_id)| {
+            Ok(crate::unpack::LayerBlob {
+                digest: image::descriptor_digest(desc)?,
+                media_type: desc.media_type().to_string(),
+                diff_id: diff_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    crate::unpack::ensure_layers(store.layout(), &layers, limits)
 }
 
 /// The descriptor recorded in index.json: the manifest's, with its platform, and without
