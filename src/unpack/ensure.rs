@@ -27,7 +27,7 @@ use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image::ResolvedImage;
 use crate::layout::ContentLayout;
-use crate::store::{lock, Store};
+use crate::store::Store;
 
 /// One layer of an image: its blob and the diff_id the image config gives it.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub fn ensure_unpacked(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let _gc = lock::lock(&store.layout().gc_lock_file(), false)?;
+    let _gc = store.writer_lock()?;
     ensure_layers(store.layout(), &layers, limits)
 }
 
