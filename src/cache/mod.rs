@@ -146,9 +146,11 @@ pub fn validate_path(path: &Path) -> Result<()> {
     if !path.is_absolute() {
         return bad("must be absolute");
     }
+    // Path::components hides "." in the middle, so look at the text.
     if path
         .components()
         .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        || s.split('/').any(|seg| seg == "." || seg == "..")
         || s.contains("//")
         || (s.len() > 1 && s.ends_with('/'))
     {
