@@ -91,6 +91,12 @@ impl ContentLayout {
     pub fn lock_file(&self) -> PathBuf {
         self.meta_dir().join("lock")
     }
+
+    /// Held shared by every writer (stage, unpack) for its whole run and exclusively by
+    /// `store gc`, so gc never removes what a writer has written but not yet referenced.
+    pub fn gc_lock_file(&self) -> PathBuf {
+        self.meta_dir().join("gc.lock")
+    }
 }
 
 /// Paths inside nestcache's state directory.

@@ -127,11 +127,6 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Placeholder for commands whose issue has not landed yet.
-pub fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{what} is not implemented yet")
-}
-
 /// The library's connection options from the global flags.
 pub fn connect_options(g: &Globals) -> nestcache::env::ConnectOptions {
     nestcache::env::ConnectOptions {
