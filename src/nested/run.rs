@@ -328,7 +328,9 @@ fn interrupted(sig: i32) -> Error {
     let name = nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str())
         .unwrap_or("a signal");
-    Error::Other(format!("interrupted by {name} before the container started"))
+    Error::Other(format!(
+        "interrupted by {name} before the container started"
+    ))
 }
 
 /// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, and closing its
