@@ -290,10 +290,11 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
         .await;
     if let Err(e) = created {
         dir.undo();
-        return Err(match e {
-            Error::Invalid(_) => taken(&opts.name, client.namespace()),
-            e => e,
-        });
+        // Lost a race with a concurrent create of the same name?
+        if client.get_container(&id).await.is_ok_and(|c| c.is_some()) {
+            return Err(taken(&opts.name, client.namespace()));
+        }
+        return Err(e);
     }
     let layout = ContentLayout::new(&dir.path);
     let meta = layout.cache_meta_dir(&opts.name);
@@ -513,9 +514,36 @@ impl ContentDir {
 }
 
 /// Removes cache `name`.
+/// Refuses while a nested container runs from the cache: removing its content dir would
+/// pull the layers and the cache path from under it.
 pub async fn rm(client: &Client, name: &str, opts: RemoveOptions) -> Result<bool> {
     let info = find(client, name).await?;
+    let users = running_users(client, name).await?;
+    if !users.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cache {name:?} is in use by running nested container(s) {}: stop or remove them first (`nestcache rm`)",
+            users.join(", ")
+        )));
+    }
     remove(client, &info, opts).await
+}
+
+/// The nested containers running from cache `name`.
+pub async fn running_users(client: &Client, name: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for c in client
+        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
+        .await?
+    {
+        let running = client
+            .task_state(&c.id)
+            .await?
+            .is_some_and(|t| t.status != TaskStatus::Stopped);
+        if running {
+            out.push(c.id);
+        }
+    }
+    Ok(out)
 }
 
 /// Stops and deletes the task, deletes the container, removes the handshake files and,
@@ -577,6 +605,10 @@ pub async fn gc(client: &Client) -> Result<Vec<Reaped>> {
         } else {
             continue;
         };
+        if !running_users(client, &i.name).await?.is_empty() {
+            tracing::info!("gc: cache {} is in use by nested containers; kept", i.name);
+            continue;
+        }
         let content_dir_removed = remove(client, &i, RemoveOptions::default()).await?;
         out.push(Reaped {
             name: i.name,
@@ -602,6 +634,17 @@ pub async fn reap_expired(client: &Client) -> Vec<Reaped> {
         let i = info_from_labels(client.namespace(), &c);
         if !i.expired {
             continue;
+        }
+        match running_users(client, &i.name).await {
+            Ok(users) if users.is_empty() => {}
+            Ok(users) => {
+                tracing::info!("expired cache {} is in use by {users:?}; kept", i.name);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("reaping expired cache {}: {e}", i.name);
+                continue;
+            }
         }
         match remove(client, &i, RemoveOptions::default()).await {
             Ok(content_dir_removed) => out.push(Reaped {
