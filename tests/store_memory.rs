@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use stage_util::*;
 
 #[test]
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
 fn staging_memory_stays_flat() {
     let d = Dirs::new();
     // One 256 MiB uncompressed layer, written straight to disk (the test itself stays
