@@ -249,6 +249,11 @@ fn bad_input_fails_with_one_clear_line() {
     }
     let err = env.fails(&["cache", "create", "p", "--path", "/c", "--ttl", "soon"]);
     assert!(err.contains("invalid --ttl"), "{err}");
+    for ttl in ["0s", "100000years"] {
+        let err = env.fails(&["cache", "create", "p", "--path", "/c", "--ttl", ttl]);
+        assert!(err.contains("--ttl"), "{ttl}: {err}");
+        one_line(&err);
+    }
 
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = env.fails(&[
@@ -384,4 +389,89 @@ fn containerd_stopped_between_two_commands() {
     assert_eq!(pid_of(&v), pid);
     env.ok(&["cache", "rm", &name]);
     assert!(cache_names(&env).is_empty());
+}
+
+#[test]
+fn rm_refuses_while_a_nested_container_runs_from_the_cache() {
+    use nestcache::cache::spec::{keeper_spec, KeeperSpec};
+    use nestcache::containerd::{Client, Mount, NewContainer, NewTask};
+
+    let env = Env::new("cache-used");
+    let v = json(&env.ok(&["cache", "create", "used", "--path", "/c", "--json"]));
+    let content = PathBuf::from(v["content_dir"].as_str().unwrap());
+    // A stand-in for a nested container: labelled as running from cache "used", its
+    // process another keeper (with its own handshake files) so it stays up.
+    let meta = content.join(".nestcache/cache/user");
+    std::fs::create_dir_all(&meta).unwrap();
+    std::fs::write(meta.join("nonce"), "n1").unwrap();
+    let keeper = std::fs::canonicalize(env.state_dir())
+        .unwrap()
+        .join("keeper/keeper");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(Client::connect(&env.address, &env.namespace))
+        .unwrap();
+    let id = "nested-user";
+    let spec = keeper_spec(&KeeperSpec {
+        namespace: &env.namespace,
+        container_id: id,
+        name: "user",
+        keeper_binary: &keeper,
+        content_dir: &content,
+        target_path: Path::new("/c"),
+        nonce: "n1",
+    })
+    .unwrap();
+    let labels = [
+        ("io.nestcache.role", "nested"),
+        ("io.nestcache.name", "used"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    rt.block_on(async {
+        client
+            .create_container(NewContainer {
+                id: id.into(),
+                labels,
+                spec,
+                runtime: None,
+            })
+            .await
+            .unwrap();
+        client
+            .create_task(NewTask {
+                container_id: id.into(),
+                rootfs: vec![Mount {
+                    r#type: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["size=1m".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client.start_task(id).await.unwrap();
+    });
+
+    let err = env.fails(&["cache", "rm", "used"]);
+    assert!(
+        err.contains("in use by running nested container(s) nested-user"),
+        "{err}"
+    );
+    assert!(content.is_dir());
+
+    rt.block_on(async {
+        client
+            .stop_and_delete_task(id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(client.delete_container(id).await.unwrap());
+    });
+    env.ok(&["cache", "rm", "used"]);
+    assert!(!content.exists());
 }

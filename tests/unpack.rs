@@ -46,6 +46,9 @@ fn regular_files_dirs_links_devices_and_metadata() {
         .symlink("bin/sh", "busybox")
         .symlink("etc/mtab", "/proc/mounts")
         .hardlink("etc/passwd-", "etc/passwd")
+        .dir("usr/", 0o755)
+        .dir("usr/share/", 0o755)
+        .hardlink("usr/share/passwd", "etc/passwd")
         .node("dev/null", EntryType::Char, 1, 3)
         .node("dev/sda", EntryType::Block, 8, 0)
         .node("run/fifo", EntryType::Fifo, 0, 0)
@@ -88,6 +91,9 @@ fn regular_files_dirs_links_devices_and_metadata() {
     let a = std::fs::metadata(dest.join("etc/passwd")).unwrap();
     let b = std::fs::metadata(dest.join("etc/passwd-")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hardlink shares the inode");
+    let c = std::fs::metadata(dest.join("usr/share/passwd")).unwrap();
+    assert_eq!(a.ino(), c.ino(), "hardlink across directories");
+    assert_eq!(a.nlink(), 3);
     let null = std::fs::symlink_metadata(dest.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));

@@ -133,3 +133,30 @@ fn repeated_layers_extract_once() {
     assert_eq!(dirs[0], dirs[2]);
     assert_eq!(dirs[0], layout.layer_by_diff_id(&l.diff_id));
 }
+
+#[test]
+fn ensure_unpacked_from_a_resolved_image() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let layers = write_oci_image(
+        store_dir.path(),
+        "img",
+        &[
+            LayerTar::new().dir("a/", 0o755).file("a/1", b"1").finish(),
+            LayerTar::new()
+                .dir("a/", 0o755)
+                .file("a/.wh.1", b"")
+                .finish(),
+        ],
+    );
+    let store = nestcache::store::Store::open(store_dir.path()).unwrap();
+    let img = store.resolve("img", None).unwrap();
+    let dirs = nestcache::unpack::ensure_unpacked(&store, &img, &Limits::default()).unwrap();
+    let layout = store.layout();
+    assert_eq!(
+        dirs,
+        layers
+            .iter()
+            .map(|l| layout.layer_by_diff_id(&l.diff_id))
+            .collect::<Vec<_>>()
+    );
+}

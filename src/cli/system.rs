@@ -54,7 +54,7 @@ pub async fn run(g: &Globals, c: SystemCmd) -> anyhow::Result<ExitCode> {
                 super::print_json(&s)?;
             } else if let Some(pid) = s.pid {
                 println!(
-                    "stopped the embedded containerd (pid {pid}{}); running cache tasks keep running until it starts again",
+                    "stopped the embedded containerd (pid {pid}{}); cache tasks it runs keep running, and it picks them up when it starts again",
                     if s.killed { ", killed after the grace period" } else { "" }
                 );
             } else {

@@ -560,11 +560,12 @@ impl Applier<'_> {
             }
             self.parents.depends = true;
         }
-        let (dir, _) = self.prepare(rel, false)?;
-        // prepare() may have moved the walker: resolve the target's directory again.
+        // The target's directory as an fd of our own first: resolving the link's parent
+        // afterwards moves the walker, which closes the fds it cached.
         let tdir = self
             .target_dir(&trel)?
             .ok_or_else(|| Fail::Invalid(format!("hardlink target {target:?} vanished")))?;
+        let (dir, _) = self.prepare(rel, false)?;
         linkat(
             Some(tdir.as_raw_fd()),
             last(&trel),

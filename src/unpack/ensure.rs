@@ -25,7 +25,9 @@ use super::apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome
 use super::stream::Limits;
 use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, IoContext, Result};
+use crate::image::ResolvedImage;
 use crate::layout::ContentLayout;
+use crate::store::Store;
 
 /// One layer of an image: its blob and the diff_id the image config gives it.
 #[derive(Debug, Clone)]
@@ -33,6 +35,38 @@ pub struct LayerBlob {
     pub digest: Digest,
     pub media_type: String,
     pub diff_id: Digest,
+}
+
+/// Makes sure every layer of a resolved image is extracted in `store`; returns the layer
+/// directories bottom → top. Holds the store's gc lock (shared) meanwhile, so `store gc`
+/// never removes a work dir or a layer under an extraction.
+pub fn ensure_unpacked(
+    store: &Store,
+    img: &ResolvedImage,
+    limits: &Limits,
+) -> Result<Vec<PathBuf>> {
+    let descriptors = img.manifest.layers();
+    if descriptors.len() != img.diff_ids.len() {
+        return Err(Error::Invalid(format!(
+            "image {}: the manifest has {} layers but the config lists {} diff_ids",
+            img.manifest_digest,
+            descriptors.len(),
+            img.diff_ids.len()
+        )));
+    }
+    let layers = descriptors
+        .iter()
+        .zip(&img.diff_ids)
+        .map(|(d, diff_id)| {
+            Ok(LayerBlob {
+                digest: d.digest().to_string().parse()?,
+                media_type: d.media_type().to_string(),
+                diff_id: diff_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _gc = store.writer_lock()?;
+    ensure_layers(store.layout(), &layers, limits)
 }
 
 /// The published tree of a layer, if any: by diff_id (independent) or by chain id.

@@ -148,3 +148,51 @@ pub fn scratch() -> (tempfile::TempDir, PathBuf) {
     let dest = t.path().join("layer");
     (t, dest)
 }
+
+/// Writes an OCI image layout at `root` holding one image `reference` made of `layers`
+/// (uncompressed tars; stored gzip-compressed). Returns the layers as the store sees them.
+pub fn write_oci_image(root: &Path, reference: &str, layers: &[Vec<u8>]) -> Vec<LayerBlob> {
+    let blobs: Vec<LayerBlob> = layers.iter().map(|t| put_layer(root, t, true)).collect();
+    let put = |data: &[u8]| -> (Digest, usize) {
+        let d = Digest::of(data);
+        std::fs::write(root.join("blobs/sha256").join(d.hex()), data).unwrap();
+        (d, data.len())
+    };
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": blobs.iter().map(|b| b.diff_id.to_string()).collect::<Vec<_>>()},
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let layer_descs: Vec<_> = blobs
+        .iter()
+        .map(|b| {
+            let size = std::fs::metadata(root.join("blobs/sha256").join(b.digest.hex())).unwrap().len();
+            serde_json::json!({"mediaType": b.media_type, "digest": b.digest.to_string(), "size": size})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_size},
+        "layers": layer_descs,
+    });
+    let (m_digest, m_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m_digest.to_string(),
+            "size": m_size,
+            "annotations": {"org.opencontainers.image.ref.name": reference},
+        }],
+    });
+    std::fs::write(root.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        root.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    blobs
+}
