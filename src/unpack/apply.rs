@@ -143,7 +143,7 @@ fn extract(
             .unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
         if count > limits.max_entries {
             return Err(Error::Invalid(format!(
-                "{layer}: more than {} entries (limit max_entries), at entry {name:?}",
+                "{layer}: more than {} entries (limit max_entries, NESTCACHE_MAX_ENTRIES), at entry {name:?}",
                 limits.max_entries
             )));
         }

@@ -50,11 +50,21 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// Built-in values, each overridable by an environment variable
+    /// (`NESTCACHE_MAX_LAYER_BYTES`, `NESTCACHE_MAX_ENTRIES`, `NESTCACHE_MAX_RATIO`): a
+    /// legitimate layer can trip the ratio guard (a huge sparse `/var/log/lastlog`), and
+    /// whoever hits that needs a way out without a rebuild.
     fn default() -> Self {
+        let env = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
         Limits {
-            max_layer_bytes: 64 << 30,
-            max_entries: 4_000_000,
-            max_ratio: 200,
+            max_layer_bytes: env("NESTCACHE_MAX_LAYER_BYTES", 64 << 30),
+            max_entries: env("NESTCACHE_MAX_ENTRIES", 4_000_000),
+            max_ratio: env("NESTCACHE_MAX_RATIO", 200),
             ratio_grace_bytes: 64 << 20,
         }
     }
@@ -90,14 +100,14 @@ impl Read for Guard<'_> {
         self.expanded += n as u64;
         let why = if self.expanded > self.limits.max_layer_bytes {
             Some(format!(
-                "decompression guard: layer expands past {} bytes (limit max_layer_bytes)",
+                "decompression guard: layer expands past {} bytes (limit max_layer_bytes, NESTCACHE_MAX_LAYER_BYTES)",
                 self.limits.max_layer_bytes
             ))
         } else if self.expanded > self.limits.ratio_grace_bytes
             && self.expanded > self.compressed.get().saturating_mul(self.limits.max_ratio)
         {
             Some(format!(
-                "decompression guard: {} compressed bytes expand to more than {} (ratio above {}:1, limit max_ratio)",
+                "decompression guard: {} compressed bytes expand to more than {} (ratio above {}:1, limit max_ratio, NESTCACHE_MAX_RATIO)",
                 self.compressed.get(),
                 self.expanded,
                 self.limits.max_ratio
