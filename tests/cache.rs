@@ -249,6 +249,11 @@ fn bad_input_fails_with_one_clear_line() {
     }
     let err = env.fails(&["cache", "create", "p", "--path", "/c", "--ttl", "soon"]);
     assert!(err.contains("invalid --ttl"), "{err}");
+    for ttl in ["0s", "100000years"] {
+        let err = env.fails(&["cache", "create", "p", "--path", "/c", "--ttl", ttl]);
+        assert!(err.contains("--ttl"), "{ttl}: {err}");
+        one_line(&err);
+    }
 
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = env.fails(&[

@@ -146,9 +146,11 @@ pub fn validate_path(path: &Path) -> Result<()> {
     if !path.is_absolute() {
         return bad("must be absolute");
     }
+    // Path::components hides "." in the middle, so look at the text.
     if path
         .components()
         .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        || s.split('/').any(|seg| seg == "." || seg == "..")
         || s.contains("//")
         || (s.len() > 1 && s.ends_with('/'))
     {
@@ -243,8 +245,8 @@ fn rfc3339(t: SystemTime) -> String {
 pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) -> Result<Created> {
     validate_name(&opts.name)?;
     validate_path(&opts.path)?;
-    if opts.ttl.is_some_and(|t| t.is_zero()) {
-        return Err(Error::Invalid("--ttl must be longer than 0s".into()));
+    if let Some(ttl) = opts.ttl {
+        check_ttl(ttl)?;
     }
     if let Some(existing) = lookup(client, &opts.name).await? {
         if let Some(reused) = reuse(client, opts, existing).await? {
@@ -285,7 +287,8 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             id: id.clone(),
             labels: lbls,
             spec,
-            runtime: None,
+            // The keeper needs nothing but runc, whatever runtime the client defaults to.
+            runtime: Some(labels::DEFAULT_RUNTIME.to_string()),
         })
         .await;
     if let Err(e) = created {
@@ -660,9 +663,7 @@ pub async fn reap_expired(client: &Client) -> Vec<Reaped> {
 
 /// Moves cache `name`'s expiry to now + `ttl`.
 pub async fn touch(client: &Client, name: &str, ttl: Duration) -> Result<CacheInfo> {
-    if ttl.is_zero() {
-        return Err(Error::Invalid("--ttl must be longer than 0s".into()));
-    }
+    check_ttl(ttl)?;
     let i = find(client, name).await?;
     if !i.is_running() {
         return Err(Error::Invalid(format!(
@@ -671,16 +672,36 @@ pub async fn touch(client: &Client, name: &str, ttl: Duration) -> Result<CacheIn
         )));
     }
     let expires_at = SystemTime::now() + ttl;
+    // The keeper's file first: should the label update fail, the keeper outlives the
+    // label and the reaper still removes the cache on time.
+    let meta = i.meta_dir();
+    fs::create_dir_all(&meta).ctx(|| format!("create {}", meta.display()))?;
+    write_atomic(
+        &meta.join("deadline"),
+        &deadline_secs(Some(expires_at)).to_string(),
+    )?;
     client
         .update_labels(&i.id, &[(labels::EXPIRES, &rfc3339(expires_at))])
         .await?;
-    write_atomic(
-        &i.meta_dir().join("deadline"),
-        &deadline_secs(Some(expires_at)).to_string(),
-    )?;
     // Wake the keeper so it re-reads the deadline.
     client.kill_task(&i.id, libc::SIGUSR1, false).await?;
     find(client, name).await
+}
+
+/// The longest TTL (beyond it, use no TTL).
+const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(Error::Invalid("--ttl must be longer than 0s".into()));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::Invalid(format!(
+            "--ttl {} is longer than 10 years; leave --ttl out for a cache that does not expire",
+            humantime::format_duration(ttl)
+        )));
+    }
+    Ok(())
 }
 
 /// The keeper's deadline: unix seconds, rounded up; 0 = none.

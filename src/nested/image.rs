@@ -1,14 +1,17 @@
 //! The image a nested container runs: resolved in the cache's store (staged into it first
 //! with `--stage`), its layers extracted, its user database read from those layers.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use super::user::UserDb;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::rootfs::{self, LayerStack};
+use crate::store::{stage, StageOptions, Store};
+use crate::unpack::Limits;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
-#[allow(dead_code)]
 const USER_DB_LIMIT: u64 = 4 << 20;
 
 /// What `run` needs of the image.
@@ -37,12 +40,49 @@ pub async fn prepare(
         .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
 }
 
-fn prepare_blocking(
-    _content_dir: &Path,
-    _image: &str,
-    _stage: Option<&str>,
-) -> Result<PreparedImage> {
-    Err(Error::Other(
-        "nestcache run needs the content store (issue 3), which has not landed yet".into(),
-    ))
+fn prepare_blocking(content_dir: &Path, image: &str, stage: Option<&str>) -> Result<PreparedImage> {
+    let store = match stage {
+        Some(_) => Store::open(content_dir)?,
+        None => Store::open_existing(content_dir)?,
+    };
+    if let Some(source) = stage {
+        stage_into(&store, source, image)?;
+    }
+    let resolved = store.resolve(image, None).map_err(|e| match e {
+        Error::NotFound(what) => Error::NotFound(format!(
+            "{what}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
+        )),
+        other => other,
+    })?;
+    crate::unpack::ensure_unpacked(&store, &resolved, &Limits::default())?;
+    // Re-derive the dirs through the shared lookup, which refuses anything missing.
+    let layer_dirs = rootfs::layer_dirs(&store, &resolved)?;
+    let stack = LayerStack::new(layer_dirs.clone());
+    let read = |p: &str| -> Result<Option<String>> {
+        Ok(stack
+            .read_file(p, USER_DB_LIMIT)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    Ok(PreparedImage {
+        manifest_digest: resolved.manifest_digest.clone(),
+        config: resolved.config.config().clone(),
+        users: UserDb {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+        },
+        layer_dirs,
+    })
+}
+
+/// `--stage SOURCE`: stages SOURCE, recorded under the name IMAGE (unless IMAGE is a
+/// digest: then under the source's own ref).
+fn stage_into(store: &Store, source: &str, image: &str) -> Result<()> {
+    let src = crate::source::parse(source)?;
+    let opts = StageOptions {
+        reference: image.parse::<Digest>().is_err().then(|| image.to_string()),
+        progress: std::io::stderr().is_terminal(),
+        ..Default::default()
+    };
+    stage(store, src.as_ref(), &opts)?;
+    Ok(())
 }

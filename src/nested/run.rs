@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::image::{self, PreparedImage};
 use super::spec::{self, CacheMount, SpecOptions};
@@ -69,11 +69,19 @@ pub async fn run(
             "--rm cannot be combined with --detach: nothing waits for a detached container to remove it (use `nestcache rm` later)".into(),
         ));
     }
+    if opts.detach && opts.rm_cache {
+        return Err(Error::Invalid(
+            "--rm-cache cannot be combined with --detach: the cache would go while the container still runs".into(),
+        ));
+    }
     if opts.detach && opts.interactive {
         return Err(Error::Invalid(
             "-i cannot be combined with --detach: a detached container has no stdin".into(),
         ));
     }
+    // From here on SIGINT/SIGTERM/SIGHUP no longer kill nestcache: before the task starts
+    // they abort the run (cleaning up), afterwards they are passed on to the task.
+    let mut signals = Signals::install()?;
     let cache = cache::find(client, &opts.cache).await?;
     if cache.expired {
         return Err(Error::Invalid(format!(
@@ -97,7 +105,10 @@ pub async fn run(
         )));
     }
 
-    let image = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()).await?;
+    let image = tokio::select! {
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()) => r?,
+        s = signals.recv() => return Err(interrupted(s)),
+    };
     let paths = ContainerPaths::new(state, &id);
     // A leftover dir under an id containerd does not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -106,7 +117,14 @@ pub async fn run(
     }
     std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
 
-    let result = create_and_run(client, &cache, &id, &paths, &image, &opts, on_verified).await;
+    let target = Target {
+        client,
+        cache: &cache,
+        id: &id,
+        paths: &paths,
+        image: &image,
+    };
+    let result = create_and_run(&target, &opts, &mut signals, on_verified).await;
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
@@ -129,15 +147,28 @@ pub async fn run(
     }
 }
 
+/// What one run works on.
+struct Target<'a> {
+    client: &'a Client,
+    cache: &'a cache::CacheInfo,
+    id: &'a str,
+    paths: &'a ContainerPaths,
+    image: &'a PreparedImage,
+}
+
 async fn create_and_run(
-    client: &Client,
-    cache: &cache::CacheInfo,
-    id: &str,
-    paths: &ContainerPaths,
-    image: &PreparedImage,
+    t: &Target<'_>,
     opts: &RunOptions,
+    signals: &mut Signals,
     on_verified: impl FnOnce(&Verification),
 ) -> Result<RunReport> {
+    let Target {
+        client,
+        cache,
+        id,
+        paths,
+        image,
+    } = *t;
     let mut spec_opts = opts.spec.clone();
     spec_opts.id = id.to_string();
     spec_opts.namespace = client.namespace().to_string();
@@ -215,6 +246,9 @@ async fn create_and_run(
         cache_removed: false,
     };
 
+    if let Some(s) = signals.pending().await {
+        return Err(interrupted(s));
+    }
     let Some((fifos, open)) = fifos else {
         client.start_task(id).await?;
         return Ok(report);
@@ -235,7 +269,7 @@ async fn create_and_run(
             "nested container {id} could not start: {e}"
         )));
     }
-    let exit = forward_signals_until_exit(client, id, wait, stdin_closed).await;
+    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals).await;
     drop(raw);
     let exit = exit?;
     // The shim closes the FIFOs once it has passed on all output.
@@ -254,6 +288,51 @@ async fn create_and_run(
     Ok(report)
 }
 
+/// The signals nestcache handles while it runs a container.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install a signal handler", e));
+        Ok(Signals {
+            int: sig(SignalKind::interrupt())?,
+            term: sig(SignalKind::terminate())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+
+    /// A signal that has already arrived, if any.
+    async fn pending(&mut self) -> Option<i32> {
+        tokio::select! {
+            biased;
+            s = self.recv() => Some(s),
+            _ = std::future::ready(()) => None,
+        }
+    }
+}
+
+fn interrupted(sig: i32) -> Error {
+    let name = nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str())
+        .unwrap_or("a signal");
+    Error::Other(format!(
+        "interrupted by {name} before the container started"
+    ))
+}
+
 /// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, and closing its
 /// stdin once ours has ended.
 async fn forward_signals_until_exit(
@@ -261,19 +340,14 @@ async fn forward_signals_until_exit(
     id: &str,
     wait: crate::containerd::TaskWait,
     mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
+    signals: &mut Signals,
 ) -> Result<crate::containerd::ExitStatus> {
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install a signal handler", e));
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut hup = sig(SignalKind::hangup())?;
     let wait = wait.result();
     tokio::pin!(wait);
     loop {
         let forward = tokio::select! {
             r = &mut wait => return r,
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
+            s = signals.recv() => s,
             r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
                 stdin_closed = None;
                 if r.is_ok() {

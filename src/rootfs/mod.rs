@@ -13,7 +13,19 @@ use std::path::PathBuf;
 
 use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, Result};
+use crate::image::ResolvedImage;
 use crate::layout::ContentLayout;
+use crate::store::Store;
+
+/// The extracted layer dirs of `image` in `store`, bottom → top; see [`layer_dirs_in`].
+pub fn layer_dirs(store: &Store, image: &ResolvedImage) -> Result<Vec<PathBuf>> {
+    layer_dirs_in(
+        store.layout(),
+        &image.manifest_digest.to_string(),
+        &image.diff_ids,
+        image.manifest.layers().len(),
+    )
+}
 
 /// The extracted layer dirs of an image, bottom → top, given its diff_ids and how many
 /// layers its manifest lists. Refuses a config and manifest that disagree on the layer

@@ -25,7 +25,7 @@ pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, Missi
 pub use gc::GcReport;
 pub use ingest::{hash_reader as hash_stream, Ingested};
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, unpack_image, LayerReport, StageOptions, StageReport};
+pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
