@@ -35,12 +35,6 @@ impl Target {
         }
     }
 
-    /// Opens the target's store, creating an empty layout if needed.
-    pub async fn open(&self, g: &Globals) -> anyhow::Result<Store> {
-        let dir = self.dir(g).await?;
-        Ok(Store::open(&dir)?)
-    }
-
     /// Opens the target's existing store.
     pub async fn open_existing(&self, g: &Globals) -> anyhow::Result<Store> {
         let dir = self.dir(g).await?;
@@ -76,7 +70,7 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(str::parse::<PlatformSpec>)
         .transpose()?;
-    let store = a.target.open(g).await?;
+    let dir = a.target.dir(g).await?;
     let opts = StageOptions {
         reference: a.reference.clone(),
         platform,
@@ -87,7 +81,9 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     };
     let spec = a.source.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // The source first: a bad source must not leave a new empty store behind.
         let src = source::parse(&spec)?;
+        let store = Store::open(&dir)?;
         Ok(store::stage(&store, src.as_ref(), &opts)?)
     })
     .await
