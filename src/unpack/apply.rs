@@ -392,10 +392,37 @@ impl Applier<'_> {
         Ok(self.tree.prepare(rel, is_dir, &mut |r| parents.make(r))?)
     }
 
+    /// Creates `rel` with `make`, making room first only when something is in the way:
+    /// most entries are new, and trying first saves an `lstat` per entry. Returns the
+    /// parent's fd, and `None` when an existing directory was kept for a directory entry.
+    fn create<T>(
+        &mut self,
+        rel: &RelPath,
+        is_dir: bool,
+        what: &str,
+        make: impl Fn(RawFd, &OsStr) -> std::result::Result<T, Errno>,
+    ) -> Step_<(RawFd, Option<T>)> {
+        let (parent, name) = rel
+            .split_last()
+            .ok_or_else(|| Fail::Unsafe("names the layer root".into()))?;
+        let parents = &mut self.parents;
+        let dir = self.tree.dir(parent, Some(&mut |r| parents.make(r)))?;
+        match make(dir, name) {
+            Ok(t) => return Ok((dir, Some(t))),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io_err(format!("{what} {rel}"), e).into()),
+        }
+        let (dir, kept) = self.prepare(rel, is_dir)?;
+        if kept {
+            return Ok((dir, None));
+        }
+        let t = make(dir, name).map_err(|e| io_err(format!("{what} {rel}"), e))?;
+        Ok((dir, Some(t)))
+    }
+
     fn file<R: Read>(&mut self, rel: &RelPath, e: &mut tar::Entry<R>, meta: &Meta) -> Step_<()> {
-        let (dir, _) = self.prepare(rel, false)?;
-        let file =
-            create_file_at(dir, last(rel)).map_err(|e| io_err(format!("create {rel}"), e))?;
+        let (_, file) = self.create(rel, false, "create", create_file_at)?;
+        let file = file.ok_or_else(|| Fail::Invalid("file entry kept a directory".into()))?;
         let mut file = File::from(file);
         let want = e.size();
         let mut got = 0u64;
@@ -442,12 +469,10 @@ impl Applier<'_> {
                 .map_err(|e| io_err("chown layer root", e))?;
             self.set_xattrs_path(rel, &root, &meta.xattrs)?;
         } else {
-            let (dir, kept) = self.prepare(rel, true)?;
-            let name = last(rel);
-            if !kept {
+            let (dir, _) = self.create(rel, true, "create directory", |dir, name| {
                 mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700))
-                    .map_err(|e| io_err(format!("create directory {rel}"), e))?;
-            }
+            })?;
+            let name = last(rel);
             own_at(dir, name, rel, meta)?;
             let full = self.tree.full_path(rel);
             self.set_xattrs_path(rel, &full, &meta.xattrs)?;
@@ -462,10 +487,10 @@ impl Applier<'_> {
     }
 
     fn symlink(&mut self, rel: &RelPath, target: &Path, meta: &Meta) -> Step_<()> {
-        let (dir, _) = self.prepare(rel, false)?;
+        let (dir, _) = self.create(rel, false, "create symlink", |dir, name| {
+            symlinkat(target, Some(dir), name)
+        })?;
         let name = last(rel);
-        symlinkat(target, Some(dir), name)
-            .map_err(|e| io_err(format!("create symlink {rel}"), e))?;
         own_at(dir, name, rel, meta)?;
         let full = self.tree.full_path(rel);
         self.set_xattrs_path(rel, &full, &meta.xattrs)?;
