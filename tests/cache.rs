@@ -129,21 +129,32 @@ fn every_command_reaps_expired_caches() {
     let env = Env::new("cache-reap");
     env.ok(&["cache", "create", "gone", "--path", "/c", "--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
-    // ls reaps before listing.
-    assert!(cache_names(&env).is_empty());
+    // ls reaps before listing, and says so.
+    let out = env.run(&["cache", "ls", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout)),
+        serde_json::json!([])
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed cache gone (expired at"), "{err}");
     assert!(!env.state_dir().join("caches/gone").exists());
 }
 
 #[test]
 fn touch_extends_the_ttl() {
     let env = Env::new("cache-touch");
-    env.ok(&["cache", "create", "t", "--path", "/c", "--ttl", "3s"]);
-    let before = inspect(&env, "t");
+    let before = json(&env.ok(&[
+        "cache", "create", "t", "--path", "/c", "--ttl", "6s", "--json",
+    ]));
     env.ok(&["cache", "touch", "t", "--ttl", "1h"]);
     let after = inspect(&env, "t");
     assert!(after["expires"].as_str().unwrap() > before["expires"].as_str().unwrap());
     // Past the first deadline the keeper still runs: it re-read its deadline.
-    std::thread::sleep(Duration::from_secs(5));
+    let first = humantime::parse_rfc3339(before["expires"].as_str().unwrap()).unwrap();
+    while std::time::SystemTime::now() < first + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let later = inspect(&env, "t");
     assert_eq!(later["status"], "running");
     assert_eq!(pid_of(&later), pid_of(&before));

@@ -69,11 +69,13 @@ fn wrong_digest_wrong_size_and_missing_blobs() {
     oci_dir(&d.path("size"), &[&short], &[("x", &short.manifest)]);
     assert_refused(&d, &store, &format!("oci:{}", d.s("size")), "more than the");
 
-    // A missing layer blob (layer 0 made it into the store above and would be reused).
-    oci_dir(&d.path("missing"), &[&img], &[("x", &img.manifest)]);
+    // A missing layer blob (of a fresh image: the good layers above may be in the store
+    // already, verified, and would rightly be reused).
+    let fresh = image(111, 2, "amd64", 0);
+    oci_dir(&d.path("missing"), &[&fresh], &[("x", &fresh.manifest)]);
     fs::remove_file(
         d.path("missing/blobs/sha256")
-            .join(img.layers[1].digest().hex()),
+            .join(fresh.layers[1].digest().hex()),
     )
     .unwrap();
     assert_refused(&d, &store, &format!("oci:{}", d.s("missing")), "missing");
