@@ -253,6 +253,9 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             return Ok(reused);
         }
     }
+    // From here on SIGINT / SIGTERM no longer kill the process: they make create undo
+    // what it did and fail, so that an interrupted create leaves nothing behind.
+    let mut interrupt = Interrupt::listen();
     let dir = ContentDir::prepare(state, &opts.name, opts.content_dir.as_deref())?;
     let keeper = keeper::install(state)?;
     let id = container_id(&opts.name);
@@ -292,16 +295,24 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
         })
         .await;
     if let Err(e) = created {
-        dir.undo();
-        // Lost a race with a concurrent create of the same name?
+        // Lost a race with a concurrent create of the same name? Then the content dir may
+        // be the winner's: leave it.
         if client.get_container(&id).await.is_ok_and(|c| c.is_some()) {
             return Err(taken(&opts.name, client.namespace()));
         }
+        dir.undo();
         return Err(e);
     }
     let layout = ContentLayout::new(&dir.path);
     let meta = layout.cache_meta_dir(&opts.name);
-    match start(client, &id, opts, &meta, &nonce, expires_at, &dir.path).await {
+    let started = tokio::select! {
+        r = start(client, &id, opts, &meta, &nonce, expires_at, &dir.path) => r,
+        sig = interrupt.wait() => Err(Error::Other(format!(
+            "cache {:?}: interrupted by {sig}; the cache was deleted",
+            opts.name
+        ))),
+    };
+    match started {
         Ok(()) => {
             let info = find(client, &opts.name).await?;
             Ok(Created {
@@ -316,6 +327,47 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             dir.undo();
             Err(e)
         }
+    }
+}
+
+/// SIGINT / SIGTERM, caught instead of killing the process while a create is under way.
+/// (tokio keeps its handler installed for the rest of the process.)
+struct Interrupt {
+    rx: tokio::sync::oneshot::Receiver<&'static str>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Interrupt {
+    fn listen() -> Interrupt {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        let task = tokio::spawn(async move {
+            let (Ok(mut int), Ok(mut term)) = (int, term) else {
+                return;
+            };
+            let which = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            let _ = tx.send(which);
+        });
+        Interrupt { rx, task }
+    }
+
+    /// Resolves when a signal came (at once if it came earlier); never otherwise.
+    async fn wait(&mut self) -> &'static str {
+        match (&mut self.rx).await {
+            Ok(sig) => sig,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
