@@ -26,7 +26,9 @@ impl Fixture {
 
     fn in_env(env: Env) -> Self {
         let cache = unique("c");
-        env.ok(&["cache", "create", &cache, "--path", "/cache", "--ttl", "30m"]);
+        env.ok(&[
+            "cache", "create", &cache, "--path", "/cache", "--ttl", "30m",
+        ]);
         let info: serde_json::Value =
             serde_json::from_str(&env.ok(&["cache", "inspect", &cache, "--json"]))
                 .expect("cache inspect --json");
@@ -171,9 +173,7 @@ fn image_entrypoint_cmd_env_workdir_user_and_their_overrides() {
     );
     // Arguments replace Cmd, keep the Entrypoint; -e, -w, -u override the config.
     assert_eq!(
-        lines(&f.ok(&[
-            "--rm", "-e", "FOO=flag", "-w", "/etc", "-u", "root", &img, "--", "x", "y"
-        ])),
+        lines(&f.ok(&["--rm", "-e", "FOO=flag", "-w", "/etc", "-u", "root", &img, "--", "x", "y"])),
         ["args: x y", "FOO=flag", "/etc", "root"]
     );
     // --entrypoint replaces the Entrypoint and drops the image's Cmd.
@@ -202,9 +202,13 @@ fn users_by_name_and_number_come_from_the_image() {
         "/home/app\n"
     );
     // A name the image does not know is an error even if the host knows it.
-    let e = f.env.fails(&f.args(&["--rm", "-u", "daemon", &img, "--", "true"]));
+    let e = f
+        .env
+        .fails(&f.args(&["--rm", "-u", "daemon", &img, "--", "true"]));
     assert!(e.contains("\"daemon\"") && e.contains("/etc/passwd"), "{e}");
-    let e = f.env.fails(&f.args(&["--rm", "-u", "app:nosuchgroup", &img, "--", "true"]));
+    let e = f
+        .env
+        .fails(&f.args(&["--rm", "-u", "app:nosuchgroup", &img, "--", "true"]));
     assert!(e.contains("nosuchgroup") && e.contains("/etc/group"), "{e}");
     f.assert_nothing_left();
 }
@@ -240,7 +244,9 @@ fn exit_codes_0_1_and_137() {
     assert_eq!(f.run(&["--rm", &img, "--", "true"]).status.code(), Some(0));
     assert_eq!(f.run(&["--rm", &img, "--", "false"]).status.code(), Some(1));
     assert_eq!(
-        f.run(&["--rm", &img, "--", "sh", "-c", "exit 42"]).status.code(),
+        f.run(&["--rm", &img, "--", "sh", "-c", "exit 42"])
+            .status
+            .code(),
         Some(42)
     );
     // SIGKILL: the process is killed from outside (PID 1 ignores it from inside).
@@ -312,26 +318,44 @@ fn verification_fails_when_the_mount_is_gone() {
     let f = Fixture::new("run-verify");
     let img = f.small("verify", |_| {});
     assert_eq!(
-        f.ok(&["-d", "--name", "v1", &img, "--", "sleep", "60"]).trim(),
+        f.ok(&["-d", "--name", "v1", &img, "--", "sleep", "60"])
+            .trim(),
         "v1"
     );
     let pid = f.wait_running("v1");
     assert!(f.env.ok(&["verify", "v1"]).starts_with("verified"));
     // Take the mount away inside the container's mount namespace.
     let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "/bin/busybox", "umount", "/cache"])
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "/bin/busybox",
+            "umount",
+            "/cache",
+        ])
         .output()
         .expect("nsenter");
     assert!(out.status.success(), "{}", stderr(&out));
     let e = f.env.fails(&["verify", "v1"]);
     assert!(e.contains("mount verification failed"), "{e}");
     assert!(e.contains("missing"), "{e}");
-    let v: serde_json::Value = serde_json::from_slice(&f.env.run(&["verify", "v1", "--json"]).stdout)
-        .expect("verify --json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&f.env.run(&["verify", "v1", "--json"]).stdout)
+            .expect("verify --json");
     assert_eq!(v["ok"], false);
     f.env.ok(&["rm", "-f", "v1"]);
     // A container started without the cache has nothing to verify.
-    f.ok(&["-d", "--name", "v2", "--no-mount-cache", &img, "--", "sleep", "60"]);
+    f.ok(&[
+        "-d",
+        "--name",
+        "v2",
+        "--no-mount-cache",
+        &img,
+        "--",
+        "sleep",
+        "60",
+    ]);
     f.wait_running("v2");
     let e = f.env.fails(&["verify", "v2"]);
     assert!(e.contains("--no-mount-cache"), "{e}");
@@ -368,8 +392,14 @@ fn detached_logs_ps_stop_rm() {
     let e = f.env.fails(&["logs", "d1"]);
     assert!(e.contains("d1"), "{e}");
     // --rm and -i make no sense detached.
-    assert!(f.env.fails(&f.args(&["-d", "--rm", &img])).contains("--detach"));
-    assert!(f.env.fails(&f.args(&["-d", "-i", &img])).contains("--detach"));
+    assert!(f
+        .env
+        .fails(&f.args(&["-d", "--rm", &img]))
+        .contains("--detach"));
+    assert!(f
+        .env
+        .fails(&f.args(&["-d", "-i", &img]))
+        .contains("--detach"));
     f.assert_nothing_left();
 }
 
@@ -380,12 +410,25 @@ fn rm_leaves_nothing_and_keep_leaves_the_container() {
     f.ok(&["--rm", &img, "--", "sh", "-c", "echo x > /tmp/x"]);
     f.assert_nothing_left();
     // Without --rm the container and its upper dir stay until `nestcache rm`.
-    f.ok(&["--name", "kept", &img, "--", "sh", "-c", "echo kept > /tmp/x"]);
+    f.ok(&[
+        "--name",
+        "kept",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /tmp/x",
+    ]);
     let upper = f.containers_dir().join("kept/upper/tmp/x");
     assert_eq!(std::fs::read_to_string(&upper).expect("upper"), "kept\n");
     let ps = f.ps();
-    assert_eq!((ps[0]["id"].as_str(), ps[0]["exit_code"].as_u64()), (Some("kept"), Some(0)));
-    let e = f.env.fails(&f.args(&["--name", "kept", &img, "--", "true"]));
+    assert_eq!(
+        (ps[0]["id"].as_str(), ps[0]["exit_code"].as_u64()),
+        (Some("kept"), Some(0))
+    );
+    let e = f
+        .env
+        .fails(&f.args(&["--name", "kept", &img, "--", "true"]));
     assert!(e.contains("already exists"), "{e}");
     f.env.ok(&["rm", "kept"]);
     f.assert_nothing_left();
@@ -404,7 +447,11 @@ fn twenty_concurrent_runs_share_layers_with_own_upper_dirs() {
             if let Ok(rd) = std::fs::read_dir(layers_dir.join(kind)) {
                 for e in rd.flatten() {
                     let m = e.metadata().expect("stat layer");
-                    v.push((e.file_name().to_string_lossy().into_owned(), m.ino(), m.mtime()));
+                    v.push((
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.ino(),
+                        m.mtime(),
+                    ));
                 }
             }
         }
@@ -417,7 +464,10 @@ fn twenty_concurrent_runs_share_layers_with_own_upper_dirs() {
         .map(|i| {
             let name = format!("n{i}");
             let script = format!("echo {i} > /tmp/mine; cat /tmp/mine /etc/mkimage-release");
-            (i, f.spawn(&["--name", &name, &img, "--", "sh", "-c", &script]))
+            (
+                i,
+                f.spawn(&["--name", &name, &img, "--", "sh", "-c", &script]),
+            )
         })
         .collect();
     for (i, c) in children {
@@ -429,7 +479,10 @@ fn twenty_concurrent_runs_share_layers_with_own_upper_dirs() {
     assert_eq!(snapshot(), before);
     for i in 0..20 {
         let upper = f.containers_dir().join(format!("n{i}/upper/tmp/mine"));
-        assert_eq!(std::fs::read_to_string(upper).expect("upper"), format!("{i}\n"));
+        assert_eq!(
+            std::fs::read_to_string(upper).expect("upper"),
+            format!("{i}\n")
+        );
     }
     for i in 0..20 {
         f.env.ok(&["rm", &format!("n{i}")]);
@@ -444,7 +497,14 @@ fn a_120_layer_image_runs() {
     spec.ref_name = "layers".into();
     let img = f.stage(spec);
     // The state dir's absolute lowerdirs overflow a page; containerd must get short ones.
-    let out = f.ok(&["--rm", &img, "--", "sh", "-c", "ls /layers | wc -l; cat /etc/mkimage-release"]);
+    let out = f.ok(&[
+        "--rm",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "ls /layers | wc -l; cat /etc/mkimage-release",
+    ]);
     assert_eq!(lines(&out), ["118", "name=layers"]);
     f.assert_nothing_left();
 }
@@ -456,12 +516,17 @@ fn clear_errors_unknown_image_cache_command() {
     let e = f.env.fails(&f.args(&["--rm", "nosuchimage", "--", "true"]));
     assert!(e.contains("nosuchimage") && e.contains("stage"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
-    let e = f.env.fails(&["run", "--cache", "nosuchcache", &img, "--", "true"]);
+    let e = f
+        .env
+        .fails(&["run", "--cache", "nosuchcache", &img, "--", "true"]);
     assert!(e.contains("nosuchcache"), "{e}");
     let out = f.run(&["--rm", &img, "--", "/no/such/command"]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("/no/such/command") && e.contains("could not be created"), "{e}");
+    assert!(
+        e.contains("/no/such/command") && e.contains("could not be created"),
+        "{e}"
+    );
     let e = f.env.fails(&f.args(&["--rm", "--net", "bridge", &img]));
     assert!(e.contains("--net"), "{e}");
     let e = f.env.fails(&f.args(&["--rm", "-v", "relative:/x", &img]));
@@ -477,7 +542,16 @@ fn volumes_and_read_only_rootfs() {
     std::fs::write(host.path().join("in.txt"), "from host").expect("write");
     let v = format!("{}:/data", host.path().display());
     assert_eq!(
-        f.ok(&["--rm", "-v", &v, &img, "--", "sh", "-c", "cat /data/in.txt; echo out > /data/out.txt"]),
+        f.ok(&[
+            "--rm",
+            "-v",
+            &v,
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo out > /data/out.txt"
+        ]),
         "from host"
     );
     assert_eq!(
@@ -485,8 +559,14 @@ fn volumes_and_read_only_rootfs() {
         "out\n"
     );
     let v = format!("{}:/data:ro", host.path().display());
-    assert!(!f.run(&["--rm", "-v", &v, &img, "--", "touch", "/data/x"]).status.success());
-    assert!(!f.run(&["--rm", "--read-only", &img, "--", "touch", "/x"]).status.success());
+    assert!(!f
+        .run(&["--rm", "-v", &v, &img, "--", "touch", "/data/x"])
+        .status
+        .success());
+    assert!(!f
+        .run(&["--rm", "--read-only", &img, "--", "touch", "/x"])
+        .status
+        .success());
     f.assert_nothing_left();
 }
 
@@ -498,7 +578,10 @@ fn containerd_restarted_between_staging_and_running() {
     let f = Fixture::in_env(env);
     let img = f.small("restart", |_| {});
     ctd.restart();
-    assert_eq!(f.ok(&["--rm", &img, "--", "echo", "after restart"]), "after restart\n");
+    assert_eq!(
+        f.ok(&["--rm", &img, "--", "echo", "after restart"]),
+        "after restart\n"
+    );
     f.assert_nothing_left();
 }
 
@@ -515,6 +598,9 @@ fn run_with_stage() {
         f.ok(&["--rm", "--stage", &source, "staged", "--", "echo", "hi"]),
         "hi\n"
     );
-    assert!(f.env.ok(&["images", "ls", "--cache", &f.cache]).contains("staged"));
+    assert!(f
+        .env
+        .ok(&["images", "ls", "--cache", &f.cache])
+        .contains("staged"));
     f.assert_nothing_left();
 }
