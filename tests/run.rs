@@ -604,3 +604,31 @@ fn run_with_stage() {
         .contains("staged"));
     f.assert_nothing_left();
 }
+
+#[test]
+fn tty_gets_a_terminal_of_our_size() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script(1) (util-linux) is not installed");
+        return;
+    }
+    let f = Fixture::new("run-tty");
+    let img = f.small("tty", |_| {});
+    let cmd = format!(
+        "stty cols 100 rows 30; {} run -t --rm --cache {} {img} -- sh -c 'tty; stty size < $(tty); exit 4'",
+        env!("CARGO_BIN_EXE_nestcache"),
+        f.cache
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CONTAINERD_ADDRESS", &f.env.address)
+        .env("CONTAINERD_NAMESPACE", &f.env.namespace)
+        .env("NESTCACHE_STATE_DIR", f.env.state_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("30 100"), "{text}");
+    f.assert_nothing_left();
+}

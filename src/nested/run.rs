@@ -277,7 +277,7 @@ async fn create_and_run(
             "nested container {id} could not start: {e}"
         )));
     }
-    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals).await;
+    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
     drop(raw);
     let exit = exit?;
     // The shim closes the FIFOs once it has passed on all output.
@@ -346,21 +346,36 @@ fn interrupted(sig: i32) -> Error {
     ))
 }
 
-/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, and closing its
-/// stdin once ours has ended.
+/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, closing its stdin
+/// once ours has ended, and resizing its terminal with ours.
 async fn forward_signals_until_exit(
     client: &Client,
     id: &str,
     wait: crate::containerd::TaskWait,
     mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
     signals: &mut Signals,
+    tty: bool,
 ) -> Result<crate::containerd::ExitStatus> {
     let wait = wait.result();
     tokio::pin!(wait);
+    // With a terminal, our window size follows to the task's.
+    let mut winch = match tty {
+        true => Some(
+            signal(SignalKind::window_change())
+                .map_err(|e| Error::io("install a signal handler", e))?,
+        ),
+        false => None,
+    };
     loop {
         let forward = tokio::select! {
             r = &mut wait => return r,
             s = signals.recv() => s,
+            _ = async { winch.as_mut().expect("guarded").recv().await }, if winch.is_some() => {
+                if let Some((w, h)) = RawTerminal::size() {
+                    let _ = client.resize_task_pty(id, w, h).await;
+                }
+                continue;
+            }
             r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
                 stdin_closed = None;
                 if r.is_ok() {
