@@ -160,3 +160,35 @@ fn ensure_unpacked_from_a_resolved_image() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn concurrent_extractions_of_one_image_agree() {
+    let store = tempfile::tempdir().unwrap();
+    let layout = ContentLayout::new(store.path());
+    let layers: Vec<_> = (0..3)
+        .map(|i| {
+            let tar = LayerTar::new()
+                .dir(&format!("l{i}/"), 0o755)
+                .file(&format!("l{i}/f"), &vec![i as u8; 300_000])
+                .finish();
+            put_layer(store.path(), &tar, true)
+        })
+        .collect();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| ensure_layers(&layout, &layers, &Limits::default())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    for (d, i) in results[0].iter().zip(0u8..) {
+        assert_eq!(
+            std::fs::read(d.join(format!("l{i}/f"))).unwrap(),
+            vec![i; 300_000]
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(layout.layers_tmp_dir()).unwrap().count(),
+        0
+    );
+}

@@ -25,14 +25,17 @@ static KEEPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keeper"));
 
 /// Makes sure `<state>/keeper/keeper` is this build's keeper; returns its path.
 pub fn install(state: &StateLayout) -> Result<PathBuf> {
-    let dir = state.keeper_dir();
+    fs::create_dir_all(state.keeper_dir())
+        .ctx(|| format!("create {}", state.keeper_dir().display()))?;
+    // containerd needs an absolute bind source, whatever --state-dir looks like.
+    let dir = fs::canonicalize(state.keeper_dir())
+        .ctx(|| format!("resolve {}", state.keeper_dir().display()))?;
     let path = dir.join("keeper");
     if let Ok(existing) = fs::read(&path) {
         if Sha256::digest(&existing) == Sha256::digest(KEEPER) {
             return Ok(path);
         }
     }
-    fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".keeper-")
         .tempfile_in(&dir)

@@ -35,15 +35,14 @@ impl Target {
         }
     }
 
-    /// Opens the target's store, creating an empty layout if needed.
-    pub async fn open(&self, g: &Globals) -> anyhow::Result<Store> {
-        let dir = self.dir(g).await?;
-        Ok(Store::open(&dir)?)
-    }
-
     /// Opens the target's existing store.
+    /// Opens the target's existing store. A cache's content dir is a store from the
+    /// start (empty until something is staged), so it is initialised rather than refused.
     pub async fn open_existing(&self, g: &Globals) -> anyhow::Result<Store> {
         let dir = self.dir(g).await?;
+        if self.cache.is_some() {
+            return Ok(Store::open_content_dir(&dir)?);
+        }
         Ok(Store::open_existing(&dir)?)
     }
 }
@@ -76,7 +75,8 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(str::parse::<PlatformSpec>)
         .transpose()?;
-    let store = a.target.open(g).await?;
+    let dir = a.target.dir(g).await?;
+    let is_cache = a.target.cache.is_some();
     let opts = StageOptions {
         reference: a.reference.clone(),
         platform,
@@ -87,7 +87,13 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     };
     let spec = a.source.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // The source first: a bad source must not leave a new empty store behind.
         let src = source::parse(&spec)?;
+        let store = if is_cache {
+            Store::open_content_dir(&dir)?
+        } else {
+            Store::open(&dir)?
+        };
         Ok(store::stage(&store, src.as_ref(), &opts)?)
     })
     .await

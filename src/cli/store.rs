@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use nestcache::store::{describe_problems, unpack_image};
-use nestcache::unpack::Limits;
+use nestcache::store::describe_problems;
+use nestcache::unpack::{ensure_unpacked, Limits};
 
 use super::stage::Target;
 use super::Globals;
@@ -96,7 +96,7 @@ pub async fn run(g: &Globals, c: StoreCmd) -> anyhow::Result<ExitCode> {
             let (img, dirs) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let _writer = store.writer_lock()?;
                 let img = store.resolve(&reference, None)?;
-                let dirs = unpack_image(&store, &img, &Limits::default())?;
+                let dirs = ensure_unpacked(&store, &img, &Limits::default())?;
                 Ok((img, dirs))
             })
             .await

@@ -75,12 +75,26 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Client> {
         Ok(c) => return Ok(c),
         Err(e) => e,
     };
+    // What went wrong, without the generic advice that follows it.
+    let why = match &system_err {
+        Error::Containerd { message, .. } => {
+            message.split("; ").next().unwrap_or_default().to_string()
+        }
+        e => e.to_string(),
+    };
+    // Someone else's containerd that we may not use: starting our own would hide that.
+    if why.contains("ermission denied") {
+        return Err(Error::Containerd {
+            address: system,
+            message: format!("{why}; run nestcache as root (or as a user allowed on that socket)"),
+        });
+    }
     let k8s = detect_kubernetes();
     if k8s.detected {
         return Err(Error::Containerd {
             address: system,
             message: format!(
-                "nothing answers ({system_err}); this is Kubernetes ({}), where nestcache never starts a containerd of its own: mount the node's containerd socket into the pod and point --address / CONTAINERD_ADDRESS at it",
+                "{why}; this is Kubernetes ({}), where nestcache never starts a containerd of its own: mount the node's containerd socket into the pod and point --address / CONTAINERD_ADDRESS at it",
                 k8s.evidence.join(", ")
             ),
         });

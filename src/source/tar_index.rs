@@ -36,11 +36,13 @@ impl TarIndex {
             .ctx(|| format!("stat {}", path.display()))?
             .len();
         refuse_compressed(&mut file, path)?;
-        let bad = |e: std::io::Error| {
-            Error::Invalid(format!(
-                "{}: not a readable tar archive (truncated or corrupt?): {e}",
+        // The tar crate's parse errors quote raw header bytes: keep them out of the line.
+        let bad = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other => Error::Invalid(format!(
+                "{}: not a tar archive, or a corrupt or truncated one (bad entry header)",
                 path.display()
-            ))
+            )),
+            _ => Error::io(format!("read archive {}", path.display()), e),
         };
         let mut archive = tar::Archive::new(file);
         let mut entries = HashMap::new();

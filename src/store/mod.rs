@@ -25,7 +25,7 @@ pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, Missi
 pub use gc::GcReport;
 pub use ingest::{hash_reader as hash_stream, Ingested};
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, unpack_image, LayerReport, StageOptions, StageReport};
+pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -54,14 +54,24 @@ pub struct Store {
 
 impl Store {
     /// Opens the store in `dir`, creating the directory and an empty layout if needed.
-    /// A non-empty directory that is not a layout is refused rather than written into.
+    /// A non-empty directory that is not a layout is refused rather than written into
+    /// (a mistyped `--store` must not turn /etc into a store).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
-        let dir = dir.as_ref();
+        Self::open_inner(dir.as_ref(), true)
+    }
+
+    /// Opens the store in a cache's content dir: the cache's users keep their own files
+    /// there beside the layout, so a non-empty directory is expected.
+    pub fn open_content_dir(dir: impl AsRef<Path>) -> Result<Store> {
+        Self::open_inner(dir.as_ref(), false)
+    }
+
+    fn open_inner(dir: &Path, refuse_foreign: bool) -> Result<Store> {
         fs::create_dir_all(dir).ctx(|| format!("create store directory {}", dir.display()))?;
         let store = Store {
             layout: ContentLayout::new(dir),
         };
-        if !store.layout.oci_layout_file().exists() {
+        if refuse_foreign && !store.layout.oci_layout_file().exists() {
             store.refuse_foreign_dir()?;
         }
         for d in [

@@ -123,7 +123,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
 
     let unpacked = !opts.no_unpack;
     if unpacked {
-        unpack_image(store, &img, &opts.limits)?;
+        crate::unpack::ensure_unpacked(store, &img, &opts.limits)?;
     }
 
     Ok(StageReport {
@@ -139,28 +139,6 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
         unpacked,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Extracts the layers of an image whose blobs are in the store (the caller holds the gc
-/// lock shared); returns the layer directories bottom → top.
-pub fn unpack_image(
-    store: &Store,
-    img: &ResolvedImage,
-    limits: &crate::unpack::Limits,
-) -> Result<Vec<std::path::PathBuf>> {
-    let layers = img
-        .layers()
-        .iter()
-        .zip(&img.diff_ids)
-        .map(|(desc, diff_id)| {
-            Ok(crate::unpack::LayerBlob {
-                digest: image::descriptor_digest(desc)?,
-                media_type: desc.media_type().to_string(),
-                diff_id: diff_id.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    crate::unpack::ensure_layers(store.layout(), &layers, limits)
 }
 
 /// The descriptor recorded in index.json: the manifest's, with its platform, and without

@@ -69,7 +69,7 @@ pub enum Outcome {
 /// `None` when they are not known yet (parallel extraction). The uncompressed stream must
 /// hash to `diff_id`. On any failure, and on [`Outcome::NeedsLowers`], `dest` is removed.
 /// The tree is not synced: the caller syncs once before publishing (see `ensure`).
-pub fn apply_layer<R: Read>(
+pub fn apply_layer<R: Read + Send>(
     blob: R,
     media_type: &str,
     diff_id: &Digest,
@@ -79,7 +79,10 @@ pub fn apply_layer<R: Read>(
 ) -> Result<Outcome> {
     stream::check_media_type(media_type)?;
     std::fs::create_dir(dest).ctx(|| format!("create layer directory {}", dest.display()))?;
-    let result = extract(blob, diff_id, dest, lowers, limits);
+    let result = std::thread::scope(|scope| {
+        let (stream, tripped) = stream::spawn_decoder(scope, blob, limits);
+        extract(stream, tripped, diff_id, dest, lowers, limits)
+    });
     if !matches!(result, Ok(Outcome::Done(_))) {
         discard(dest);
     }
@@ -96,16 +99,15 @@ pub fn discard(dir: &Path) {
     }
 }
 
-fn extract<R: Read>(
-    blob: R,
+fn extract(
+    chunks: stream::Chunks,
+    tripped: stream::Tripped,
     diff_id: &Digest,
     dest: &Path,
     lowers: Option<&[PathBuf]>,
     limits: &Limits,
 ) -> Result<Outcome> {
     let layer = format!("layer {diff_id}");
-    let guard = stream::open(Box::new(blob), limits).ctx(|| format!("{layer}: read blob"))?;
-    let tripped = guard.tripped.clone();
     let stream_error = |entry: Option<&Path>, e: io::Error| -> Error {
         let at = entry
             .map(|p| format!(" (after entry {:?})", p))
@@ -128,7 +130,7 @@ fn extract<R: Read>(
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(
         TAR_BUFFER,
-        HashingReader::new(guard),
+        HashingReader::new(chunks),
     ));
     let mut count = 0u64;
     let mut last: Option<PathBuf> = None;
@@ -141,7 +143,7 @@ fn extract<R: Read>(
             .unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
         if count > limits.max_entries {
             return Err(Error::Invalid(format!(
-                "{layer}: more than {} entries (limit max_entries), at entry {name:?}",
+                "{layer}: more than {} entries (limit max_entries, NESTCACHE_MAX_ENTRIES), at entry {name:?}",
                 limits.max_entries
             )));
         }
