@@ -129,21 +129,32 @@ fn every_command_reaps_expired_caches() {
     let env = Env::new("cache-reap");
     env.ok(&["cache", "create", "gone", "--path", "/c", "--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
-    // ls reaps before listing.
-    assert!(cache_names(&env).is_empty());
+    // ls reaps before listing, and says so.
+    let out = env.run(&["cache", "ls", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout)),
+        serde_json::json!([])
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed cache gone (expired at"), "{err}");
     assert!(!env.state_dir().join("caches/gone").exists());
 }
 
 #[test]
 fn touch_extends_the_ttl() {
     let env = Env::new("cache-touch");
-    env.ok(&["cache", "create", "t", "--path", "/c", "--ttl", "3s"]);
-    let before = inspect(&env, "t");
+    let before = json(&env.ok(&[
+        "cache", "create", "t", "--path", "/c", "--ttl", "6s", "--json",
+    ]));
     env.ok(&["cache", "touch", "t", "--ttl", "1h"]);
     let after = inspect(&env, "t");
     assert!(after["expires"].as_str().unwrap() > before["expires"].as_str().unwrap());
     // Past the first deadline the keeper still runs: it re-read its deadline.
-    std::thread::sleep(Duration::from_secs(5));
+    let first = humantime::parse_rfc3339(before["expires"].as_str().unwrap()).unwrap();
+    while std::time::SystemTime::now() < first + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let later = inspect(&env, "t");
     assert_eq!(later["status"], "running");
     assert_eq!(pid_of(&later), pid_of(&before));
@@ -360,6 +371,63 @@ fn rm_and_gc_clean_half_created_caches() {
             .unwrap();
     });
     assert_eq!(inspect(&env, "half")["status"], Value::Null);
+
+    // A task created but never started (nestcache killed between the two calls).
+    let keeper = std::fs::canonicalize(env.state_dir())
+        .unwrap()
+        .join("keeper/keeper");
+    let content = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let client = nestcache::containerd::Client::connect(&env.address, &env.namespace)
+            .await
+            .unwrap();
+        let id = nestcache::cache::container_id("unstarted");
+        let spec = nestcache::cache::spec::keeper_spec(&nestcache::cache::spec::KeeperSpec {
+            namespace: &env.namespace,
+            container_id: &id,
+            name: "unstarted",
+            keeper_binary: &keeper,
+            content_dir: content.path(),
+            target_path: Path::new("/c"),
+            nonce: "x",
+        })
+        .unwrap();
+        let labels = [
+            ("io.nestcache.role", "cache"),
+            ("io.nestcache.name", "unstarted"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        client
+            .create_container(nestcache::containerd::NewContainer {
+                id: id.clone(),
+                labels,
+                spec,
+                runtime: None,
+            })
+            .await
+            .unwrap();
+        client
+            .create_task(nestcache::containerd::NewTask {
+                container_id: id,
+                rootfs: vec![nestcache::containerd::Mount {
+                    r#type: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["size=1m".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    assert_eq!(inspect(&env, "unstarted")["status"], "created");
+    env.ok(&["cache", "rm", "unstarted"]);
+    assert!(
+        content.path().is_dir(),
+        "a directory nestcache did not create was removed"
+    );
     // Young and taskless: gc leaves it alone (it could be a create in progress).
     env.ok(&["cache", "gc"]);
     assert_eq!(cache_names(&env), vec!["half".to_string()]);
@@ -474,4 +542,40 @@ fn rm_refuses_while_a_nested_container_runs_from_the_cache() {
     });
     env.ok(&["cache", "rm", "used"]);
     assert!(!content.exists());
+}
+
+/// SIGTERM at any moment of a create: afterwards there is either a whole running cache or
+/// nothing at all (no container, no content dir).
+#[test]
+fn interrupted_create_leaves_all_or_nothing() {
+    let env = Env::new("cache-int");
+    for (i, delay_ms) in [0u64, 20, 50, 100, 150, 200, 300, 500]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("int{i}");
+        let mut child = env
+            .cmd()
+            .args(["cache", "create", &name, "--path", "/c"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = child.wait().unwrap();
+        let content = env.state_dir().join("caches").join(&name);
+        let names = cache_names(&env);
+        if status.success() {
+            assert_eq!(names, vec![name.clone()], "delay {delay_ms}ms");
+            assert_eq!(inspect(&env, &name)["status"], "running");
+            env.ok(&["cache", "rm", &name]);
+        } else {
+            assert!(names.is_empty(), "delay {delay_ms}ms: left {names:?}");
+            assert!(!content.exists(), "delay {delay_ms}ms: content dir left");
+        }
+    }
 }

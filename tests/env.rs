@@ -147,10 +147,29 @@ fn embedded_containerd_starts_is_reused_and_stops() {
     assert_eq!(v["address_source"], "embedded");
     assert_eq!(v["would_start_embedded"], true);
 
-    // The first command starts it and says so.
-    let first = local.ok(&["cache", "ls"]);
-    let err = stderr(&first);
-    assert!(err.contains("started an embedded containerd"), "{err}");
+    // Three commands at once: exactly one starts it and says so, all of them use it.
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            local
+                .cmd(&["cache", "ls"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    let starters = outs
+        .iter()
+        .filter(|o| stderr(o).contains("started an embedded containerd"))
+        .count();
+    assert_eq!(starters, 1);
     let s = local.status();
     assert_eq!(s["running"], true);
     assert_eq!(s["answering"], true);

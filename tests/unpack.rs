@@ -490,3 +490,38 @@ fn cross_layer_hardlink_needs_lowers_and_copies_up() {
     assert!(err.to_string().contains("nowhere"), "{err}");
     assert!(!t.path().join("bad").exists());
 }
+
+#[test]
+fn whiteout_forms() {
+    // A whiteout replaces what the same layer wrote earlier at that name, even a tree.
+    let tar = LayerTar::new()
+        .dir("d/", 0o755)
+        .file("d/x", b"x")
+        .file(".wh.d", b"")
+        .symlink("s", "target")
+        .file(".wh.s", b"")
+        .finish();
+    let (_t, dest) = scratch();
+    apply_ok(&tar, &dest);
+    for name in ["d", "s"] {
+        let m = std::fs::symlink_metadata(dest.join(name)).unwrap();
+        assert!(m.file_type().is_char_device() && m.rdev() == 0, "{name}");
+    }
+    // A whiteout that names nothing is refused.
+    for bad in [".wh.", "dir/.wh..."] {
+        let e = refused(&LayerTar::new().file(bad, b"").finish());
+        assert!(e.contains("whiteout"), "{bad}: {e}");
+    }
+    // An opaque marker under a symlink cannot mark anything outside.
+    let outside = tempfile::tempdir().unwrap();
+    let e = refused(
+        &LayerTar::new()
+            .symlink("o", outside.path().to_str().unwrap())
+            .file("o/.wh..wh..opq", b"")
+            .finish(),
+    );
+    assert!(e.contains("symlink"), "{e}");
+    assert!(xattr::get(outside.path(), "trusted.overlay.opaque")
+        .unwrap()
+        .is_none());
+}

@@ -192,3 +192,26 @@ fn concurrent_extractions_of_one_image_agree() {
         0
     );
 }
+
+#[test]
+fn an_image_of_130_layers() {
+    let store = tempfile::tempdir().unwrap();
+    let layout = ContentLayout::new(store.path());
+    let layers: Vec<_> = (0..130)
+        .map(|i| {
+            let tar = LayerTar::new()
+                .dir("data/", 0o755)
+                .file(&format!("data/{i}"), format!("{i}").as_bytes())
+                .finish();
+            put_layer(store.path(), &tar, i % 2 == 0)
+        })
+        .collect();
+    let dirs = ensure_layers(&layout, &layers, &Limits::default()).unwrap();
+    assert_eq!(dirs.len(), 130);
+    for (i, d) in dirs.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(d.join(format!("data/{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
+}

@@ -141,7 +141,7 @@ pub fn connect_options(g: &Globals) -> nestcache::env::ConnectOptions {
 pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Client> {
     let client = nestcache::env::connect(&connect_options(g)).await?;
     for r in nestcache::cache::reap_expired(&client).await {
-        tracing::info!("reaped cache {}: {}", r.name, r.reason);
+        eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
     }
     Ok(client)
 }

@@ -253,6 +253,20 @@ impl Embedded {
     /// Stops the embedded containerd (SIGTERM, SIGKILL after a grace period). Its tasks'
     /// shims keep running; a later start picks them up again.
     pub fn stop(&self) -> Result<Stopped> {
+        // Not while another nestcache is starting it.
+        let _lock = match fs::OpenOptions::new().write(true).open(self.lock_file()) {
+            Ok(f) => Some(
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(
+                    |(_, e)| {
+                        Error::io(
+                            format!("lock {}", self.lock_file().display()),
+                            std::io::Error::from(e),
+                        )
+                    },
+                )?,
+            ),
+            Err(_) => None,
+        };
         let Some(pid) = self.pid() else {
             let _ = fs::remove_file(self.pid_file());
             return Ok(Stopped {

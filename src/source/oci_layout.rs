@@ -118,11 +118,19 @@ impl OciLayoutSource {
     }
 }
 
-fn ref_name(d: &Descriptor) -> Option<&str> {
+/// The full image name containerd (and Docker's `docker save` since 25) records beside
+/// the short `ref.name` (which holds only the tag there).
+const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+
+fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a str> {
     d.annotations()
         .as_ref()
-        .and_then(|a| a.get(REF_NAME_ANNOTATION))
+        .and_then(|a| a.get(key))
         .map(String::as_str)
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    annotation(d, REF_NAME_ANNOTATION)
 }
 
 /// The entry (or entries) of index.json the user means. Several entries under one name,
@@ -142,7 +150,11 @@ fn choose_root(
         Some(r) => images
             .iter()
             .copied()
-            .filter(|d| ref_name(d) == Some(r) || d.digest().to_string() == r)
+            .filter(|d| {
+                ref_name(d) == Some(r)
+                    || annotation(d, CONTAINERD_IMAGE_NAME) == Some(r)
+                    || d.digest().to_string() == r
+            })
             .collect(),
         None => {
             let mut names: Vec<&str> = images.iter().filter_map(|d| ref_name(d)).collect();

@@ -14,7 +14,9 @@
 
 mod apply;
 mod ensure;
+mod entry;
 mod lower;
+mod meta;
 mod path;
 mod stream;
 mod tree;

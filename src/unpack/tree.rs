@@ -228,3 +228,68 @@ pub fn kind(st: &FileStat) -> SFlag {
 fn show(parts: &[OsString]) -> String {
     parts.iter().collect::<PathBuf>().display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(Path::new(s)).unwrap()
+    }
+
+    fn implicit(_: &RelPath) -> TreeResult<DirMeta> {
+        Ok(DirMeta::IMPLICIT)
+    }
+
+    #[test]
+    fn walks_creates_and_refuses_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let mut tree = Tree::open(t.path()).unwrap();
+        // Missing parents: NotFound without a creator, created with one.
+        let parts = rel("a/b/c").parts().to_vec();
+        assert!(
+            matches!(tree.dir(&parts, None), Err(TreeError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound)
+        );
+        tree.dir(&parts, Some(&mut implicit)).unwrap();
+        assert!(t.path().join("a/b/c").is_dir());
+        // A symlink on the way is refused, wherever it points.
+        std::os::unix::fs::symlink("/", t.path().join("a/up")).unwrap();
+        std::os::unix::fs::symlink("b", t.path().join("a/side")).unwrap();
+        for p in ["a/up/tmp", "a/side/c"] {
+            let err = tree.dir(rel(p).parts(), Some(&mut implicit)).unwrap_err();
+            assert!(
+                matches!(&err, TreeError::Unsafe(why) if why.contains("symlink")),
+                "{p}: {err:?}"
+            );
+        }
+        // A file on the way is refused too.
+        std::fs::write(t.path().join("a/file"), b"").unwrap();
+        assert!(matches!(
+            tree.dir(rel("a/file/x").parts(), None),
+            Err(TreeError::Unsafe(_))
+        ));
+    }
+
+    #[test]
+    fn replacing_a_directory_drops_cached_fds() {
+        let t = tempfile::tempdir().unwrap();
+        let mut tree = Tree::open(t.path()).unwrap();
+        tree.dir(rel("d/e").parts(), Some(&mut implicit)).unwrap();
+        // `d` becomes a file: the walker must not keep using the removed directory.
+        let (parent, kept) = tree.prepare(&rel("d"), false, &mut implicit).unwrap();
+        assert!(!kept);
+        assert!(!t.path().join("d").exists());
+        std::fs::write(t.path().join("d"), b"").unwrap();
+        assert!(matches!(
+            tree.dir(rel("d/e").parts(), None),
+            Err(TreeError::Unsafe(_))
+        ));
+        assert!(parent >= 0);
+        // A directory entry over a directory keeps it.
+        tree.dir(rel("k/inner").parts(), Some(&mut implicit))
+            .unwrap();
+        let (_, kept) = tree.prepare(&rel("k"), true, &mut implicit).unwrap();
+        assert!(kept && t.path().join("k/inner").is_dir());
+    }
+}
