@@ -632,3 +632,50 @@ fn tty_gets_a_terminal_of_our_size() {
     assert!(text.contains("30 100"), "{text}");
     f.assert_nothing_left();
 }
+
+/// `--runtime shim`: nestcache's shim assembles the rootfs from the store annotations.
+#[test]
+fn shim_runtime_runs_from_the_store() {
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
+    });
+    if !on_path {
+        eprintln!(
+            "skipped: containerd-shim-nestcache-v2 is not on PATH (scripts/test.sh puts it there)"
+        );
+        return;
+    }
+    let f = Fixture::new("run-shim");
+    let img = f.small("shim", |_| {});
+    let out = f.run(&[
+        "--rm",
+        "--runtime",
+        "shim",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "ls /cache; id -u",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l == "index.json"), "{text}");
+    assert!(text.ends_with("0\n"), "{text}");
+    assert!(stderr(&out).contains("verified"), "{}", stderr(&out));
+    assert_eq!(
+        f.run(&[
+            "--rm",
+            "--runtime",
+            "shim",
+            &img,
+            "--",
+            "sh",
+            "-c",
+            "exit 3"
+        ])
+        .status
+        .code(),
+        Some(3)
+    );
+    f.assert_nothing_left();
+}
