@@ -389,6 +389,19 @@ fn detached_logs_ps_stop_rm() {
     assert_eq!(ps[0]["status"], "exited");
     assert_eq!(ps[0]["exit_code"], 137);
     f.env.ok(&["rm", "d1"]);
+    // logs -f follows until the task has ended.
+    f.ok(&[
+        "-d",
+        "--name",
+        "d2",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo a; sleep 1; echo b",
+    ]);
+    assert_eq!(f.env.ok(&["logs", "-f", "d2"]), "a\nb\n");
+    f.env.ok(&["rm", "d2"]);
     let e = f.env.fails(&["logs", "d1"]);
     assert!(e.contains("d1"), "{e}");
     // --rm and -i make no sense detached.
