@@ -68,6 +68,10 @@ cat "/proc/$pid/root$path/hello.txt"
 step "run a nested container from the cache; it reads the same file at $path"
 "$nc" run --rm --cache "$name" demo -- cat "$path/hello.txt"
 
+step "list $path in a nested container (its mount is verified before the process starts)"
+"$nc" run --rm --cache "$name" demo -- ls -la "$path"
+echo "nested containers left: $("$nc" ps -a --json | grep -c '"id"' || true)"
+
 step "caches"
 "$nc" cache ls
 

@@ -92,6 +92,8 @@ fn concurrent_stagers_never_corrupt_the_store() {
         &[("a", &a.manifest), ("b", &b.manifest)],
     );
     let store = d.s("store");
+    // Created up front so the concurrent gc below always finds a store.
+    nestcache::store::Store::open(&store).unwrap();
     let children: Vec<_> = (0..6)
         .map(|i| {
             let name = if i % 2 == 0 { "a" } else { "b" };
@@ -111,7 +113,19 @@ fn concurrent_stagers_never_corrupt_the_store() {
                 .unwrap()
         })
         .collect();
-    for c in children {
+    // gc runs meanwhile: it must wait for the stagers, never take their unreferenced blobs.
+    std::thread::sleep(Duration::from_millis(50));
+    let gcs: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_nestcache"))
+                .args(["store", "gc", "--store", &store])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children.into_iter().chain(gcs) {
         let out = c.wait_with_output().unwrap();
         assert!(
             out.status.success(),
