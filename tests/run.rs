@@ -679,3 +679,41 @@ fn shim_runtime_runs_from_the_store() {
     );
     f.assert_nothing_left();
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_block_the_task() {
+    let f = Fixture::new("run-pipe");
+    let img = f.small("pipe", |_| {});
+    let script =
+        "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done; echo finished >&2";
+    let mut child = f.spawn(&["--rm", &img, "--", "sh", "-c", script]);
+    let mut first = [0u8; 7];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("read");
+    assert_eq!(&first, b"line 0\n");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("finished"), "{}", stderr(&out));
+    f.assert_nothing_left();
+}
+
+#[test]
+fn rm_cache_removes_the_cache_afterwards() {
+    let f = Fixture::new("run-rmcache");
+    let img = f.small("rmcache", |_| {});
+    assert_eq!(
+        f.ok(&["--rm", "--rm-cache", &img, "--", "echo", "last"]),
+        "last\n"
+    );
+    let e = f.env.fails(&["cache", "inspect", &f.cache]);
+    assert!(e.contains(&f.cache), "{e}");
+    assert!(
+        !f.content.exists(),
+        "content dir {} left",
+        f.content.display()
+    );
+    assert!(f
+        .env
+        .fails(&f.args(&["-d", "--rm-cache", &img]))
+        .contains("--detach"));
+}

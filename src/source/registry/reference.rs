@@ -22,6 +22,14 @@ pub struct Reference {
 impl Reference {
     /// Parses what follows `docker://`.
     pub fn parse(s: &str) -> Result<Reference> {
+        // `user:pass@host/…` is not a reference form: refuse it without echoing the secret.
+        if let Some((first, rest)) = s.split_once('/') {
+            if let Some((_, host)) = first.rsplit_once('@') {
+                return Err(Error::Invalid(format!(
+                    "invalid reference docker://<credentials>@{host}/{rest}: credentials do not belong in the reference; pass --creds USER:PASS or --authfile FILE"
+                )));
+            }
+        }
         let bad = |why: &str| Error::Invalid(format!("invalid reference docker://{s}: {why}"));
         let (name, digest) = match s.rsplit_once('@') {
             Some((n, d)) => (
@@ -149,6 +157,13 @@ mod tests {
         let r = Reference::parse(&format!("host.example:443/x:t@{D}")).unwrap();
         assert_eq!(r.tag.as_deref(), Some("t"));
         assert_eq!(r.manifest_ref(), D);
+    }
+
+    #[test]
+    fn never_echoes_credentials_in_a_reference() {
+        let e = Reference::parse("bob:hunter2@127.0.0.1:5000/x:y").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("--creds"), "{e}");
     }
 
     #[test]
