@@ -262,3 +262,32 @@ fn images_rm_and_gc_keep_what_refs_reach() {
     // The remaining image unpacks again from its blobs.
     ok(&["store", "unpack", "b", "--store", &store]);
 }
+
+#[test]
+fn docker_archive_with_compressed_layers_keeps_their_digests() {
+    let d = Dirs::new();
+    let img = image(8, 3, "amd64", 0);
+    for (i, style) in [DockerStyle::Blobs, DockerStyle::LegacyCompressed]
+        .into_iter()
+        .enumerate()
+    {
+        let archive = d.path(&format!("d{i}.tar"));
+        docker_archive_styled(&archive, &img, &["app:1"], style);
+        let store = d.s(&format!("store{i}"));
+        let r = json(&[
+            "stage",
+            archive.to_str().unwrap(),
+            "--store",
+            &store,
+            "--json",
+        ]);
+        // Compression is read from the bytes; digests are the blobs' own, so the result
+        // is the very same OCI layers (layer 1 is uncompressed, the others gzip).
+        for (j, l) in r["layers"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(l["digest"], img.layers[j].digest().to_string());
+            assert_eq!(l["media_type"], img.layers[j].media_type);
+            assert_eq!(l["diff_id"], img.diff_ids[j].to_string());
+        }
+        assert_intact(&store);
+    }
+}

@@ -192,8 +192,23 @@ pub fn tar_dir(dir: &Path, out: &Path) {
     b.finish().unwrap();
 }
 
+/// How a docker archive names and stores its layers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum DockerStyle {
+    /// `<n>/layer.tar`, uncompressed (classic `docker save`).
+    Legacy,
+    /// `<n>/layer.tar` holding the gzip blob (some tools): nothing names its digest.
+    LegacyCompressed,
+    /// `blobs/sha256/<digest>` holding the blob as is (Docker 25+ with containerd store).
+    Blobs,
+}
+
 /// A `docker save` archive of one image (layers stored uncompressed as `<n>/layer.tar`).
 pub fn docker_archive(out: &Path, img: &Image, tags: &[&str]) {
+    docker_archive_styled(out, img, tags, DockerStyle::Legacy)
+}
+
+pub fn docker_archive_styled(out: &Path, img: &Image, tags: &[&str], style: DockerStyle) {
     let f = fs::File::create(out).unwrap();
     let mut b = tar::Builder::new(f);
     let mut add = |name: &str, data: &[u8]| {
@@ -207,7 +222,9 @@ pub fn docker_archive(out: &Path, img: &Image, tags: &[&str]) {
     let mut layer_names = Vec::new();
     for (i, l) in img.layers.iter().enumerate() {
         // docker save stores layers uncompressed: decompress the gzip ones.
-        let tar = if l.media_type == OCI_LAYER_GZIP {
+        let tar = if style != DockerStyle::Legacy {
+            l.data.clone()
+        } else if l.media_type == OCI_LAYER_GZIP {
             let mut out = Vec::new();
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&l.data[..]), &mut out)
                 .unwrap();
@@ -215,7 +232,10 @@ pub fn docker_archive(out: &Path, img: &Image, tags: &[&str]) {
         } else {
             l.data.clone()
         };
-        let name = format!("{i}/layer.tar");
+        let name = match style {
+            DockerStyle::Blobs => format!("blobs/sha256/{}", l.digest().hex()),
+            _ => format!("{i}/layer.tar"),
+        };
         add(&name, &tar);
         layer_names.push(name);
     }
