@@ -79,6 +79,10 @@ fn killed_shim_leaves_no_task_and_no_mount_for_an_imported_image() {
         archive.to_str().unwrap(),
     ]);
     let id = unique("k");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     ctr.ok(&[
         "run",
         "-d",
@@ -101,6 +105,10 @@ fn killed_shim_leaves_no_mount_for_a_store_rootfs() {
     let empty = work.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let id = unique("k");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     let ann_store = format!("io.nestcache.store={}", store.display());
     let out = ctr.run_rootfs(
         &empty,
@@ -125,6 +133,10 @@ fn tasks_survive_a_containerd_restart() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     let id = unique("r");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     let out = ctr.run_rootfs(
         root.path(),
         &["-d"],

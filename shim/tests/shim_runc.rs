@@ -86,6 +86,10 @@ fn exec_pids_signals_and_exit_statuses() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     let id = unique("c");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     // PID 1 ignores SIGTERM unless it traps it: the trap proves the signal arrived.
     let out = ctr.run_rootfs(
         root.path(),
@@ -134,6 +138,10 @@ fn sigkill_reports_137_and_exec_into_a_stopped_task_fails() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     let id = unique("c");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     let out = ctr.run_rootfs(root.path(), &["-d"], &id, &["/bin/sleep", "1000"]);
     assert!(out.status.success(), "{}", stderr(&out));
     ctr.ok(&["task", "kill", "-s", "KILL", &id]);
@@ -166,6 +174,10 @@ fn containerd_sees_task_events_in_order() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     let id = unique("c");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     let out = ctr.run_rootfs(root.path(), &["-d"], &id, &["/bin/sleep", "1000"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let exec = ctr.run(&["task", "exec", "--exec-id", "ex", &id, "/bin/true"]);

@@ -86,6 +86,10 @@ fn writes_go_to_the_container_upper_dir_not_the_store() {
     let ctr = Ctr::new("shim-store-rw");
     let f = fixture("rw");
     let id = unique("s");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
     let out = run_annotated(
         &ctr,
         &f,

@@ -351,3 +351,24 @@ impl Drop for PrivateContainerd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Kills and deletes a task and its container when dropped, so a test that fails half-way
+/// leaves no task (and no shim) running. Never panics.
+pub struct TaskGuard<'a> {
+    pub ctr: &'a Ctr,
+    pub id: String,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.ctr.run(&["task", "kill", "-s", "KILL", &self.id]);
+        for _ in 0..50 {
+            let out = self.ctr.run(&["task", "rm", &self.id]);
+            if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("not found") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.ctr.run(&["container", "rm", &self.id]);
+    }
+}
