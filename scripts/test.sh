@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 dir=$(mktemp -d /tmp/nestcache-test.XXXXXX)
 trap 'scripts/containerd.sh stop "$dir"; rm -rf "$dir"' EXIT
+# containerd finds runtime io.containerd.nestcache.v2 as containerd-shim-nestcache-v2 on its
+# PATH: build the shim first and put it there (for this containerd and the tests' own).
+cargo build -p containerd-shim-nestcache
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir=$PWD/$target_dir ;; esac
+mkdir -p "$dir/bin"
+ln -sf "$target_dir/debug/containerd-shim-nestcache-v2" "$dir/bin/containerd-shim-nestcache-v2"
+export PATH="$dir/bin:$PATH"
 export CONTAINERD_ADDRESS
 CONTAINERD_ADDRESS=$(scripts/containerd.sh start "$dir")
 echo "private containerd at $CONTAINERD_ADDRESS" >&2

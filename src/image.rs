@@ -1,1 +1,626 @@
-//! TODO: see lib.rs
+//! Index / manifest / config parsing and platform choice.
+//!
+//! Resolution walks from a root descriptor (an index or a manifest) to one image manifest
+//! and its config, fetching each document through a caller-supplied function, so the same
+//! code serves the store (blobs on disk) and every source (archives, registries). Every
+//! document is size-bounded before it is read and digest-checked before it is used.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os, Platform,
+};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+
+/// The annotation that names a ref in an OCI layout's index.json.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// Upper bound for an index or manifest (containerd uses the same order of magnitude); a
+/// descriptor declaring more is refused before a byte is read.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Upper bound for an image config (long histories make configs larger than manifests).
+pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// How deep indexes may nest (index → index → manifest); real images use one level.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// What a JSON document is, by media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Index,
+    Manifest,
+}
+
+impl DocKind {
+    pub fn of(media_type: &str) -> Option<DocKind> {
+        match media_type {
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Some(DocKind::Index),
+            OCI_MANIFEST | DOCKER_MANIFEST => Some(DocKind::Manifest),
+            _ => None,
+        }
+    }
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression of a layer media type; unknown and non-distributable types are refused
+/// by name (a non-distributable layer's bytes are, by definition, not in the image).
+pub fn layer_compression(media_type: &str) -> Result<Compression> {
+    match media_type {
+        OCI_LAYER | DOCKER_LAYER => Ok(Compression::None),
+        OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
+        OCI_LAYER_ZSTD | DOCKER_LAYER_ZSTD => Ok(Compression::Zstd),
+        t if t.contains("nondistributable") || t.contains("foreign") => Err(Error::Invalid(
+            format!("non-distributable layer media type {t:?} is not supported"),
+        )),
+        t => Err(Error::Invalid(format!(
+            "unsupported layer media type {t:?}"
+        ))),
+    }
+}
+
+/// Our digest type from a descriptor's; refuses algorithms other than sha256.
+pub fn descriptor_digest(desc: &Descriptor) -> Result<Digest> {
+    desc.digest().to_string().parse()
+}
+
+/// An `os/arch[/variant]` platform, as given on the command line or read from an index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlatformSpec {
+    pub os: String,
+    pub architecture: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl PlatformSpec {
+    /// The platform this binary runs on, in Go's GOOS/GOARCH names.
+    pub fn host() -> Self {
+        let architecture = Arch::default().to_string();
+        let variant = match architecture.as_str() {
+            "arm64" => Some("v8".to_string()),
+            _ => None,
+        };
+        PlatformSpec {
+            os: Os::default().to_string(),
+            architecture,
+            variant,
+        }
+    }
+
+    pub fn of(p: &Platform) -> Self {
+        PlatformSpec {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone().filter(|v| !v.is_empty()),
+        }
+    }
+
+    pub fn of_config(c: &ImageConfiguration) -> Self {
+        PlatformSpec {
+            os: c.os().to_string(),
+            architecture: c.architecture().to_string(),
+            variant: c.variant().clone().filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// The variant, with the defaults containerd's platform matcher assumes filled in
+    /// (arm64 means v8), so that `linux/arm64` matches `linux/arm64/v8`.
+    fn normalized_variant(&self) -> Option<&str> {
+        match (self.architecture.as_str(), self.variant.as_deref()) {
+            ("arm64", None) => Some("v8"),
+            (_, v) => v,
+        }
+    }
+
+    /// Whether an available platform satisfies this wanted one. A wanted platform without a
+    /// variant accepts any variant of its architecture.
+    pub fn matches(&self, available: &PlatformSpec) -> bool {
+        self.os == available.os
+            && self.architecture == available.architecture
+            && (self.variant.is_none()
+                || self.normalized_variant() == available.normalized_variant())
+    }
+
+    pub fn to_oci(&self) -> Result<Platform> {
+        let mut b = oci_spec::image::PlatformBuilder::default()
+            .os(Os::from(self.os.as_str()))
+            .architecture(Arch::from(self.architecture.as_str()));
+        if let Some(v) = &self.variant {
+            b = b.variant(v.clone());
+        }
+        b.build()
+            .map_err(|e| Error::Invalid(format!("platform {self}: {e}")))
+    }
+}
+
+impl FromStr for PlatformSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = (2..=3).contains(&parts.len())
+            && parts.iter().all(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64 or linux/arm/v7"
+            )));
+        }
+        Ok(PlatformSpec {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for PlatformSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which platform to pick from an index, and whether the user asked for it explicitly
+/// (then a single-platform image of another platform is refused too).
+#[derive(Debug, Clone)]
+pub struct PlatformChoice {
+    pub platform: PlatformSpec,
+    pub explicit: bool,
+}
+
+impl PlatformChoice {
+    pub fn new(platform: Option<PlatformSpec>) -> Self {
+        match platform {
+            Some(platform) => PlatformChoice {
+                platform,
+                explicit: true,
+            },
+            None => PlatformChoice {
+                platform: PlatformSpec::host(),
+                explicit: false,
+            },
+        }
+    }
+}
+
+/// One image, resolved down to its manifest and config; the documents' exact bytes are
+/// kept so that staging stores exactly what was verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The manifest's descriptor (with the platform it was chosen for, when known).
+    pub manifest_descriptor: Descriptor,
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub manifest_bytes: Vec<u8>,
+    pub config_digest: Digest,
+    pub config: ImageConfiguration,
+    pub config_bytes: Vec<u8>,
+    /// The config's `rootfs.diff_ids`, one per layer, bottom to top.
+    pub diff_ids: Vec<Digest>,
+    /// The platform of the image (from its config).
+    pub platform: PlatformSpec,
+}
+
+impl ResolvedImage {
+    pub fn layers(&self) -> &[Descriptor] {
+        self.manifest.layers()
+    }
+
+    /// Layer digests, bottom to top.
+    pub fn layer_digests(&self) -> Result<Vec<Digest>> {
+        self.layers().iter().map(descriptor_digest).collect()
+    }
+
+    /// Sum of the manifest, config and layer sizes.
+    pub fn total_size(&self) -> u64 {
+        self.manifest_bytes.len() as u64
+            + self.config_bytes.len() as u64
+            + self.layers().iter().map(|l| l.size()).sum::<u64>()
+    }
+}
+
+/// Reads a small document (index, manifest, config) of declared size at most `limit`,
+/// never reading more than declared + 1 bytes so a lying source cannot make it grow.
+pub fn read_document(desc: &Descriptor, limit: u64, reader: impl Read) -> Result<Vec<u8>> {
+    let size = desc.size();
+    if size > limit {
+        return Err(Error::Invalid(format!(
+            "{} {} declares {size} bytes, more than the {limit} bytes allowed for it",
+            desc.media_type(),
+            desc.digest()
+        )));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    reader
+        .take(size + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("read {} {}", desc.media_type(), desc.digest()), e))?;
+    Ok(buf)
+}
+
+/// Checks a document's bytes against its descriptor.
+pub fn verify_document(desc: &Descriptor, what: &str, data: &[u8]) -> Result<Digest> {
+    let expected = descriptor_digest(desc)?;
+    let actual = Digest::of(data);
+    if actual != expected || data.len() as u64 != desc.size() {
+        return Err(Error::DigestMismatch {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            expected_size: desc.size(),
+            actual: actual.to_string(),
+            actual_size: data.len() as u64,
+        });
+    }
+    Ok(expected)
+}
+
+/// Fetches a document's raw bytes (bounded by `limit`); verification is the resolver's.
+pub type FetchFn<'a> = dyn FnMut(&Descriptor, u64) -> Result<Vec<u8>> + 'a;
+
+/// Walks from `root` (an index or a manifest) to one image for `choice`.
+pub fn resolve(
+    root: &Descriptor,
+    choice: &PlatformChoice,
+    fetch: &mut FetchFn<'_>,
+) -> Result<ResolvedImage> {
+    let mut ancestors: HashSet<String> = HashSet::new();
+    let mut desc = root.clone();
+    loop {
+        let media_type = desc.media_type().to_string();
+        match DocKind::of(&media_type) {
+            Some(DocKind::Manifest) => return resolve_manifest(desc, choice, fetch),
+            Some(DocKind::Index) => {
+                if ancestors.len() >= MAX_INDEX_DEPTH {
+                    return Err(Error::Invalid(format!(
+                        "index {} nests more than {MAX_INDEX_DEPTH} levels deep",
+                        desc.digest()
+                    )));
+                }
+                ancestors.insert(desc.digest().to_string());
+                desc = choose_from_index(&desc, choice, &ancestors, fetch)?;
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{} has media type {media_type:?}, which is neither an image index nor an image manifest",
+                    desc.digest()
+                )))
+            }
+        }
+    }
+}
+
+/// Reads an index and picks the descriptor for the wanted platform.
+fn choose_from_index(
+    desc: &Descriptor,
+    choice: &PlatformChoice,
+    ancestors: &HashSet<String>,
+    fetch: &mut FetchFn<'_>,
+) -> Result<Descriptor> {
+    let what = format!("index {}", desc.digest());
+    let data = fetch(desc, MAX_MANIFEST_SIZE)?;
+    let index: ImageIndex = parse_json(&what, &data)?;
+    // Cycles are checked before the digest so the message says what is wrong; nothing
+    // from the document is used until the digest has been verified below.
+    for m in index.manifests() {
+        if ancestors.contains(&m.digest().to_string()) {
+            return Err(Error::Invalid(format!(
+                "{what} refers to itself (through {}): refusing a cyclic index",
+                m.digest()
+            )));
+        }
+    }
+    verify_document(desc, &what, &data)?;
+    check_schema(&what, index.schema_version())?;
+    check_declared_type(&what, desc, index.media_type().as_ref())?;
+    pick_platform(&what, index.manifests(), choice)
+}
+
+/// The first manifest or nested index whose platform matches. Entries without a platform
+/// are taken only when they are the only candidate. Attestation entries (`unknown/unknown`)
+/// are never candidates.
+pub fn pick_platform(
+    what: &str,
+    manifests: &[Descriptor],
+    choice: &PlatformChoice,
+) -> Result<Descriptor> {
+    let candidates: Vec<&Descriptor> = manifests
+        .iter()
+        .filter(|m| DocKind::of(m.media_type().as_ref()).is_some())
+        .filter(|m| {
+            m.platform()
+                .as_ref()
+                .map_or(true, |p| p.os().to_string() != "unknown")
+        })
+        .collect();
+    if let Some(found) = candidates.iter().find(|m| {
+        m.platform()
+            .as_ref()
+            .is_some_and(|p| choice.platform.matches(&PlatformSpec::of(p)))
+    }) {
+        return Ok((*found).clone());
+    }
+    if let [only] = candidates.as_slice() {
+        if only.platform().is_none() {
+            return Ok((*only).clone());
+        }
+    }
+    let available: Vec<String> = candidates
+        .iter()
+        .map(|m| match m.platform() {
+            Some(p) => PlatformSpec::of(p).to_string(),
+            None => format!("(unspecified: {})", m.digest()),
+        })
+        .collect();
+    Err(Error::NotFound(format!(
+        "{what} has no manifest for platform {}; available: {}",
+        choice.platform,
+        if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        }
+    )))
+}
+
+fn resolve_manifest(
+    desc: Descriptor,
+    choice: &PlatformChoice,
+    fetch: &mut FetchFn<'_>,
+) -> Result<ResolvedImage> {
+    let what = format!("manifest {}", desc.digest());
+    let manifest_bytes = fetch(&desc, MAX_MANIFEST_SIZE)?;
+    let manifest_digest = verify_document(&desc, &what, &manifest_bytes)?;
+    let manifest: ImageManifest = parse_json(&what, &manifest_bytes)?;
+    check_schema(&what, manifest.schema_version())?;
+    check_declared_type(&what, &desc, manifest.media_type().as_ref())?;
+
+    let config_desc = manifest.config();
+    let config_type = config_desc.media_type().to_string();
+    if config_type != OCI_CONFIG && config_type != DOCKER_CONFIG {
+        return Err(Error::Invalid(format!(
+            "{what}: config media type {config_type:?} is not a container image config (an artifact?)"
+        )));
+    }
+    for layer in manifest.layers() {
+        layer_compression(layer.media_type().as_ref())
+            .map_err(|e| Error::Invalid(format!("{what}: layer {}: {e}", layer.digest())))?;
+        descriptor_digest(layer)?;
+    }
+
+    let config_what = format!("config {}", config_desc.digest());
+    let config_bytes = fetch(config_desc, MAX_CONFIG_SIZE)?;
+    let config_digest = verify_document(config_desc, &config_what, &config_bytes)?;
+    let config: ImageConfiguration = parse_json(&config_what, &config_bytes)?;
+    let diff_ids = config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| d.parse::<Digest>())
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| Error::Invalid(format!("{config_what}: rootfs.diff_ids: {e}")))?;
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(Error::Invalid(format!(
+            "{what} has {} layers but its {config_what} lists {} diff_ids",
+            manifest.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let platform = PlatformSpec::of_config(&config);
+    if choice.explicit && !choice.platform.matches(&platform) {
+        return Err(Error::NotFound(format!(
+            "{what} is for platform {platform}, not the requested {}",
+            choice.platform
+        )));
+    }
+    let mut manifest_descriptor = desc;
+    if manifest_descriptor.platform().is_none() {
+        manifest_descriptor.set_platform(Some(platform.to_oci()?));
+    }
+    Ok(ResolvedImage {
+        manifest_descriptor,
+        manifest_digest,
+        manifest,
+        manifest_bytes,
+        config_digest,
+        config,
+        config_bytes,
+        diff_ids,
+        platform,
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::Invalid(format!("{what}: malformed JSON: {e}")))
+}
+
+fn check_schema(what: &str, version: u32) -> Result<()> {
+    if version != 2 {
+        return Err(Error::Invalid(format!(
+            "{what}: unsupported schemaVersion {version} (expected 2)"
+        )));
+    }
+    Ok(())
+}
+
+/// A document's own `mediaType`, when present, must agree with the descriptor that led to
+/// it: otherwise one set of bytes could be read as two different things.
+fn check_declared_type(what: &str, desc: &Descriptor, own: Option<&MediaType>) -> Result<()> {
+    if let Some(own) = own {
+        if own != desc.media_type() {
+            return Err(Error::Invalid(format!(
+                "{what}: document says mediaType {:?} but its descriptor says {:?}",
+                own.to_string(),
+                desc.media_type().to_string()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A descriptor for content we hold the bytes of.
+pub fn descriptor_for(media_type: &str, data: &[u8]) -> Descriptor {
+    Descriptor::new(
+        MediaType::from(media_type),
+        data.len() as u64,
+        oci_digest(&Digest::of(data)),
+    )
+}
+
+/// Our digest as oci-spec's (always valid: ours is validated sha256).
+pub fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
+    oci_spec::image::Digest::from_str(&d.to_string())
+        .unwrap_or_else(|_| unreachable!("a validated sha256 digest is a valid OCI digest"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn platform_parse_and_match() {
+        let p: PlatformSpec = "linux/arm64".parse().unwrap();
+        assert!(p.matches(&"linux/arm64/v8".parse().unwrap()));
+        let v7: PlatformSpec = "linux/arm/v7".parse().unwrap();
+        assert!(!v7.matches(&"linux/arm/v6".parse().unwrap()));
+        assert!(!v7.matches(&"linux/arm64".parse().unwrap()));
+        for bad in ["", "linux", "linux/", "/amd64", "a/b/c/d", "linux/amd 64"] {
+            assert!(bad.parse::<PlatformSpec>().is_err(), "{bad}");
+        }
+        assert_eq!(v7.to_string(), "linux/arm/v7");
+        assert_eq!(PlatformSpec::host().os, "linux");
+    }
+
+    fn entry(media_type: &str, data: &[u8], platform: Option<&str>) -> Descriptor {
+        let mut d = descriptor_for(media_type, data);
+        if let Some(p) = platform {
+            d.set_platform(Some(p.parse::<PlatformSpec>().unwrap().to_oci().unwrap()));
+        }
+        d
+    }
+
+    /// A tiny image: one (fake) layer, its config and manifest, held in a map by digest.
+    fn image(arch: &str, blobs: &mut HashMap<String, Vec<u8>>) -> Descriptor {
+        let layer = b"layer".to_vec();
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            Digest::of(&layer)
+        )
+        .into_bytes();
+        let l = entry(OCI_LAYER, &layer, None);
+        let c = entry(OCI_CONFIG, &config, None);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": c, "layers": [l]
+        })
+        .to_string()
+        .into_bytes();
+        let m = entry(OCI_MANIFEST, &manifest, Some(&format!("linux/{arch}")));
+        for (d, data) in [(&l, layer), (&c, config), (&m, manifest)] {
+            blobs.insert(d.digest().to_string(), data);
+        }
+        m
+    }
+
+    fn fetcher(
+        blobs: &HashMap<String, Vec<u8>>,
+    ) -> impl FnMut(&Descriptor, u64) -> Result<Vec<u8>> + '_ {
+        move |d: &Descriptor, _| {
+            blobs
+                .get(&d.digest().to_string())
+                .cloned()
+                .ok_or_else(|| Error::NotFound(d.digest().to_string()))
+        }
+    }
+
+    #[test]
+    fn resolves_index_by_platform_and_lists_available() {
+        let mut blobs = HashMap::new();
+        let amd = image("amd64", &mut blobs);
+        let arm = image("arm64", &mut blobs);
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd, arm]})
+            .to_string()
+            .into_bytes();
+        let root = entry(OCI_INDEX, &index, None);
+        blobs.insert(root.digest().to_string(), index);
+        let choice = PlatformChoice::new(Some("linux/arm64".parse().unwrap()));
+        let img = resolve(&root, &choice, &mut fetcher(&blobs)).unwrap();
+        assert_eq!(img.manifest_descriptor.digest(), arm.digest());
+        assert_eq!(img.platform.architecture, "arm64");
+        assert_eq!(img.diff_ids.len(), 1);
+
+        let choice = PlatformChoice::new(Some("linux/s390x".parse().unwrap()));
+        let err = resolve(&root, &choice, &mut fetcher(&blobs))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_self_referring_index() {
+        let mut blobs = HashMap::new();
+        // A descriptor claiming digest D whose content lists D again: only a forged
+        // store can produce it, and it must not loop.
+        let fake = Digest::of(b"x");
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_INDEX}","digest":"{fake}","size":10}}]}}"#
+        );
+        blobs.insert(fake.to_string(), body.clone().into_bytes());
+        let root = Descriptor::new(MediaType::ImageIndex, body.len() as u64, oci_digest(&fake));
+        let err = resolve(&root, &PlatformChoice::new(None), &mut fetcher(&blobs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refers to itself"), "{err}");
+    }
+
+    #[test]
+    fn refuses_diff_id_count_mismatch_and_bad_digest() {
+        let mut blobs = HashMap::new();
+        let m = image("amd64", &mut blobs);
+        // Corrupt the manifest bytes: digest check must fire.
+        let mut bad = blobs.clone();
+        bad.insert(m.digest().to_string(), b"{}".to_vec());
+        let err = resolve(&m, &PlatformChoice::new(None), &mut fetcher(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("digest mismatch"), "{err}");
+        assert!(
+            layer_compression("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
+                .unwrap_err()
+                .to_string()
+                .contains("non-distributable")
+        );
+    }
+}

@@ -91,6 +91,12 @@ impl ContentLayout {
     pub fn lock_file(&self) -> PathBuf {
         self.meta_dir().join("lock")
     }
+
+    /// Held shared by every writer (stage, unpack) for its whole run and exclusively by
+    /// `store gc`, so gc never removes what a writer has written but not yet referenced.
+    pub fn gc_lock_file(&self) -> PathBuf {
+        self.meta_dir().join("gc.lock")
+    }
 }
 
 /// Paths inside nestcache's state directory.
@@ -130,5 +136,21 @@ impl StateLayout {
 
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.containers_dir().join(id)
+    }
+}
+
+impl ContentLayout {
+    /// Files the cache container's keeper and nestcache share for cache `name`: the
+    /// handshake nonce and ack, and the expiry deadline.
+    pub fn cache_meta_dir(&self, name: &str) -> PathBuf {
+        self.meta_dir().join("cache").join(name)
+    }
+}
+
+/// A nested container's files (its overlay parts are named by `rootfs::Overlay`).
+impl StateLayout {
+    /// The output of a detached nested container.
+    pub fn container_log_file(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("log")
     }
 }

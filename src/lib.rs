@@ -10,6 +10,7 @@
 //! - [`unpack`]: layer application (tar + gzip/zstd, whiteouts, path safety).
 //! - [`containerd`]: the containerd connection, containers, tasks, io, wait.
 //! - [`cache`]: the cache container lifecycle, TTL and reaping.
+//! - [`rootfs`]: overlay rootfs from a store's extracted layers (shared with the shim).
 //! - [`nested`]: rootfs + runtime spec + task for the nested container, mount verification.
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod layout;
 pub mod nested;
+pub mod rootfs;
 pub mod source;
 pub mod store;
 pub mod unpack;

@@ -1,7 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
+
+use nestcache::cache::{self, CacheInfo, CreateOptions, RemoveOptions};
+use nestcache::layout::StateLayout;
 
 use super::Globals;
 
@@ -71,6 +75,143 @@ pub struct TouchArgs {
     pub ttl: String,
 }
 
-pub async fn run(_g: &Globals, _c: CacheCmd) -> anyhow::Result<ExitCode> {
-    super::not_yet("cache")
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("invalid --ttl {s:?}: {e} (examples: 90s, 30m, 2h)"))
+}
+
+pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
+    // gc reaps expired caches itself and reports them; every other command reaps first.
+    let client = match c {
+        CacheCmd::Gc(_) => nestcache::env::connect(&super::connect_options(g)).await?,
+        _ => super::connect(g).await?,
+    };
+    match c {
+        CacheCmd::Create(a) => {
+            let opts = CreateOptions {
+                name: a.name,
+                path: a.path,
+                content_dir: a.content_dir,
+                ttl: a.ttl.as_deref().map(parse_ttl).transpose()?,
+                reuse: a.reuse,
+            };
+            let created = cache::create(&client, &StateLayout::new(&g.state_dir), &opts).await?;
+            if a.json {
+                super::print_json(&created)?;
+            } else {
+                let i = &created.info;
+                println!(
+                    "cache {} {}: {} at {} (pid {}), expires {}",
+                    i.name,
+                    if created.reused { "reused" } else { "created" },
+                    i.content_dir.display(),
+                    i.path.display(),
+                    i.pid.map_or("-".into(), |p| p.to_string()),
+                    i.expires.as_deref().unwrap_or("never"),
+                );
+            }
+        }
+        CacheCmd::Inspect(a) => {
+            let i = cache::find(&client, &a.name).await?;
+            if a.json {
+                super::print_json(&i)?;
+            } else {
+                print_info(&i);
+            }
+        }
+        CacheCmd::Ls(a) => {
+            let all = cache::list(&client).await?;
+            if a.json {
+                super::print_json(&all)?;
+            } else {
+                print_table(&all);
+            }
+        }
+        CacheCmd::Rm(a) => {
+            let removed_dir = cache::rm(
+                &client,
+                &a.name,
+                RemoveOptions {
+                    keep_content: a.keep_content,
+                    remove_user_content_dir: a.remove_content_dir,
+                },
+            )
+            .await?;
+            println!(
+                "removed cache {}{}",
+                a.name,
+                if removed_dir {
+                    " and its content dir"
+                } else {
+                    ""
+                }
+            );
+        }
+        CacheCmd::Gc(a) => {
+            let reaped = cache::gc(&client).await?;
+            if a.json {
+                super::print_json(&reaped)?;
+            } else if reaped.is_empty() {
+                println!("nothing to collect");
+            } else {
+                for r in &reaped {
+                    println!("removed cache {}: {}", r.name, r.reason);
+                }
+            }
+        }
+        CacheCmd::Touch(a) => {
+            let i = cache::touch(&client, &a.name, parse_ttl(&a.ttl)?).await?;
+            println!(
+                "cache {} now expires {}",
+                i.name,
+                i.expires.as_deref().unwrap_or("never")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(i: &CacheInfo) {
+    println!("name:         {}", i.name);
+    println!("namespace:    {}", i.namespace);
+    println!("container:    {}", i.id);
+    println!("path:         {}", i.path.display());
+    println!(
+        "content dir:  {}{}",
+        i.content_dir.display(),
+        if i.content_dir_owned {
+            " (created by nestcache)"
+        } else {
+            ""
+        }
+    );
+    println!("status:       {}", i.status_word());
+    println!(
+        "pid:          {}",
+        i.pid.map_or("-".into(), |p| p.to_string())
+    );
+    println!("created:      {}", i.created.as_deref().unwrap_or("-"));
+    println!(
+        "expires:      {}{}",
+        i.expires.as_deref().unwrap_or("never"),
+        if i.expired { " (expired)" } else { "" }
+    );
+}
+
+fn print_table(all: &[CacheInfo]) {
+    println!(
+        "{:<24} {:<9} {:>8} {:<20} {:<21} CONTENT DIR",
+        "NAME", "STATUS", "PID", "PATH", "EXPIRES"
+    );
+    for i in all {
+        println!(
+            "{:<24} {:<9} {:>8} {:<20} {:<21} {}",
+            i.name,
+            i.status_word(),
+            i.pid.map_or("-".into(), |p| p.to_string()),
+            i.path.display(),
+            i.expires.as_deref().unwrap_or("never"),
+            i.content_dir.display()
+        );
+    }
 }

@@ -28,6 +28,44 @@ pub struct RmArgs {
     pub target: Target,
 }
 
-pub async fn run(_g: &Globals, _c: ImagesCmd) -> anyhow::Result<ExitCode> {
-    super::not_yet("images")
+pub async fn run(g: &Globals, c: ImagesCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        ImagesCmd::Ls(a) => {
+            let store = a.target.open_existing(g).await?;
+            let images = store.list_images()?;
+            if a.json {
+                super::print_json(&images)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<40} {:<19} {:>12} {:>6}  PLATFORM",
+                "REF", "DIGEST", "SIZE", "LAYERS"
+            );
+            for i in &images {
+                let digest = i.digest.get(..19).unwrap_or(&i.digest);
+                match &i.error {
+                    None => println!(
+                        "{:<40} {:<19} {:>12} {:>6}  {}",
+                        i.reference,
+                        digest,
+                        i.size,
+                        i.layers,
+                        i.platform.as_deref().unwrap_or("-")
+                    ),
+                    Some(e) => println!("{:<40} {:<19} error: {e}", i.reference, digest),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImagesCmd::Rm(a) => {
+            let store = a.target.open_existing(g).await?;
+            let removed = store.remove_ref(&a.reference)?;
+            println!(
+                "removed {} ({}); run `nestcache store gc` to free its blobs",
+                a.reference,
+                removed.digest()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

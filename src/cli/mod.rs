@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 use nestcache::layout::DEFAULT_STATE_DIR;
 
 #[derive(Debug, Parser)]
-#[command(name = "nestcache", version, about = "Start nested containers from a file cache container, through containerd, with no Docker daemon")]
+#[command(
+    name = "nestcache",
+    version,
+    about = "Start nested containers from a file cache container, through containerd, with no Docker daemon"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub globals: Globals,
@@ -32,7 +36,12 @@ pub struct Globals {
     #[arg(long, global = true, env = "CONTAINERD_ADDRESS")]
     pub address: Option<String>,
     /// containerd namespace
-    #[arg(long, global = true, env = "CONTAINERD_NAMESPACE", default_value = "nestcache")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "nestcache"
+    )]
     pub namespace: String,
     /// nestcache's state directory (embedded containerd, default content dirs, nested containers)
     #[arg(long, global = true, env = "NESTCACHE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
@@ -118,7 +127,21 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Placeholder for commands whose issue has not landed yet.
-pub fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{what} is not implemented yet")
+/// The library's connection options from the global flags.
+pub fn connect_options(g: &Globals) -> nestcache::env::ConnectOptions {
+    nestcache::env::ConnectOptions {
+        address: g.address.clone().filter(|a| !a.is_empty()),
+        namespace: g.namespace.clone(),
+        state_dir: g.state_dir.clone(),
+    }
+}
+
+/// Connects to containerd (starting the embedded one when allowed and needed) and reaps
+/// expired caches on the way: every command that talks to containerd goes through here.
+pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Client> {
+    let client = nestcache::env::connect(&connect_options(g)).await?;
+    for r in nestcache::cache::reap_expired(&client).await {
+        eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+    }
+    Ok(client)
 }

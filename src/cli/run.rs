@@ -1,6 +1,13 @@
-use std::process::ExitCode;
+//! `run`, `verify`, `ps`, `stop`, `rm`, `logs`: nested containers.
 
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+
+use nestcache::layout::StateLayout;
+use nestcache::nested::{self, manage, spec::SpecOptions};
 
 use super::Globals;
 
@@ -17,34 +24,49 @@ pub struct RunArgs {
     /// Command and arguments (replace the image's Cmd)
     #[arg(last = true)]
     pub command: Vec<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the caller's value)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
+    /// Working directory inside the container
     #[arg(short = 'w', long = "workdir")]
     pub workdir: Option<String>,
+    /// USER[:GROUP], names or ids, resolved through the image's /etc/passwd and /etc/group
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
+    /// Bind mount HOST:CTR[:ro|rw]
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); "" clears it
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Container id (default: nested-<random>)
     #[arg(long)]
     pub name: Option<String>,
+    /// none (own network namespace, loopback only) or host
     #[arg(long, default_value = "none")]
     pub net: String,
+    /// Mount the container's root filesystem read-only
     #[arg(long)]
     pub read_only: bool,
+    /// Pass stdin to the container
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Allocate a terminal
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Start and return; output goes to `nestcache logs ID`
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Delete the task, container and upper/work dirs after exit
     #[arg(long)]
     pub rm: bool,
+    /// Also stop and delete the cache container after exit
     #[arg(long)]
     pub rm_cache: bool,
+    /// Do not mount the cache's content dir into the container
     #[arg(long)]
     pub no_mount_cache: bool,
+    /// Mount the cache's content dir read-write (default read-only)
     #[arg(long)]
     pub cache_rw: bool,
     /// runc (through containerd's runc shim) or shim (containerd-shim-nestcache-v2)
@@ -72,6 +94,7 @@ pub struct PsArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     pub container: String,
+    /// How long to wait after SIGTERM before SIGKILL
     #[arg(long, default_value = "10s")]
     pub timeout: String,
 }
@@ -90,22 +113,130 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
+    if a.no_mount_cache && a.cache_rw {
+        anyhow::bail!("--cache-rw and --no-mount-cache contradict each other");
+    }
+    let mut spec = SpecOptions::new(String::new(), String::new());
+    spec.env = a.env;
+    spec.workdir = a.workdir;
+    spec.user = a.user;
+    spec.volumes = a
+        .volumes
+        .iter()
+        .map(|v| v.parse())
+        .collect::<Result<_, _>>()?;
+    spec.entrypoint = a.entrypoint;
+    spec.command = a.command;
+    spec.net = a.net.parse()?;
+    spec.read_only = a.read_only;
+    spec.tty = a.tty;
+    let opts = nested::RunOptions {
+        cache: a.cache,
+        image: a.image,
+        stage: a.stage,
+        name: a.name,
+        spec,
+        interactive: a.interactive,
+        detach: a.detach,
+        rm: a.rm,
+        rm_cache: a.rm_cache,
+        mount_cache: !a.no_mount_cache,
+        cache_rw: a.cache_rw,
+        runtime: a.runtime.parse()?,
+    };
+    let detach = opts.detach;
+    let json = a.json;
+    let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
+    let report = nested::run(&client, &state, opts, |v| {
+        if !json {
+            eprintln!("nestcache: {}", v.summary());
+        }
+    })
+    .await?;
+    if json {
+        super::print_json(&report)?;
+    } else if detach {
+        println!("{}", report.id);
+    }
+    Ok(exit_code(report.exit_code.unwrap_or(0)))
+}
 
-pub async fn run(_g: &Globals, _a: RunArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("run")
+/// The nested process's exit code as ours (codes above 255 cannot be passed on).
+fn exit_code(code: u32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
 }
-pub async fn verify(_g: &Globals, _a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("verify")
+
+pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let client = super::connect(g).await?;
+    let v = manage::verify(&client, &a.container).await?;
+    if a.json {
+        super::print_json(&v)?;
+    } else if v.ok {
+        println!("{}", v.summary());
+    } else {
+        eprintln!("nestcache: {}", v.summary());
+    }
+    Ok(if v.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
-pub async fn ps(_g: &Globals, _a: PsArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("ps")
+
+pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
+    let client = super::connect(g).await?;
+    let list = manage::list(&client, a.all).await?;
+    if a.json {
+        super::print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
+        "ID", "IMAGE", "CACHE", "STATUS", "PID", "CREATED"
+    );
+    for n in list {
+        let status = match n.exit_code {
+            Some(c) => format!("{} ({c})", n.status),
+            None => n.status.clone(),
+        };
+        println!(
+            "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
+            n.id,
+            n.image,
+            n.cache,
+            status,
+            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            n.created.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
-pub async fn stop(_g: &Globals, _a: StopArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("stop")
+
+pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
+    let grace: Duration = humantime::parse_duration(&a.timeout)
+        .with_context(|| format!("invalid --timeout {:?} (e.g. 10s)", a.timeout))?;
+    let client = super::connect(g).await?;
+    match manage::stop(&client, &a.container, grace).await? {
+        Some(e) => println!("{} exited with code {}", a.container, e.code),
+        None => println!("{} was not running", a.container),
+    }
+    Ok(ExitCode::SUCCESS)
 }
-pub async fn rm(_g: &Globals, _a: RmArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("rm")
+
+pub async fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<ExitCode> {
+    let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
+    manage::remove(&client, &state, &a.container, a.force).await?;
+    println!("{}", a.container);
+    Ok(ExitCode::SUCCESS)
 }
-pub async fn logs(_g: &Globals, _a: LogsArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("logs")
+
+pub async fn logs(g: &Globals, a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
+    let mut out = std::io::stdout();
+    manage::logs(&client, &state, &a.container, a.follow, &mut out).await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+
+use nestcache::image::PlatformSpec;
+use nestcache::source;
+use nestcache::store::{self, StageOptions, Store};
 
 use super::Globals;
 
@@ -15,6 +20,31 @@ pub struct Target {
     /// A plain store directory (no cache container)
     #[arg(long)]
     pub store: Option<PathBuf>,
+}
+
+impl Target {
+    /// The content directory this target names.
+    pub async fn dir(&self, g: &Globals) -> anyhow::Result<PathBuf> {
+        match (&self.store, &self.cache) {
+            (Some(dir), _) => Ok(dir.clone()),
+            (None, Some(name)) => {
+                let client = super::connect(g).await?;
+                Ok(nestcache::cache::find(&client, name).await?.content_dir)
+            }
+            (None, None) => anyhow::bail!("pass --cache NAME or --store DIR"),
+        }
+    }
+
+    /// Opens the target's existing store.
+    /// Opens the target's existing store. A cache's content dir is a store from the
+    /// start (empty until something is staged), so it is initialised rather than refused.
+    pub async fn open_existing(&self, g: &Globals) -> anyhow::Result<Store> {
+        let dir = self.dir(g).await?;
+        if self.cache.is_some() {
+            return Ok(Store::open_content_dir(&dir)?);
+        }
+        Ok(Store::open_existing(&dir)?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +69,51 @@ pub struct StageArgs {
     pub json: bool,
 }
 
-pub async fn run(_g: &Globals, _a: StageArgs) -> anyhow::Result<ExitCode> {
-    super::not_yet("stage")
+pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
+    let platform = a
+        .platform
+        .as_deref()
+        .map(str::parse::<PlatformSpec>)
+        .transpose()?;
+    let dir = a.target.dir(g).await?;
+    let is_cache = a.target.cache.is_some();
+    let opts = StageOptions {
+        reference: a.reference.clone(),
+        platform,
+        verify_existing: a.verify_existing,
+        no_unpack: a.no_unpack,
+        progress: !a.json,
+        ..Default::default()
+    };
+    let spec = a.source.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // The source first: a bad source must not leave a new empty store behind.
+        let src = source::parse(&spec)?;
+        let store = if is_cache {
+            Store::open_content_dir(&dir)?
+        } else {
+            Store::open(&dir)?
+        };
+        Ok(store::stage(&store, src.as_ref(), &opts)?)
+    })
+    .await
+    .context("stage worker")??;
+    if a.json {
+        super::print_json(&report)?;
+    } else {
+        let reused = report.layers.iter().filter(|l| l.reused).count();
+        println!(
+            "staged {} ({}, {}) into {}: {} layers ({} reused), {} bytes written, {} reused, {:.2}s",
+            report.reference,
+            report.manifest_digest,
+            report.platform,
+            report.store,
+            report.layers.len(),
+            reused,
+            report.bytes_written,
+            report.bytes_reused,
+            report.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -125,10 +125,13 @@ impl Drop for PrivateContainerd {
 }
 
 fn script(args: &[&str]) -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/containerd.sh"))
-        .args(args)
-        .output()
-        .expect("run scripts/containerd.sh");
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/containerd.sh"
+    ))
+    .args(args)
+    .output()
+    .expect("run scripts/containerd.sh");
     assert!(
         out.status.success(),
         "scripts/containerd.sh {args:?}: {}",

@@ -1,0 +1,198 @@
+//! The bundle directory containerd prepared: `config.json` (the OCI spec) in, and the
+//! shim's own record of what it did (`nestcache-shim.json`) out, so that the `delete`
+//! subcommand can undo it after the shim died.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runc::Runc;
+
+/// Annotation naming the nestcache content directory to build the rootfs from.
+pub const ANNOTATION_STORE: &str = "io.nestcache.store";
+/// Annotation naming the image (reference or manifest digest) inside that store.
+pub const ANNOTATION_IMAGE: &str = "io.nestcache.image";
+/// CRI marks its pause container with this; pod annotations must not turn it into the
+/// nestcache image.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+pub const RECORD_FILE: &str = "nestcache-shim.json";
+
+/// The few spec fields the shim reads; the rest is runc's business.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    pub annotations: HashMap<String, String>,
+}
+
+/// A spec annotated for a nestcache store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreImage {
+    pub store: PathBuf,
+    pub image: String,
+}
+
+impl Spec {
+    pub fn load(bundle: &Path) -> Result<Spec, String> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+        let annotations = v
+            .get("annotations")
+            .and_then(|a| a.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Spec { annotations })
+    }
+
+    /// The store + image the spec asks for, if it asks; a half-annotated spec is an error.
+    pub fn store_image(&self) -> Result<Option<StoreImage>, String> {
+        if self.annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
+            return Ok(None);
+        }
+        let store = self
+            .annotations
+            .get(ANNOTATION_STORE)
+            .filter(|s| !s.is_empty());
+        let image = self
+            .annotations
+            .get(ANNOTATION_IMAGE)
+            .filter(|s| !s.is_empty());
+        match (store, image) {
+            (None, None) => Ok(None),
+            (Some(store), Some(image)) => {
+                if !Path::new(store).is_absolute() {
+                    return Err(format!(
+                        "annotation {ANNOTATION_STORE}={store:?}: expected an absolute path"
+                    ));
+                }
+                Ok(Some(StoreImage {
+                    store: PathBuf::from(store),
+                    image: image.clone(),
+                }))
+            }
+            (Some(_), None) => Err(format!(
+                "annotation {ANNOTATION_STORE} is set but {ANNOTATION_IMAGE} is missing"
+            )),
+            (None, Some(_)) => Err(format!(
+                "annotation {ANNOTATION_IMAGE} is set but {ANNOTATION_STORE} is missing"
+            )),
+        }
+    }
+}
+
+/// Points the spec's root at `rootfs` inside the bundle (where the shim mounted the
+/// store's image), keeping every other field as containerd wrote it.
+pub fn set_root_to_bundle_rootfs(bundle: &Path) -> Result<(), String> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(format!("{}: not a JSON object", path.display()));
+    };
+    let root = obj.entry("root").or_insert_with(|| serde_json::json!({}));
+    if let Some(root) = root.as_object_mut() {
+        root.insert("path".into(), serde_json::Value::String("rootfs".into()));
+    }
+    let out = serde_json::to_vec(&v).map_err(|e| format!("serialize spec: {e}"))?;
+    let tmp = bundle.join(".config.json.tmp");
+    std::fs::write(&tmp, out).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("replace {}: {e}", path.display()))
+}
+
+/// What the shim set up for the container, written before it is set up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub runc: Runc,
+    /// Where the shim mounts the rootfs (bundle/rootfs), when it mounts one.
+    pub rootfs_mounted: bool,
+    /// The per-container dir of a store-assembled rootfs (upper, work, lower links).
+    pub store_dir: Option<PathBuf>,
+}
+
+impl Record {
+    pub fn save(&self, bundle: &Path) -> Result<(), String> {
+        let path = bundle.join(RECORD_FILE);
+        let tmp = bundle.join(format!(".{RECORD_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("write {}: {e}", path.display()))
+    }
+
+    pub fn load(bundle: &Path) -> Option<Record> {
+        let text = std::fs::read(bundle.join(RECORD_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(annotations: &[(&str, &str)]) -> Spec {
+        Spec {
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn plain_spec_is_not_a_store_image() {
+        assert_eq!(spec(&[]).store_image(), Ok(None));
+    }
+
+    #[test]
+    fn both_annotations_select_the_store() {
+        let s = spec(&[(ANNOTATION_STORE, "/s"), (ANNOTATION_IMAGE, "busybox")]);
+        assert_eq!(
+            s.store_image(),
+            Ok(Some(StoreImage {
+                store: "/s".into(),
+                image: "busybox".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn half_annotated_or_relative_store_is_an_error() {
+        assert!(spec(&[(ANNOTATION_STORE, "/s")]).store_image().is_err());
+        assert!(spec(&[(ANNOTATION_IMAGE, "x")]).store_image().is_err());
+        let rel = spec(&[(ANNOTATION_STORE, "s"), (ANNOTATION_IMAGE, "x")]);
+        assert!(rel.store_image().unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn cri_sandbox_ignores_pod_annotations() {
+        let s = spec(&[
+            (ANNOTATION_STORE, "/s"),
+            (ANNOTATION_IMAGE, "x"),
+            (CRI_CONTAINER_TYPE, "sandbox"),
+        ]);
+        assert_eq!(s.store_image(), Ok(None));
+    }
+
+    #[test]
+    fn root_path_is_rewritten_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"/somewhere","readonly":true},"x":{"y":1}}"#,
+        )
+        .unwrap();
+        set_root_to_bundle_rootfs(dir.path()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["root"]["path"], "rootfs");
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["x"]["y"], 1);
+    }
+}

@@ -1,0 +1,23 @@
+//! containerd-shim-nestcache-v2: the containerd runtime v2 shim for
+//! `io.containerd.nestcache.v2`. It runs tasks with runc like containerd's runc shim, and
+//! when a container's spec carries `io.nestcache.store` + `io.nestcache.image` it
+//! assembles the rootfs itself from that nestcache store's extracted layers.
+
+mod bundle;
+mod command;
+mod events;
+mod exits;
+mod mounts;
+mod process;
+mod runc;
+mod service;
+mod stdio;
+mod store_rootfs;
+mod task;
+
+/// The runtime name containerd maps to this binary's name.
+pub const RUNTIME_NAME: &str = "io.containerd.nestcache.v2";
+
+fn main() {
+    containerd_shim::run::<service::Service>(RUNTIME_NAME, None);
+}

@@ -1,0 +1,110 @@
+//! The container's root filesystem: containerd's snapshot mounts, or an image assembled
+//! from a nestcache store, mounted at `<bundle>/rootfs` — and taken down again.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::types::mount::Mount;
+use log::{info, warn};
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+
+use crate::bundle::{self, Record, Spec};
+use crate::store_rootfs;
+
+pub fn rootfs_dir(bundle: &Path) -> PathBuf {
+    bundle.join("rootfs")
+}
+
+/// Mounts the rootfs for a new container. `record` is updated and saved *before* each
+/// mount, so a shim killed half-way still leaves enough behind for `delete` to undo it.
+pub fn setup(
+    bundle: &Path,
+    mounts: &[Mount],
+    spec: &Spec,
+    record: &mut Record,
+) -> Result<(), String> {
+    let target = rootfs_dir(bundle);
+    if let Some(wanted) = spec.store_image()? {
+        if !mounts.is_empty() {
+            // CRI always hands over the pulled image's snapshot; the annotations win.
+            info!(
+                "rootfs from store {} image {}; ignoring {} snapshot mount(s) from containerd",
+                wanted.store.display(),
+                wanted.image,
+                mounts.len()
+            );
+        }
+        let dir = store_rootfs::container_dir(bundle);
+        record.rootfs_mounted = true;
+        record.store_dir = Some(dir.clone());
+        record.save(bundle)?;
+        mkdir_rootfs(&target)?;
+        store_rootfs::mount(&wanted, &dir, &target)?;
+        return bundle::set_root_to_bundle_rootfs(bundle);
+    }
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    record.rootfs_mounted = true;
+    record.save(bundle)?;
+    mkdir_rootfs(&target)?;
+    for m in mounts {
+        containerd_shim::mount::mount_rootfs(
+            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
+            Some(m.source.as_str()).filter(|s| !s.is_empty()),
+            &m.options,
+            &target,
+        )
+        .map_err(|e| {
+            format!(
+                "mount {} {} at {}: {e}",
+                m.type_,
+                m.source,
+                target.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn mkdir_rootfs(target: &Path) -> Result<(), String> {
+    match std::fs::create_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("create {}: {e}", target.display())),
+    }
+}
+
+/// Unmounts everything at `target` (stacked mounts included). Not mounted is fine.
+pub fn unmount_all(target: &Path) -> Result<(), String> {
+    for _ in 0..64 {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) => {
+                // Something still holds it (a process in flight): detach it instead,
+                // the kernel finishes once the last user is gone.
+                warn!("{} busy; detaching", target.display());
+                umount2(target, MntFlags::MNT_DETACH)
+                    .map_err(|e| format!("unmount {}: {e}", target.display()))?;
+            }
+            Err(e) => return Err(format!("unmount {}: {e}", target.display())),
+        }
+    }
+    Err(format!(
+        "unmount {}: still mounted after 64 unmounts",
+        target.display()
+    ))
+}
+
+/// Undoes `setup` from its record: unmount the rootfs, remove a store rootfs's
+/// per-container dir. Safe to call twice and after a crash.
+pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
+    // containerd's contract: delete must leave bundle/rootfs unmounted, whatever the
+    // record says (it may be missing when the shim died early).
+    unmount_all(&rootfs_dir(bundle))?;
+    if let Some(dir) = record.and_then(|r| r.store_dir.as_deref()) {
+        store_rootfs::cleanup(dir)?;
+    }
+    Ok(())
+}

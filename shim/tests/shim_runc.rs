@@ -1,0 +1,197 @@
+//! The shim as a drop-in for containerd's runc shim: `ctr` runs ordinary containers with
+//! `--runtime io.containerd.nestcache.v2` (rootfs laid out on disk) and sees the same
+//! stdio, exit codes, exec, signals, pids and events.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn run_streams_stdout_and_stderr_and_returns_the_exit_code() {
+    let ctr = Ctr::new("shim-run");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    let out = ctr.run_rootfs(
+        root.path(),
+        &["--rm"],
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "to-stdout\n");
+    assert!(stderr(&out).contains("to-stderr"), "{}", stderr(&out));
+    assert!(ctr.task_status(&id).is_none(), "--rm left the task");
+}
+
+#[test]
+fn stdin_reaches_the_process_and_eof_ends_it() {
+    let ctr = Ctr::new("shim-stdin");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    let mut child = ctr
+        .cmd()
+        .args(["run", "--rm", "--runtime", RUNTIME, "--rootfs"])
+        .arg(root.path())
+        .args([id.as_str(), "/bin/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "line one\nline two\n");
+}
+
+#[test]
+fn terminal_gives_the_process_a_tty() {
+    let ctr = Ctr::new("shim-tty");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    let line = format!(
+        "ctr --address {} --namespace {} run --rm -t --runtime {RUNTIME} --rootfs {} {id} /bin/sh -c 'tty; exit 4'",
+        ctr.address,
+        ctr.namespace,
+        root.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from bsdutils");
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(stdout(&out).contains("/dev/pts/"), "{}", stdout(&out));
+}
+
+#[test]
+fn exec_pids_signals_and_exit_statuses() {
+    let ctr = Ctr::new("shim-exec");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    // PID 1 ignores SIGTERM unless it traps it: the trap proves the signal arrived.
+    let out = ctr.run_rootfs(
+        root.path(),
+        &["-d"],
+        &id,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ctr.task_status(&id).as_deref(), Some("RUNNING"));
+    let init_pid = ctr.task_pid(&id);
+
+    let exec = ctr.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "/bin/sh",
+        "-c",
+        "echo in-exec; exit 5",
+    ]);
+    assert_eq!(exec.status.code(), Some(5), "{}", stderr(&exec));
+    assert_eq!(stdout(&exec), "in-exec\n");
+
+    let ps = ctr.ok(&["task", "ps", &id]);
+    assert!(ps.contains(&init_pid.to_string()), "{ps}");
+
+    ctr.ok(&["task", "kill", "-s", "TERM", &id]);
+    ctr.wait_for("the trapped TERM to end the task", || {
+        ctr.task_status(&id).as_deref() == Some("STOPPED")
+    });
+    let rm = ctr.run(&["task", "rm", &id]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    // ctr reports a non-zero exit status on delete.
+    assert!(stderr(&rm).contains("exit code 42"), "{}", stderr(&rm));
+    ctr.ok(&["container", "rm", &id]);
+}
+
+#[test]
+fn sigkill_reports_137_and_exec_into_a_stopped_task_fails() {
+    let ctr = Ctr::new("shim-kill");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    let out = ctr.run_rootfs(root.path(), &["-d"], &id, &["/bin/sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ctr.ok(&["task", "kill", "-s", "KILL", &id]);
+    ctr.wait_for("SIGKILL to stop the task", || {
+        ctr.task_status(&id).as_deref() == Some("STOPPED")
+    });
+    let exec = ctr.run(&["task", "exec", "--exec-id", "late", &id, "/bin/true"]);
+    assert!(!exec.status.success(), "exec into a stopped task worked");
+    let rm = ctr.run(&["task", "rm", &id]);
+    assert!(stderr(&rm).contains("exit code 137"), "{}", stderr(&rm));
+    ctr.ok(&["container", "rm", &id]);
+}
+
+#[test]
+fn missing_command_fails_create_with_runc_reason() {
+    let ctr = Ctr::new("shim-nocmd");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    let out = ctr.run_rootfs(root.path(), &["--rm"], &id, &["/bin/no-such-command"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-such-command"), "{}", stderr(&out));
+    let _ = ctr.run(&["container", "rm", &id]);
+}
+
+#[test]
+fn containerd_sees_task_events_in_order() {
+    let ctr = Ctr::new("shim-events");
+    let events = ctr.events();
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let id = unique("c");
+    let out = ctr.run_rootfs(root.path(), &["-d"], &id, &["/bin/sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exec = ctr.run(&["task", "exec", "--exec-id", "ex", &id, "/bin/true"]);
+    assert!(exec.status.success(), "{}", stderr(&exec));
+    ctr.remove(&id);
+    let lines = events.collect_until(&["/containers/delete", &id]);
+    let topics: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains(&id))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{}",
+        lines.join("\n")
+    );
+    let exits: Vec<&String> = lines.iter().filter(|l| l.contains("/tasks/exit")).collect();
+    assert!(exits[0].contains("\"id\":\"ex\""), "{}", exits[0]);
+    assert!(exits[1].contains("\"exit_status\":137"), "{}", exits[1]);
+}

@@ -1,0 +1,287 @@
+//! The file cache container: a containerd container + task, found by its name label, with
+//! a host content directory bind-mounted read-write at its target path.
+//!
+//! - create (`create.rs`): claim the name (the container record), prove path identity with the keeper's
+//!   handshake, or undo everything and say why.
+//! - find / list (here): by label, with the task's status and pid.
+//! - rm / gc / reap (`remove.rs`): stop and delete the task, delete the container, remove what
+//!   nestcache created. Reaping of expired caches is one list call, cheap enough to run on
+//!   every command.
+//! - touch (`ttl.rs`): move the expiry (label + the keeper's deadline file + SIGUSR1).
+
+mod create;
+pub mod keeper;
+mod remove;
+pub mod spec;
+mod ttl;
+
+pub use create::create;
+pub use remove::{gc, reap_expired, remove, rm, running_users};
+pub use ttl::touch;
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::containerd::{labels, Client, Container, TaskStatus};
+use crate::error::IoContext;
+use crate::layout::ContentLayout;
+use crate::{Error, Result};
+
+/// A cache's containerd container id is this prefix + its name.
+pub const ID_PREFIX: &str = "nc-cache-";
+/// Longest cache name (the container id must stay within containerd's 76 characters).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// How long the keeper gets to exit on SIGTERM before SIGKILL.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What `cache create` is asked for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub name: String,
+    pub path: PathBuf,
+    pub content_dir: Option<PathBuf>,
+    pub ttl: Option<Duration>,
+    pub reuse: bool,
+}
+
+/// A cache as found in containerd.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheInfo {
+    pub name: String,
+    pub namespace: String,
+    /// The containerd container id.
+    pub id: String,
+    /// The target path inside the cache container.
+    pub path: PathBuf,
+    /// The host content directory bound at `path`.
+    pub content_dir: PathBuf,
+    /// Whether nestcache created the content dir (and `rm` deletes it).
+    pub content_dir_owned: bool,
+    /// The task's status; None when the container has no task.
+    pub status: Option<TaskStatus>,
+    pub pid: Option<u32>,
+    /// RFC 3339 UTC.
+    pub created: Option<String>,
+    /// RFC 3339 UTC; None = never.
+    pub expires: Option<String>,
+    pub expired: bool,
+    #[serde(skip)]
+    pub created_at: Option<SystemTime>,
+    #[serde(skip)]
+    pub expires_at: Option<SystemTime>,
+}
+
+impl CacheInfo {
+    pub fn is_running(&self) -> bool {
+        self.status == Some(TaskStatus::Running)
+    }
+
+    /// The status as a word: a task status, or `no-task`.
+    pub fn status_word(&self) -> &'static str {
+        self.status.map_or("no-task", TaskStatus::as_str)
+    }
+
+    fn meta_dir(&self) -> PathBuf {
+        ContentLayout::new(&self.content_dir).cache_meta_dir(&self.name)
+    }
+}
+
+/// What `create` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    pub info: CacheInfo,
+    /// True when `--reuse` found a running cache and left it as it was.
+    pub reused: bool,
+}
+
+/// What `rm` removes besides the container and task.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoveOptions {
+    /// Keep the content dir even if nestcache created it.
+    pub keep_content: bool,
+    /// Remove the content dir even if the user supplied it.
+    pub remove_user_content_dir: bool,
+}
+
+/// One cache `gc` or the reaper removed, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    pub name: String,
+    pub reason: String,
+    pub content_dir_removed: bool,
+}
+
+/// The container id of cache `name`.
+pub fn container_id(name: &str) -> String {
+    format!("{ID_PREFIX}{name}")
+}
+
+/// Cache names: containerd identifier rules, at most [`MAX_NAME_LEN`] characters.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::Invalid(format!(
+            "invalid cache name {name:?}: longer than {MAX_NAME_LEN} characters"
+        )));
+    }
+    crate::containerd::validate_id("cache name", name)
+}
+
+/// The target path: absolute, normalized (no `.`, `..`, `//`), not `/`, and clear of what
+/// the cache container itself mounts (`/proc`, `/dev`, the keeper).
+pub fn validate_path(path: &Path) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "invalid --path {}: {why}",
+            path.display()
+        )))
+    };
+    let Some(s) = path.to_str() else {
+        return bad("not UTF-8");
+    };
+    if !path.is_absolute() {
+        return bad("must be absolute");
+    }
+    // Path::components hides "." in the middle, so look at the text.
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        || s.split('/').any(|seg| seg == "." || seg == "..")
+        || s.contains("//")
+        || (s.len() > 1 && s.ends_with('/'))
+    {
+        return bad("must be normalized (no '.', '..', '//' or trailing '/')");
+    }
+    if path == Path::new("/") {
+        return bad("cannot be /");
+    }
+    for reserved in ["/proc", "/dev", spec::KEEPER_IN_CONTAINER] {
+        if path.starts_with(reserved) {
+            return bad(&format!("{reserved} is used by the cache container itself"));
+        }
+    }
+    Ok(())
+}
+
+/// Finds cache `name`; a clear NotFound error when there is none.
+pub async fn find(client: &Client, name: &str) -> Result<CacheInfo> {
+    validate_name(name)?;
+    lookup(client, name).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no cache named {name:?} in namespace {} (see `nestcache cache ls`)",
+            client.namespace()
+        ))
+    })
+}
+
+/// Cache `name`, or None.
+pub async fn lookup(client: &Client, name: &str) -> Result<Option<CacheInfo>> {
+    let found = client
+        .list_by_labels(&[(labels::ROLE, labels::ROLE_CACHE), (labels::NAME, name)])
+        .await?;
+    match found.into_iter().next() {
+        Some(c) => Ok(Some(info(client, c).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Every cache in the client's namespace, by name.
+pub async fn list(client: &Client) -> Result<Vec<CacheInfo>> {
+    let mut out = Vec::new();
+    for c in list_containers(client).await? {
+        out.push(info(client, c).await?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(crate) async fn list_containers(client: &Client) -> Result<Vec<Container>> {
+    client
+        .list_by_labels(&[(labels::ROLE, labels::ROLE_CACHE)])
+        .await
+}
+
+/// The label-only part of a cache's description (no task call).
+pub(crate) fn info_from_labels(namespace: &str, c: &Container) -> CacheInfo {
+    let expires_at = c
+        .label(labels::EXPIRES)
+        .and_then(|s| humantime::parse_rfc3339(s).ok());
+    CacheInfo {
+        name: c.label(labels::NAME).unwrap_or_default().to_string(),
+        namespace: namespace.to_string(),
+        id: c.id.clone(),
+        path: PathBuf::from(c.label(labels::PATH).unwrap_or_default()),
+        content_dir: PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default()),
+        content_dir_owned: c.label(labels::CONTENT_DIR_OWNED) == Some("true"),
+        status: None,
+        pid: None,
+        created: c.created_at.map(rfc3339),
+        expires: expires_at.map(rfc3339),
+        expired: expires_at.is_some_and(|e| e <= SystemTime::now()),
+        created_at: c.created_at,
+        expires_at,
+    }
+}
+
+pub(crate) async fn info(client: &Client, c: Container) -> Result<CacheInfo> {
+    let mut i = info_from_labels(client.namespace(), &c);
+    if let Some(t) = client.task_state(&c.id).await? {
+        i.status = Some(t.status);
+        i.pid = (t.pid != 0).then_some(t.pid);
+    }
+    Ok(i)
+}
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub(crate) fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .ctx(|| format!("create a temp file in {}", dir.display()))?;
+    tmp.write_all(contents.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .ctx(|| format!("write {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .ctx(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+pub(crate) fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| Error::Invalid(format!("path {p:?} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("build-42").is_ok());
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        assert!(validate_name(&"a".repeat(65)).is_err());
+        assert!(validate_name("Bad/name").is_err());
+        assert!(validate_name("").is_err());
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["/cache", "/a/b-c/d"] {
+            assert!(validate_path(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "cache", "/", "/a/../b", "/a/./b", "/a//b", "/a/", "/proc/x", "/dev", "/keeper",
+        ] {
+            assert!(validate_path(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}

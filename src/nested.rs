@@ -1,1 +1,0 @@
-//! TODO: see lib.rs

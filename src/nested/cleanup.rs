@@ -1,0 +1,25 @@
+//! Removing a nested container completely: task (the shim unmounts the rootfs when it is
+//! deleted), container record, then its dir (overlay links, upper, work, FIFOs, log).
+
+use std::time::Duration;
+
+use super::ContainerPaths;
+use crate::containerd::Client;
+use crate::error::{Error, Result};
+
+/// Stops (SIGTERM, SIGKILL after `grace`) and deletes the task, deletes the container and
+/// its dir. Parts already gone are fine, so this can run after any failure.
+pub async fn remove(
+    client: &Client,
+    id: &str,
+    paths: &ContainerPaths,
+    grace: Duration,
+) -> Result<()> {
+    client.stop_and_delete_task(id, grace).await?;
+    client.delete_container(id).await?;
+    match std::fs::remove_dir_all(&paths.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", paths.dir.display()), e)),
+    }
+}

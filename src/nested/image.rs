@@ -1,0 +1,88 @@
+//! The image a nested container runs: resolved in the cache's store (staged into it first
+//! with `--stage`), its layers extracted, its user database read from those layers.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use super::user::UserDb;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::rootfs::{self, LayerStack};
+use crate::store::{stage, StageOptions, Store};
+use crate::unpack::Limits;
+
+/// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
+const USER_DB_LIMIT: u64 = 4 << 20;
+
+/// What `run` needs of the image.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    pub manifest_digest: Digest,
+    /// The config's `config` section (Entrypoint, Cmd, Env, WorkingDir, User).
+    pub config: Option<oci_spec::image::Config>,
+    pub users: UserDb,
+    /// Extracted layer dirs, bottom → top.
+    pub layer_dirs: Vec<PathBuf>,
+}
+
+/// Resolves `image` in the store at `content_dir` (staging `stage` first), extracts what
+/// is not extracted yet, and reads the image's /etc/passwd and /etc/group.
+pub async fn prepare(
+    content_dir: &Path,
+    image: &str,
+    stage: Option<&str>,
+) -> Result<PreparedImage> {
+    let content_dir = content_dir.to_path_buf();
+    let image = image.to_string();
+    let stage = stage.map(str::to_string);
+    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &image, stage.as_deref()))
+        .await
+        .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+}
+
+fn prepare_blocking(content_dir: &Path, image: &str, stage: Option<&str>) -> Result<PreparedImage> {
+    let store = match stage {
+        Some(_) => Store::open(content_dir)?,
+        None => Store::open_existing(content_dir)?,
+    };
+    if let Some(source) = stage {
+        stage_into(&store, source, image)?;
+    }
+    let resolved = store.resolve(image, None).map_err(|e| match e {
+        Error::NotFound(what) => Error::NotFound(format!(
+            "{what}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
+        )),
+        other => other,
+    })?;
+    crate::unpack::ensure_unpacked(&store, &resolved, &Limits::default())?;
+    // Re-derive the dirs through the shared lookup, which refuses anything missing.
+    let layer_dirs = rootfs::layer_dirs(&store, &resolved)?;
+    let stack = LayerStack::new(layer_dirs.clone());
+    let read = |p: &str| -> Result<Option<String>> {
+        Ok(stack
+            .read_file(p, USER_DB_LIMIT)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    Ok(PreparedImage {
+        manifest_digest: resolved.manifest_digest.clone(),
+        config: resolved.config.config().clone(),
+        users: UserDb {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+        },
+        layer_dirs,
+    })
+}
+
+/// `--stage SOURCE`: stages SOURCE, recorded under the name IMAGE (unless IMAGE is a
+/// digest: then under the source's own ref).
+fn stage_into(store: &Store, source: &str, image: &str) -> Result<()> {
+    let src = crate::source::parse(source)?;
+    let opts = StageOptions {
+        reference: image.parse::<Digest>().is_err().then(|| image.to_string()),
+        progress: std::io::stderr().is_terminal(),
+        ..Default::default()
+    };
+    stage(store, src.as_ref(), &opts)?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! ps / stop / rm / logs / verify for nested containers (role label `nested`).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::verify::{verify_mount, Verification};
+use super::{cleanup, ContainerPaths};
+use crate::containerd::{labels, Client, Container, ExitStatus, TaskStatus};
+use crate::error::{Error, IoContext, Result};
+use crate::layout::StateLayout;
+
+/// A nested container as `ps` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NestedInfo {
+    pub id: String,
+    pub image: String,
+    pub manifest_digest: String,
+    pub cache: String,
+    /// `running`, `created`, `stopped` (task exited, not yet deleted), `exited` (no task).
+    pub status: String,
+    pub pid: Option<u32>,
+    pub exit_code: Option<u32>,
+    /// Where the cache is mounted inside; None with `--no-mount-cache`.
+    pub cache_target: Option<PathBuf>,
+    pub runtime: String,
+    /// RFC 3339 UTC.
+    pub created: Option<String>,
+}
+
+impl NestedInfo {
+    pub fn is_running(&self) -> bool {
+        self.status == TaskStatus::Running.as_str()
+    }
+}
+
+/// The nested container `id`; NotFound (or Invalid for a container that is not nested).
+pub async fn get(client: &Client, id: &str) -> Result<Container> {
+    let c = client.get_container(id).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no nested container {id:?} in namespace {} (see `nestcache ps -a`)",
+            client.namespace()
+        ))
+    })?;
+    if c.label(labels::ROLE) != Some(labels::ROLE_NESTED) {
+        return Err(Error::Invalid(format!(
+            "container {id:?} is not a nested container of nestcache (role {:?})",
+            c.label(labels::ROLE).unwrap_or("none")
+        )));
+    }
+    Ok(c)
+}
+
+async fn info(client: &Client, c: &Container) -> Result<NestedInfo> {
+    let task = client.task_state(&c.id).await?;
+    let (status, pid, exit_code) = match task {
+        Some(t) if t.status == TaskStatus::Stopped => {
+            ("stopped".to_string(), None, Some(t.exit_status))
+        }
+        Some(t) => (t.status.as_str().to_string(), Some(t.pid), None),
+        None => (
+            "exited".to_string(),
+            None,
+            c.label(labels::EXIT_CODE).and_then(|s| s.parse().ok()),
+        ),
+    };
+    Ok(NestedInfo {
+        id: c.id.clone(),
+        image: c.label(labels::IMAGE).unwrap_or_default().to_string(),
+        manifest_digest: c.label(labels::MANIFEST).unwrap_or_default().to_string(),
+        cache: c.label(labels::NAME).unwrap_or_default().to_string(),
+        status,
+        pid,
+        exit_code,
+        cache_target: (c.label(labels::MOUNT_CACHE) == Some("true"))
+            .then(|| PathBuf::from(c.label(labels::PATH).unwrap_or_default())),
+        runtime: c.runtime.clone(),
+        created: c
+            .created_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+    })
+}
+
+/// Nested containers, oldest first; with `all` false only those with a live task.
+pub async fn list(client: &Client, all: bool) -> Result<Vec<NestedInfo>> {
+    let mut found = client
+        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED)])
+        .await?;
+    found.sort_by_key(|c| c.created_at.unwrap_or(SystemTime::UNIX_EPOCH));
+    let mut out = Vec::new();
+    for c in &found {
+        let i = info(client, c).await?;
+        if all || matches!(i.status.as_str(), "running" | "created" | "paused") {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks, now, that running nested container `id` sees its cache's content.
+pub async fn verify(client: &Client, id: &str) -> Result<Verification> {
+    let c = get(client, id).await?;
+    if c.label(labels::MOUNT_CACHE) != Some("true") {
+        return Err(Error::Invalid(format!(
+            "nested container {id} was started without the cache mounted (--no-mount-cache): nothing to verify"
+        )));
+    }
+    let target = PathBuf::from(c.label(labels::PATH).unwrap_or_default());
+    let content_dir = PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default());
+    let pid = match client.task_state(id).await? {
+        Some(t) if t.status == TaskStatus::Running || t.status == TaskStatus::Created => t.pid,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "nested container {id} is not running: nothing to verify"
+            )))
+        }
+    };
+    verify_mount(pid, &target, &content_dir).await
+}
+
+/// Stops nested container `id` (SIGTERM, SIGKILL after `grace`), deletes its task and
+/// keeps the exit code; the container stays until `rm`.
+pub async fn stop(client: &Client, id: &str, grace: Duration) -> Result<Option<ExitStatus>> {
+    get(client, id).await?;
+    let exit = client.stop_and_delete_task(id, grace).await?;
+    if let Some(e) = &exit {
+        client
+            .update_labels(id, &[(labels::EXIT_CODE, &e.code.to_string())])
+            .await?;
+    }
+    Ok(exit)
+}
+
+/// Removes nested container `id`: refuses a running one unless `force` (then kills it).
+pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool) -> Result<()> {
+    get(client, id).await?;
+    if let Some(t) = client.task_state(id).await? {
+        if t.status != TaskStatus::Stopped && !force {
+            return Err(Error::Invalid(format!(
+                "nested container {id} is {}: stop it first (`nestcache stop {id}`) or use rm -f",
+                t.status
+            )));
+        }
+    }
+    let grace = if force {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(10)
+    };
+    cleanup::remove(client, id, &ContainerPaths::new(state, id), grace).await
+}
+
+/// Copies a detached container's output to `out`; with `follow`, keeps copying until the
+/// task has stopped.
+pub async fn logs(
+    client: &Client,
+    state: &StateLayout,
+    id: &str,
+    follow: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    get(client, id).await?;
+    let path = state.container_log_file(id);
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!(
+                "no log for {id} at {} (only detached containers keep their output)",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("open {}", path.display()), e)),
+    };
+    let mut pos = 0u64;
+    loop {
+        f.seek(SeekFrom::Start(pos))
+            .ctx(|| format!("seek {}", path.display()))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)
+            .ctx(|| format!("read {}", path.display()))?;
+        pos += buf.len() as u64;
+        out.write_all(&buf).ctx(|| "write the log".into())?;
+        out.flush().ctx(|| "write the log".into())?;
+        if !follow {
+            return Ok(());
+        }
+        let running = matches!(
+            client.task_state(id).await?,
+            Some(t) if t.status != TaskStatus::Stopped
+        );
+        if !running && buf.is_empty() {
+            return Ok(());
+        }
+        if buf.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

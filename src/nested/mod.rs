@@ -1,0 +1,109 @@
+//! The nested container: runtime spec from the image config, user resolution, the run
+//! flow on containerd, mount verification, and ps/stop/rm/logs.
+//!
+//! - [`spec`]: the OCI runtime spec (containerd's defaults + image config + flags).
+//! - [`user`]: `USER[:GROUP]` through the image's /etc/passwd and /etc/group.
+//! - [`image`]: the image in the cache's store, staged and extracted if need be.
+//! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs.
+
+pub mod image;
+pub mod manage;
+pub mod run;
+pub mod spec;
+pub mod user;
+pub mod verify;
+
+mod cleanup;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::cache::CacheInfo;
+use crate::containerd::labels;
+use crate::error::{IoContext, Result};
+use crate::layout::StateLayout;
+
+pub use manage::NestedInfo;
+pub use run::{run, RunOptions, RunReport};
+
+/// Which runtime runs the nested container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// containerd's runc shim, with the overlay rootfs in the task-create request.
+    Runc,
+    /// nestcache's shim, which assembles the rootfs from the store itself.
+    Shim,
+}
+
+impl Runtime {
+    pub fn containerd_name(self) -> &'static str {
+        match self {
+            Runtime::Runc => labels::DEFAULT_RUNTIME,
+            Runtime::Shim => labels::NESTCACHE_RUNTIME,
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "runc" => Ok(Runtime::Runc),
+            "shim" => Ok(Runtime::Shim),
+            other => Err(crate::Error::Invalid(format!(
+                "invalid --runtime {other:?}: expected runc or shim"
+            ))),
+        }
+    }
+}
+
+/// Where one nested container's files live.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    /// `<state>/containers/<id>`: overlay links, upper, work, FIFOs, log.
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ContainerPaths {
+    pub fn new(state: &StateLayout, id: &str) -> Self {
+        ContainerPaths {
+            dir: state.container_dir(id),
+            log: state.container_log_file(id),
+        }
+    }
+}
+
+/// `nested-` and 12 random hex digits.
+fn generate_id() -> Result<String> {
+    let mut b = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .ctx(|| "read /dev/urandom".into())?;
+    Ok(format!("nested-{}", hex::encode(b)))
+}
+
+/// The labels of a nested container.
+fn labels_for(
+    cache: &CacheInfo,
+    image_ref: &str,
+    image: &image::PreparedImage,
+    mount_cache: bool,
+) -> HashMap<String, String> {
+    [
+        (labels::ROLE, labels::ROLE_NESTED.to_string()),
+        (labels::NAME, cache.name.clone()),
+        (labels::PATH, cache.path.to_string_lossy().into_owned()),
+        (
+            labels::CONTENT_DIR,
+            cache.content_dir.to_string_lossy().into_owned(),
+        ),
+        (labels::IMAGE, image_ref.to_string()),
+        (labels::MANIFEST, image.manifest_digest.to_string()),
+        (labels::MOUNT_CACHE, mount_cache.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}

@@ -1,0 +1,361 @@
+//! `nestcache run`: from a cache's name to a running nested container and its exit code.
+//!
+//! Order matters: the FIFOs' read ends are open before the task is created (the shim
+//! opens their other ends while creating it); the mount is verified while the task is
+//! created but not started (its mounts are in place, the user's process has not run and
+//! cannot race the check: a nested container never starts on an empty or wrong mount);
+//! the wait call is in flight before the task starts.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::image::{self, PreparedImage};
+use super::spec::{self, CacheMount, SpecOptions};
+use super::verify::{verify_mount, Verification};
+use super::{cleanup, generate_id, labels_for, ContainerPaths, Runtime};
+use crate::cache;
+use crate::containerd::io::{Fifos, RawTerminal, Stdio};
+use crate::containerd::{labels, validate_id, Client, NewContainer, NewTask};
+use crate::error::{Error, IoContext, Result};
+use crate::layout::StateLayout;
+use crate::rootfs::Overlay;
+
+/// Everything `run` is asked for.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub cache: String,
+    pub image: String,
+    /// Stage this source into the cache's store first.
+    pub stage: Option<String>,
+    pub name: Option<String>,
+    /// Spec flags (env, workdir, user, volumes, entrypoint, command, net, read-only, tty);
+    /// `id`, `namespace`, `cache_mount` and `annotations` are filled in by `run`.
+    pub spec: SpecOptions,
+    pub interactive: bool,
+    pub detach: bool,
+    pub rm: bool,
+    pub rm_cache: bool,
+    pub mount_cache: bool,
+    pub cache_rw: bool,
+    pub runtime: Runtime,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub id: String,
+    pub cache: String,
+    pub image: String,
+    pub manifest_digest: String,
+    /// The process's exit code (128 + signal if a signal ended it); None when detached.
+    pub exit_code: Option<u32>,
+    pub verification: Option<Verification>,
+    pub removed: bool,
+    pub cache_removed: bool,
+}
+
+/// Runs a nested container. `on_verified` is told the verification as soon as it is
+/// known (before the process starts), so the caller can report it.
+pub async fn run(
+    client: &Client,
+    state: &StateLayout,
+    opts: RunOptions,
+    on_verified: impl FnOnce(&Verification),
+) -> Result<RunReport> {
+    if opts.detach && opts.rm {
+        return Err(Error::Invalid(
+            "--rm cannot be combined with --detach: nothing waits for a detached container to remove it (use `nestcache rm` later)".into(),
+        ));
+    }
+    if opts.detach && opts.rm_cache {
+        return Err(Error::Invalid(
+            "--rm-cache cannot be combined with --detach: the cache would go while the container still runs".into(),
+        ));
+    }
+    if opts.detach && opts.interactive {
+        return Err(Error::Invalid(
+            "-i cannot be combined with --detach: a detached container has no stdin".into(),
+        ));
+    }
+    // From here on SIGINT/SIGTERM/SIGHUP no longer kill nestcache: before the task starts
+    // they abort the run (cleaning up), afterwards they are passed on to the task.
+    let mut signals = Signals::install()?;
+    let cache = cache::find(client, &opts.cache).await?;
+    if cache.expired {
+        return Err(Error::Invalid(format!(
+            "cache {:?} expired at {} (extend it with `nestcache cache touch {} --ttl ...`)",
+            cache.name,
+            cache.expires.as_deref().unwrap_or("?"),
+            cache.name
+        )));
+    }
+    let id = match &opts.name {
+        Some(n) => {
+            validate_id("container name", n)?;
+            n.clone()
+        }
+        None => generate_id()?,
+    };
+    if client.get_container(&id).await?.is_some() {
+        return Err(Error::Invalid(format!(
+            "a container named {id:?} already exists in namespace {} (remove it with `nestcache rm {id}`)",
+            client.namespace()
+        )));
+    }
+
+    let image = tokio::select! {
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()) => r?,
+        s = signals.recv() => return Err(interrupted(s)),
+    };
+    let paths = ContainerPaths::new(state, &id);
+    // A leftover dir under an id containerd does not know is debris of a crashed run.
+    if paths.dir.exists() {
+        std::fs::remove_dir_all(&paths.dir)
+            .ctx(|| format!("remove stale {}", paths.dir.display()))?;
+    }
+    std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
+
+    let target = Target {
+        client,
+        cache: &cache,
+        id: &id,
+        paths: &paths,
+        image: &image,
+    };
+    let result = create_and_run(&target, &opts, &mut signals, on_verified).await;
+    match result {
+        Ok(mut report) => {
+            if opts.rm && report.exit_code.is_some() {
+                cleanup::remove(client, &id, &paths, Duration::from_secs(10)).await?;
+                report.removed = true;
+            }
+            if opts.rm_cache && report.exit_code.is_some() {
+                cache::remove(client, &cache, cache::RemoveOptions::default()).await?;
+                report.cache_removed = true;
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            // Nothing half-made stays behind: task, container, overlay dirs, FIFOs.
+            if let Err(c) = cleanup::remove(client, &id, &paths, Duration::from_secs(2)).await {
+                tracing::warn!("cleanup after a failed run of {id}: {c}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What one run works on.
+struct Target<'a> {
+    client: &'a Client,
+    cache: &'a cache::CacheInfo,
+    id: &'a str,
+    paths: &'a ContainerPaths,
+    image: &'a PreparedImage,
+}
+
+async fn create_and_run(
+    t: &Target<'_>,
+    opts: &RunOptions,
+    signals: &mut Signals,
+    on_verified: impl FnOnce(&Verification),
+) -> Result<RunReport> {
+    let Target {
+        client,
+        cache,
+        id,
+        paths,
+        image,
+    } = *t;
+    let mut spec_opts = opts.spec.clone();
+    spec_opts.id = id.to_string();
+    spec_opts.namespace = client.namespace().to_string();
+    spec_opts.cache_mount = opts.mount_cache.then(|| CacheMount {
+        content_dir: cache.content_dir.clone(),
+        target: cache.path.clone(),
+        read_write: opts.cache_rw,
+    });
+    let mut rootfs = Vec::new();
+    match opts.runtime {
+        Runtime::Runc => {
+            let overlay = Overlay::prepare(&paths.dir, &image.layer_dirs)?;
+            rootfs.push(overlay.to_containerd_mount());
+        }
+        Runtime::Shim => {
+            // The shim assembles the rootfs itself from the store and the image.
+            spec_opts.annotations.insert(
+                labels::ANNOTATION_STORE.into(),
+                cache.content_dir.to_string_lossy().into_owned(),
+            );
+            spec_opts.annotations.insert(
+                labels::ANNOTATION_IMAGE.into(),
+                image.manifest_digest.to_string(),
+            );
+        }
+    }
+    let spec = spec::build(image.config.as_ref(), &image.users, &spec_opts)?;
+
+    client
+        .create_container(NewContainer {
+            id: id.to_string(),
+            labels: labels_for(cache, &opts.image, image, opts.mount_cache),
+            spec,
+            runtime: Some(opts.runtime.containerd_name().to_string()),
+        })
+        .await?;
+
+    // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
+    let tty = opts.spec.tty;
+    let (stdio, fifos) = if opts.detach {
+        (Stdio::log_file(&paths.log), None)
+    } else {
+        let fifos = Fifos::create(&paths.dir, opts.interactive, tty)?;
+        let open = fifos.open()?;
+        (fifos.stdio(), Some((fifos, open)))
+    };
+    let pid = client
+        .create_task(NewTask {
+            container_id: id.to_string(),
+            rootfs,
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            terminal: stdio.terminal,
+        })
+        .await
+        .map_err(|e| Error::Other(format!("nested container {id} could not be created: {e}")))?;
+
+    let verification = if opts.mount_cache {
+        let v = verify_mount(pid, &cache.path, &cache.content_dir).await?;
+        on_verified(&v);
+        Some(v.into_result()?)
+    } else {
+        None
+    };
+
+    let mut report = RunReport {
+        id: id.to_string(),
+        cache: cache.name.clone(),
+        image: opts.image.clone(),
+        manifest_digest: image.manifest_digest.to_string(),
+        exit_code: None,
+        verification,
+        removed: false,
+        cache_removed: false,
+    };
+
+    if let Some(s) = signals.pending().await {
+        return Err(interrupted(s));
+    }
+    let Some((fifos, open)) = fifos else {
+        client.start_task(id).await?;
+        return Ok(report);
+    };
+
+    let mut copies = open.start();
+    let stdin_closed = copies.stdin_closed.take();
+    let wait = client.wait_task(id);
+    let raw = tty.then(RawTerminal::enable);
+    if tty {
+        if let Some((w, h)) = RawTerminal::size() {
+            let _ = client.resize_task_pty(id, w, h).await;
+        }
+    }
+    if let Err(e) = client.start_task(id).await {
+        drop(raw);
+        return Err(Error::Other(format!(
+            "nested container {id} could not start: {e}"
+        )));
+    }
+    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals).await;
+    drop(raw);
+    let exit = exit?;
+    // The shim closes the FIFOs once it has passed on all output.
+    let copied = copies.wait_output().await;
+    fifos.remove();
+    copied?;
+    report.exit_code = Some(exit.code);
+    if !opts.rm {
+        // Like `ctr run`: the exited task goes (and its shim with it), the container stays
+        // (with its upper dir) until `nestcache rm`; its exit code is kept as a label.
+        client.delete_task(id).await?;
+        client
+            .update_labels(id, &[(labels::EXIT_CODE, &exit.code.to_string())])
+            .await?;
+    }
+    Ok(report)
+}
+
+/// The signals nestcache handles while it runs a container.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install a signal handler", e));
+        Ok(Signals {
+            int: sig(SignalKind::interrupt())?,
+            term: sig(SignalKind::terminate())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+
+    /// A signal that has already arrived, if any.
+    async fn pending(&mut self) -> Option<i32> {
+        tokio::select! {
+            biased;
+            s = self.recv() => Some(s),
+            _ = std::future::ready(()) => None,
+        }
+    }
+}
+
+fn interrupted(sig: i32) -> Error {
+    let name = nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str())
+        .unwrap_or("a signal");
+    Error::Other(format!(
+        "interrupted by {name} before the container started"
+    ))
+}
+
+/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, and closing its
+/// stdin once ours has ended.
+async fn forward_signals_until_exit(
+    client: &Client,
+    id: &str,
+    wait: crate::containerd::TaskWait,
+    mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
+    signals: &mut Signals,
+) -> Result<crate::containerd::ExitStatus> {
+    let wait = wait.result();
+    tokio::pin!(wait);
+    loop {
+        let forward = tokio::select! {
+            r = &mut wait => return r,
+            s = signals.recv() => s,
+            r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
+                stdin_closed = None;
+                if r.is_ok() {
+                    client.close_task_stdin(id).await?;
+                }
+                continue;
+            }
+        };
+        client.kill_task(id, forward, false).await?;
+    }
+}

@@ -1,0 +1,274 @@
+//! `store check`: re-hash every blob and walk every ref, reporting corrupt, stray and
+//! missing blobs. Also the reachability walk that `store gc` relies on.
+
+use std::collections::HashSet;
+use std::fs;
+
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use serde::Serialize;
+
+use super::{ingest::hash_reader, lock, Store};
+use crate::digest::{chain_ids, Digest};
+use crate::error::{Error, IoContext, Result};
+use crate::image::{self, DocKind};
+
+/// A blob file whose content does not match its name, or that is not a regular file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorruptBlob {
+    pub path: String,
+    pub expected: String,
+    pub actual: Option<String>,
+    pub size: u64,
+    pub why: String,
+}
+
+/// A blob some ref reaches that is not in the store (or cannot be read as what it is).
+#[derive(Debug, Clone, Serialize)]
+pub struct MissingBlob {
+    pub digest: String,
+    pub media_type: String,
+    pub referenced_by: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub store: String,
+    pub blobs_checked: u64,
+    pub bytes_checked: u64,
+    pub refs_checked: u64,
+    pub corrupt: Vec<CorruptBlob>,
+    pub missing: Vec<MissingBlob>,
+    /// Temp files of interrupted writes; harmless, removed by `store gc`.
+    pub stale_ingest: u64,
+    pub ok: bool,
+}
+
+/// What the refs reach: blobs, and the extracted-layer keys of every reachable image.
+#[derive(Debug, Default)]
+pub(crate) struct Reach {
+    pub blobs: HashSet<Digest>,
+    pub diff_ids: HashSet<Digest>,
+    pub chain_ids: HashSet<Digest>,
+    pub problems: Vec<MissingBlob>,
+}
+
+impl Store {
+    /// Re-hashes every blob and checks that every ref reaches only present, valid blobs.
+    pub fn check(&self) -> Result<CheckReport> {
+        // Shared: writers may go on, but gc may not delete while we look.
+        let _gc = lock::lock(&self.layout().gc_lock_file(), false)?;
+        let mut report = CheckReport {
+            store: self.root().display().to_string(),
+            ..Default::default()
+        };
+        let blobs_dir = self.layout().blobs_dir();
+        let mut good: HashSet<Digest> = HashSet::new();
+        for entry in fs::read_dir(&blobs_dir).ctx(|| format!("read {}", blobs_dir.display()))? {
+            let entry = entry.ctx(|| format!("read {}", blobs_dir.display()))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let corrupt = |actual: Option<String>, size: u64, why: &str| CorruptBlob {
+                path: path.display().to_string(),
+                expected: format!("sha256:{name}"),
+                actual,
+                size,
+                why: why.to_string(),
+            };
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                report
+                    .corrupt
+                    .push(corrupt(None, 0, "not named by a sha256 digest"));
+                continue;
+            };
+            let mut file = match self.open_blob(&digest) {
+                Ok(f) => f,
+                Err(e) => {
+                    report.corrupt.push(corrupt(None, 0, &e.to_string()));
+                    continue;
+                }
+            };
+            let (actual, size) =
+                hash_reader(&mut file).ctx(|| format!("read {}", path.display()))?;
+            report.blobs_checked += 1;
+            report.bytes_checked += size;
+            if actual == digest {
+                good.insert(digest);
+            } else {
+                report.corrupt.push(corrupt(
+                    Some(actual.to_string()),
+                    size,
+                    "content does not match its digest",
+                ));
+            }
+        }
+        let reach = self.reach(Some(&good))?;
+        report.refs_checked = self.read_index()?.manifests().len() as u64;
+        report.missing = reach.problems;
+        report.stale_ingest = fs::read_dir(self.layout().ingest_dir())
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        report.ok = report.corrupt.is_empty() && report.missing.is_empty();
+        Ok(report)
+    }
+
+    /// Walks from every index.json entry through indexes, manifests and configs. With
+    /// `good`, only blobs in it count as present (check); without, presence on disk does.
+    pub(crate) fn reach(&self, good: Option<&HashSet<Digest>>) -> Result<Reach> {
+        let mut reach = Reach::default();
+        let mut stack: Vec<(Descriptor, String)> = self
+            .read_index()?
+            .manifests()
+            .iter()
+            .map(|d| (d.clone(), "index.json".to_string()))
+            .collect();
+        while let Some((desc, parent)) = stack.pop() {
+            let media_type = desc.media_type().to_string();
+            let problem = |why: String| MissingBlob {
+                digest: desc.digest().to_string(),
+                media_type: media_type.clone(),
+                referenced_by: parent.clone(),
+                why,
+            };
+            let digest = match image::descriptor_digest(&desc) {
+                Ok(d) => d,
+                Err(e) => {
+                    reach.problems.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            if !reach.blobs.insert(digest.clone()) {
+                continue;
+            }
+            let present = match good {
+                Some(g) => g.contains(&digest),
+                None => self.has_blob(&digest),
+            };
+            if !present {
+                reach.problems.push(problem("missing or corrupt".into()));
+                continue;
+            }
+            let kind = DocKind::of(&media_type);
+            let is_config = media_type == image::OCI_CONFIG || media_type == image::DOCKER_CONFIG;
+            if kind.is_none() && !is_config {
+                continue; // a layer or other leaf
+            }
+            let limit = if is_config {
+                image::MAX_CONFIG_SIZE
+            } else {
+                image::MAX_MANIFEST_SIZE
+            };
+            let data = match self
+                .open_blob(&digest)
+                .and_then(|f| image::read_document(&desc, limit, f))
+                .and_then(|d| image::verify_document(&desc, &media_type, &d).map(|_| d))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    reach.problems.push(problem(e.to_string()));
+                    continue;
+                }
+            };
+            let here = format!("{media_type} {digest}");
+            let parsed = match kind {
+                Some(DocKind::Index) => serde_json::from_slice::<ImageIndex>(&data).map(|i| {
+                    for m in i.manifests() {
+                        stack.push((m.clone(), here.clone()));
+                    }
+                }),
+                Some(DocKind::Manifest) => {
+                    serde_json::from_slice::<ImageManifest>(&data).map(|m| {
+                        stack.push((m.config().clone(), here.clone()));
+                        for l in m.layers() {
+                            stack.push((l.clone(), here.clone()));
+                        }
+                    })
+                }
+                None => serde_json::from_slice::<ImageConfiguration>(&data).map(|c| {
+                    let ids: Vec<Digest> = c
+                        .rootfs()
+                        .diff_ids()
+                        .iter()
+                        .filter_map(|d| d.parse().ok())
+                        .collect();
+                    reach.chain_ids.extend(chain_ids(&ids));
+                    reach.diff_ids.extend(ids);
+                }),
+            };
+            if let Err(e) = parsed {
+                reach.problems.push(problem(format!("malformed JSON: {e}")));
+            }
+        }
+        Ok(reach)
+    }
+}
+
+/// A one-line summary per problem, for humans.
+pub fn describe_problems(report: &CheckReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &report.corrupt {
+        out.push(match &c.actual {
+            Some(a) => format!(
+                "corrupt blob {}: expected {}, got {a} ({} bytes)",
+                c.path, c.expected, c.size
+            ),
+            None => format!("corrupt blob {}: {}", c.path, c.why),
+        });
+    }
+    for m in &report.missing {
+        out.push(format!(
+            "missing blob {} ({}), referenced by {}: {}",
+            m.digest, m.media_type, m.referenced_by, m.why
+        ));
+    }
+    out
+}
+
+/// Used by `images ls`: a short summary of each ref.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub layers: usize,
+    pub platform: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// One summary per ref; an image that cannot be resolved is listed with its error.
+    pub fn list_images(&self) -> Result<Vec<ImageSummary>> {
+        let mut out = Vec::new();
+        for r in self.refs()? {
+            let mut s = ImageSummary {
+                reference: r.name.clone(),
+                digest: r.descriptor.digest().to_string(),
+                media_type: r.descriptor.media_type().to_string(),
+                size: 0,
+                layers: 0,
+                platform: None,
+                error: None,
+            };
+            match self.resolve(&r.name, None) {
+                Ok(img) => {
+                    s.size = img.total_size();
+                    s.layers = img.layers().len();
+                    s.platform = Some(img.platform.to_string());
+                }
+                Err(e) => s.error = Some(e.to_string()),
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+impl From<&MissingBlob> for Error {
+    fn from(m: &MissingBlob) -> Error {
+        Error::NotFound(format!(
+            "blob {} ({}) referenced by {}: {}",
+            m.digest, m.media_type, m.referenced_by, m.why
+        ))
+    }
+}

@@ -1,0 +1,225 @@
+//! Applying one layer's tar stream to a fresh directory, in the form overlayfs reads as a
+//! lower layer: whiteouts become 0/0 character devices, opaque markers become the
+//! `trusted.overlay.opaque` xattr.
+//!
+//! The byte stream is inflated on a thread of its own ([`stream::spawn_decoder`]) and
+//! hashed as the tar parser reads it; [`super::entry`] writes each entry.
+
+use std::ffi::OsStr;
+use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, Gid, Uid};
+
+use super::entry::{copy_xattrs, Applier, Fail, Parents, Step, COPY_BUFFER};
+use super::lower;
+use super::path::RelPath;
+use super::stream::{self, Limits};
+use super::tree::{io_err, kind, lstat_at, Tree};
+use crate::digest::{Digest, HashingReader};
+use crate::error::{Error, IoContext, Result};
+
+/// Buffer in front of the tar parser, which reads headers 512 bytes at a time.
+const TAR_BUFFER: usize = 256 << 10;
+
+/// What one extraction produced.
+#[derive(Debug, Clone)]
+pub struct LayerStats {
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar stream.
+    pub tar_bytes: u64,
+    pub entries: u64,
+    /// The tree took something from the layers beneath (a copied-up hardlink target, or a
+    /// parent directory's metadata): it must be keyed by chain id, not diff id.
+    pub depends_on_lowers: bool,
+    /// Parent directories the layer never described, created with default metadata
+    /// because the lower layers were not given; [`finish_with_lowers`] corrects them.
+    pub implicit_dirs: Vec<RelPath>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done(LayerStats),
+    /// Lower layers were not given but the layer hardlinks into them; nothing was kept.
+    NeedsLowers {
+        entry: PathBuf,
+    },
+}
+
+/// Extracts one layer blob into `dest`, which must not exist yet (its parent must).
+///
+/// `lowers` are the extracted layers beneath, bottom → top: `Some(&[])` for a bottom layer,
+/// `None` when they are not known yet (parallel extraction). The uncompressed stream must
+/// hash to `diff_id`. On any failure, and on [`Outcome::NeedsLowers`], `dest` is removed.
+/// The tree is not synced: the caller syncs once before publishing (see `ensure`).
+pub fn apply_layer<R: Read + Send>(
+    blob: R,
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
+    stream::check_media_type(media_type)?;
+    std::fs::create_dir(dest).ctx(|| format!("create layer directory {}", dest.display()))?;
+    let result = std::thread::scope(|scope| {
+        let (stream, tripped) = stream::spawn_decoder(scope, blob, limits);
+        extract(stream, tripped, diff_id, dest, lowers, limits)
+    });
+    if !matches!(result, Ok(Outcome::Done(_))) {
+        discard(dest);
+    }
+    result
+}
+
+/// Removes a partial tree; failing to is logged, not fatal: it lives under `layers/tmp/`,
+/// which is cleaned again later.
+pub fn discard(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("could not remove partial layer {}: {e}", dir.display());
+        }
+    }
+}
+
+fn extract(
+    chunks: stream::Chunks,
+    tripped: stream::Tripped,
+    diff_id: &Digest,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
+    let layer = format!("layer {diff_id}");
+    let stream_error = |entry: Option<&Path>, e: io::Error| -> Error {
+        let at = entry
+            .map(|p| format!(" (after entry {:?})", p))
+            .unwrap_or_default();
+        match tripped.take() {
+            Some(why) => Error::Invalid(format!("{layer}: {why}{at}")),
+            None => Error::Invalid(format!("{layer}: corrupt or truncated stream{at}: {e}")),
+        }
+    };
+    let tree = Tree::open(dest).ctx(|| format!("open {}", dest.display()))?;
+    let mut ap = Applier {
+        tree,
+        parents: Parents {
+            lowers,
+            implicit: Vec::new(),
+            depends: false,
+            dirs: Vec::new(),
+        },
+        buf: vec![0; COPY_BUFFER],
+    };
+    let mut archive = tar::Archive::new(BufReader::with_capacity(
+        TAR_BUFFER,
+        HashingReader::new(chunks),
+    ));
+    let mut count = 0u64;
+    let mut last: Option<PathBuf> = None;
+    for entry in archive.entries().map_err(|e| stream_error(None, e))? {
+        let mut entry = entry.map_err(|e| stream_error(last.as_deref(), e))?;
+        count += 1;
+        let name = entry
+            .path()
+            .map(|p| p.into_owned())
+            .unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
+        if count > limits.max_entries {
+            return Err(Error::Invalid(format!(
+                "{layer}: more than {} entries (limit max_entries, NESTCACHE_MAX_ENTRIES), at entry {name:?}",
+                limits.max_entries
+            )));
+        }
+        match ap.entry(&mut entry, &name) {
+            Ok(Step::Next) => {}
+            Ok(Step::NeedsLowers) => return Ok(Outcome::NeedsLowers { entry: name }),
+            Err(Fail::Stream(e)) => return Err(stream_error(Some(&name), e)),
+            Err(f) => return Err(f.into_error(&layer, name)),
+        }
+        last = Some(name);
+    }
+    // The diff_id covers the whole stream, including the end-of-archive blocks and any
+    // padding the tar parser stops short of.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(last.as_deref(), e))?;
+    let (actual, tar_bytes) = rest.into_inner().finish();
+    if actual != *diff_id {
+        return Err(Error::Invalid(format!(
+            "{layer}: uncompressed content has digest {actual} ({tar_bytes} bytes), expected diff_id {diff_id} (from the image config)"
+        )));
+    }
+    ap.finish_dirs()
+        .map_err(|f| f.into_error(&layer, PathBuf::from(".")))?;
+    Ok(Outcome::Done(LayerStats {
+        diff_id: diff_id.clone(),
+        tar_bytes,
+        entries: count,
+        depends_on_lowers: ap.parents.depends,
+        implicit_dirs: ap.parents.implicit,
+    }))
+}
+
+/// Corrects parent directories a layer never described, once the layers beneath are
+/// known: each takes the metadata the same directory has below (containerd's applier does
+/// the same). Returns whether the tree now depends on the lowers (any implicit directory
+/// does, when there are lowers: another chain could have it with other metadata).
+pub fn finish_with_lowers(
+    dest: &Path,
+    implicit: &[RelPath],
+    lowers: &[PathBuf],
+    diff_id: &Digest,
+) -> Result<bool> {
+    if implicit.is_empty() || lowers.is_empty() {
+        return Ok(false);
+    }
+    let layer = format!("layer {diff_id}");
+    let mut tree = Tree::open(dest).ctx(|| format!("open {}", dest.display()))?;
+    for rel in implicit {
+        let res = (|| -> std::result::Result<(), Fail> {
+            let Some(found) = lower::lookup(lowers, rel)? else {
+                return Ok(());
+            };
+            if !found.meta.is_dir() {
+                return Ok(());
+            }
+            let Some((parent, name)) = rel.split_last() else {
+                return Ok(());
+            };
+            let dir = match tree.dir(parent, None) {
+                Ok(d) => d,
+                Err(_) => return Ok(()),
+            };
+            if !matches!(lstat_at(dir, name), Ok(Some(st)) if kind(&st) == SFlag::S_IFDIR) {
+                return Ok(());
+            }
+            let m = &found.meta;
+            fchownat(
+                Some(dir),
+                name,
+                Some(Uid::from_raw(m.uid())),
+                Some(Gid::from_raw(m.gid())),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(format!("chown {rel}"), e))?;
+            copy_xattrs(&found.path, &tree.full_path(rel))?;
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(m.mode() & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+            let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
+            utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+            Ok(())
+        })();
+        res.map_err(|f| f.into_error(&layer, rel.to_path()))?;
+    }
+    Ok(true)
+}

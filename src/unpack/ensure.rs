@@ -1,0 +1,360 @@
+//! Extracting the layers of an image that are not extracted yet, in parallel, and
+//! publishing each complete tree by rename.
+//!
+//! Order of work: (1) cheap lookup of published trees (a directory exists only once
+//! complete, so no re-hash); (2) every missing layer extracts at once, one per core, with
+//! its lowers unknown; (3) one `syncfs` and a rename per independent tree into
+//! `layers/diff/<diff_id>`; (4) bottom → top, layers that turned out to depend on the
+//! layers beneath are finished (or re-extracted, for hardlinks into lower layers) against
+//! the now-published lowers and published under `layers/chain/<chain_id>`.
+//!
+//! Each extraction works in its own `layers/tmp/<random>/` directory holding an flock for
+//! its lifetime; a tmp directory whose lock can be taken belongs to a dead process and is
+//! removed. A concurrent process that published the same layer first wins; ours is dropped.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
+use super::stream::Limits;
+use crate::digest::{chain_ids, Digest};
+use crate::error::{Error, IoContext, Result};
+use crate::image::ResolvedImage;
+use crate::layout::ContentLayout;
+use crate::store::Store;
+
+/// One layer of an image: its blob and the diff_id the image config gives it.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    pub digest: Digest,
+    pub media_type: String,
+    pub diff_id: Digest,
+}
+
+/// Makes sure every layer of a resolved image is extracted in `store`; returns the layer
+/// directories bottom → top. Holds the store's gc lock (shared) meanwhile, so `store gc`
+/// never removes a work dir or a layer under an extraction.
+pub fn ensure_unpacked(
+    store: &Store,
+    img: &ResolvedImage,
+    limits: &Limits,
+) -> Result<Vec<PathBuf>> {
+    let descriptors = img.manifest.layers();
+    if descriptors.len() != img.diff_ids.len() {
+        return Err(Error::Invalid(format!(
+            "image {}: the manifest has {} layers but the config lists {} diff_ids",
+            img.manifest_digest,
+            descriptors.len(),
+            img.diff_ids.len()
+        )));
+    }
+    let layers = descriptors
+        .iter()
+        .zip(&img.diff_ids)
+        .map(|(d, diff_id)| {
+            Ok(LayerBlob {
+                digest: d.digest().to_string().parse()?,
+                media_type: d.media_type().to_string(),
+                diff_id: diff_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _gc = store.writer_lock()?;
+    ensure_layers(store.layout(), &layers, limits)
+}
+
+/// The published tree of a layer, if any: by diff_id (independent) or by chain id.
+pub fn existing_layer(
+    layout: &ContentLayout,
+    diff_id: &Digest,
+    chain_id: &Digest,
+) -> Option<PathBuf> {
+    [
+        layout.layer_by_diff_id(diff_id),
+        layout.layer_by_chain_id(chain_id),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
+/// Makes sure every layer is extracted; returns the layer directories bottom → top.
+pub fn ensure_layers(
+    layout: &ContentLayout,
+    layers: &[LayerBlob],
+    limits: &Limits,
+) -> Result<Vec<PathBuf>> {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let chains = chain_ids(&diff_ids);
+    let mut dirs: Vec<Option<PathBuf>> = (0..layers.len())
+        .map(|i| existing_layer(layout, &diff_ids[i], &chains[i]))
+        .collect();
+    if dirs.iter().all(Option::is_some) {
+        return Ok(dirs.into_iter().flatten().collect());
+    }
+    prepare_dirs(layout)?;
+    clean_stale_tmp(layout);
+
+    // (2) Extract every missing layer at once, lowers unknown (except for the bottom one).
+    let missing: Vec<usize> = (0..layers.len()).filter(|&i| dirs[i].is_none()).collect();
+    let mut results = extract_parallel(layout, layers, &missing, limits)?;
+
+    // (3) Publish the independent trees.
+    sync_layers(layout)?;
+    for (i, r) in results.iter_mut() {
+        if let Extracted::Done(work, stats) = r {
+            if !stats.depends_on_lowers && (*i == 0 || stats.implicit_dirs.is_empty()) {
+                dirs[*i] = Some(publish(work, &layout.layer_by_diff_id(&stats.diff_id))?);
+            }
+        }
+    }
+
+    // (4) The rest, bottom → top, against their published lowers.
+    for (i, r) in results {
+        if dirs[i].is_some() {
+            continue;
+        }
+        // A duplicate of a layer published meanwhile (the same diff_id twice in one image).
+        if let Some(p) = existing_layer(layout, &diff_ids[i], &chains[i]) {
+            dirs[i] = Some(p);
+            continue;
+        }
+        let lowers: Vec<PathBuf> = dirs[..i]
+            .iter()
+            .map(|d| d.clone().expect("lower layers are published first"))
+            .collect();
+        let (work, depends) = match r {
+            Extracted::Done(work, stats) => {
+                let depends = finish_with_lowers(
+                    &work.tree(),
+                    &stats.implicit_dirs,
+                    &lowers,
+                    &stats.diff_id,
+                )?;
+                (work, depends || stats.depends_on_lowers)
+            }
+            Extracted::NeedsLowers(_) => {
+                let work = WorkDir::new(layout)?;
+                match apply_one(layout, &layers[i], &work, Some(&lowers), limits)? {
+                    Outcome::Done(stats) => (work, stats.depends_on_lowers),
+                    Outcome::NeedsLowers { entry } => {
+                        return Err(Error::Other(format!(
+                            "layer {}: entry {entry:?} still needs lower layers although they were given",
+                            layers[i].diff_id
+                        )))
+                    }
+                }
+            }
+        };
+        sync_layers(layout)?;
+        let dest = if depends {
+            layout.layer_by_chain_id(&chains[i])
+        } else {
+            layout.layer_by_diff_id(&diff_ids[i])
+        };
+        dirs[i] = Some(publish(&work, &dest)?);
+    }
+    Ok(dirs
+        .into_iter()
+        .map(|d| d.expect("every layer is published"))
+        .collect())
+}
+
+enum Extracted {
+    Done(WorkDir, LayerStats),
+    NeedsLowers(#[allow(dead_code)] PathBuf),
+}
+
+/// Runs the extractions on up to one thread per core. The first failure stops new work
+/// from starting; failures are reported for the lowest layer that failed.
+fn extract_parallel(
+    layout: &ContentLayout,
+    layers: &[LayerBlob],
+    todo: &[usize],
+    limits: &Limits,
+) -> Result<Vec<(usize, Extracted)>> {
+    // The same diff_id may appear more than once in an image: extract it once.
+    let mut unique: Vec<usize> = Vec::new();
+    for &i in todo {
+        if !unique
+            .iter()
+            .any(|&j| layers[j].diff_id == layers[i].diff_id)
+        {
+            unique.push(i);
+        }
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(unique.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let out: Mutex<Vec<(usize, Result<Extracted>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = unique.get(k) else { break };
+                let lowers: Option<&[PathBuf]> = if i == 0 { Some(&[]) } else { None };
+                let r = WorkDir::new(layout).and_then(|work| {
+                    Ok(
+                        match apply_one(layout, &layers[i], &work, lowers, limits)? {
+                            Outcome::Done(stats) => Extracted::Done(work, stats),
+                            Outcome::NeedsLowers { entry } => Extracted::NeedsLowers(entry),
+                        },
+                    )
+                });
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                out.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+            });
+        }
+    });
+    let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
+    out.sort_by_key(|(i, _)| *i);
+    let mut done = Vec::with_capacity(out.len());
+    for (i, r) in out {
+        done.push((i, r?));
+    }
+    // Duplicates of a unique layer come after it (bottom → top), and find it published.
+    for &i in todo {
+        if !unique.contains(&i) {
+            done.push((i, Extracted::NeedsLowers(PathBuf::new())));
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done)
+}
+
+fn apply_one(
+    layout: &ContentLayout,
+    layer: &LayerBlob,
+    work: &WorkDir,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
+    let path = layout.blob(&layer.digest);
+    let blob = File::open(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound(format!(
+            "blob {} (layer with diff_id {}) is not in the store {}",
+            layer.digest,
+            layer.diff_id,
+            layout.root().display()
+        )),
+        _ => Error::io(format!("open blob {}", path.display()), e),
+    })?;
+    tracing::debug!(
+        "extracting layer {} from blob {}",
+        layer.diff_id,
+        layer.digest
+    );
+    apply_layer(
+        blob,
+        &layer.media_type,
+        &layer.diff_id,
+        &work.tree(),
+        lowers,
+        limits,
+    )
+}
+
+/// `layers/tmp/<random>/`, locked while this process works in it, removed on drop.
+struct WorkDir {
+    dir: tempfile::TempDir,
+    _lock: Flock<File>,
+}
+
+impl WorkDir {
+    fn new(layout: &ContentLayout) -> Result<WorkDir> {
+        let tmp = layout.layers_tmp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(&tmp)
+            .ctx(|| format!("create a directory in {}", tmp.display()))?;
+        let lock = File::open(dir.path()).ctx(|| format!("open {}", dir.path().display()))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| Error::io(format!("lock {}", dir.path().display()), e.into()))?;
+        Ok(WorkDir { dir, _lock: lock })
+    }
+
+    /// Where the layer's tree is extracted (created by `apply_layer`).
+    fn tree(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+}
+
+/// Moves a finished tree into place. If another process published the same layer first,
+/// theirs is kept and ours is dropped with the work dir.
+fn publish(work: &WorkDir, dest: &Path) -> Result<PathBuf> {
+    match std::fs::rename(work.tree(), dest) {
+        Ok(()) => Ok(dest.to_path_buf()),
+        Err(e)
+            if dest.is_dir()
+                && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) =>
+        {
+            discard(&work.tree());
+            Ok(dest.to_path_buf())
+        }
+        Err(e) => Err(Error::io(
+            format!("publish layer into {}", dest.display()),
+            e,
+        )),
+    }
+}
+
+fn prepare_dirs(layout: &ContentLayout) -> Result<()> {
+    for d in [
+        layout.layers_tmp_dir(),
+        layout.layers_dir().join("diff"),
+        layout.layers_dir().join("chain"),
+    ] {
+        std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes work dirs left by processes that died mid-extraction (their flock is gone).
+/// Very young ones are left alone: their owner may be between creating and locking them.
+pub fn clean_stale_tmp(layout: &ContentLayout) {
+    let tmp = layout.layers_tmp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(true, |age| age < STALE_AFTER);
+        if young {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        if let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            tracing::info!("removing stale extraction {}", path.display());
+            discard(&path);
+        }
+    }
+}
+
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One `syncfs` makes every extracted tree durable before any is published, instead of
+/// an fsync per file: a published tree must never turn out empty after a crash.
+fn sync_layers(layout: &ContentLayout) -> Result<()> {
+    let dir = layout.layers_dir();
+    let f = File::open(&dir).ctx(|| format!("open {}", dir.display()))?;
+    nix::unistd::syncfs(f.as_raw_fd())
+        .map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
+}

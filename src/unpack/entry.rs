@@ -1,0 +1,642 @@
+//! Writing one tar entry of each kind into the layer tree: files, directories, symlinks,
+//! hardlinks (with copy-up from the layers beneath), device nodes and fifos, whiteouts.
+//!
+//! Ownership, modes and times are applied per entry right after it is written; directory
+//! modes and mtimes wait until the end ([`Applier::finish_dirs`]), since writing into a
+//! directory changes its mtime and a read-only mode would stand in the way.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+use tar::EntryType;
+
+use super::lower::{self, OPAQUE_XATTR};
+use super::meta::{read_meta, Meta};
+use super::path::RelPath;
+use super::tree::{io_err, kind, lstat_at, DirMeta, Tree, TreeError};
+use crate::error::Error;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Copy buffer for file contents; large reads let the decompressor work in big strides.
+pub(super) const COPY_BUFFER: usize = 1 << 20;
+
+pub(super) enum Step {
+    Next,
+    NeedsLowers,
+}
+
+/// Why an entry failed, before it is given the layer and entry names.
+pub(super) enum Fail {
+    Unsafe(String),
+    Invalid(String),
+    Io(String, io::Error),
+    /// The byte stream itself failed (truncated, corrupt, guard tripped).
+    Stream(io::Error),
+}
+
+impl From<TreeError> for Fail {
+    fn from(e: TreeError) -> Self {
+        match e {
+            TreeError::Unsafe(why) => Fail::Unsafe(why),
+            TreeError::Io(what, e) => Fail::Io(what, e),
+        }
+    }
+}
+
+impl Fail {
+    pub(super) fn into_error(self, layer: &str, entry: PathBuf) -> Error {
+        match self {
+            Fail::Unsafe(why) => Error::UnsafePath {
+                layer: layer.to_string(),
+                entry,
+                why,
+            },
+            Fail::Invalid(why) => Error::Invalid(format!("{layer}: entry {entry:?}: {why}")),
+            Fail::Io(what, e) => Error::io(format!("{layer}: entry {entry:?}: {what}"), e),
+            Fail::Stream(e) => Error::Invalid(format!(
+                "{layer}: corrupt or truncated stream at entry {entry:?}: {e}"
+            )),
+        }
+    }
+}
+
+pub(super) type Res<T> = std::result::Result<T, Fail>;
+
+/// How missing parent directories are made, and what they cost in independence.
+pub(super) struct Parents<'a> {
+    pub(super) lowers: Option<&'a [PathBuf]>,
+    pub(super) implicit: Vec<RelPath>,
+    pub(super) depends: bool,
+    /// Directory modes and times, applied at the end.
+    pub(super) dirs: Vec<DeferredDir>,
+}
+
+pub(super) struct DeferredDir {
+    pub(super) rel: RelPath,
+    pub(super) mode: u32,
+    pub(super) mtime: TimeSpec,
+}
+
+impl Parents<'_> {
+    fn make(&mut self, rel: &RelPath) -> std::result::Result<DirMeta, TreeError> {
+        let Some(lowers) = self.lowers else {
+            self.implicit.push(rel.clone());
+            return Ok(DirMeta::IMPLICIT);
+        };
+        if lowers.is_empty() {
+            return Ok(DirMeta::IMPLICIT);
+        }
+        self.depends = true;
+        match lower::lookup(lowers, rel)? {
+            Some(f) if f.meta.is_dir() => {
+                let m = &f.meta;
+                self.dirs.push(DeferredDir {
+                    rel: rel.clone(),
+                    mode: m.mode() & 0o7777,
+                    mtime: TimeSpec::new(m.mtime(), m.mtime_nsec()),
+                });
+                Ok(DirMeta {
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                })
+            }
+            _ => Ok(DirMeta::IMPLICIT),
+        }
+    }
+}
+
+pub(super) struct Applier<'a> {
+    pub(super) tree: Tree,
+    pub(super) parents: Parents<'a>,
+    pub(super) buf: Vec<u8>,
+}
+
+impl Applier<'_> {
+    pub(super) fn entry<R: Read>(&mut self, e: &mut tar::Entry<R>, name: &Path) -> Res<Step> {
+        let etype = e.header().entry_type();
+        if matches!(etype, EntryType::XGlobalHeader) {
+            return Ok(Step::Next);
+        }
+        let rel = RelPath::parse(name).map_err(|why| Fail::Unsafe(why.to_string()))?;
+        let meta = read_meta(e)?;
+        if let Some((_, last)) = rel.split_last() {
+            let last = last.as_bytes();
+            if last.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return self.whiteout(&rel, last).map(|_| Step::Next);
+            }
+        }
+        match etype {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.file(&rel, e, &meta)?
+            }
+            EntryType::Directory => self.dir(&rel, &meta)?,
+            EntryType::Symlink => {
+                let target = e
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Fail::Invalid("symlink without a target".into()))?
+                    .into_owned();
+                self.symlink(&rel, &target, &meta)?
+            }
+            EntryType::Link => {
+                let target = e
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Fail::Invalid("hardlink without a target".into()))?
+                    .into_owned();
+                return self.hardlink(&rel, &target);
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.node(&rel, e, etype, &meta)?
+            }
+            other => {
+                return Err(Fail::Invalid(format!(
+                    "unsupported tar entry type {:?}",
+                    other.as_byte() as char
+                )))
+            }
+        }
+        Ok(Step::Next)
+    }
+
+    fn prepare(&mut self, rel: &RelPath, is_dir: bool) -> Res<(RawFd, bool)> {
+        let parents = &mut self.parents;
+        Ok(self.tree.prepare(rel, is_dir, &mut |r| parents.make(r))?)
+    }
+
+    /// Creates `rel` with `make`, making room first only when something is in the way:
+    /// most entries are new, and trying first saves an `lstat` per entry. Returns the
+    /// parent's fd, and `None` when an existing directory was kept for a directory entry.
+    fn create<T>(
+        &mut self,
+        rel: &RelPath,
+        is_dir: bool,
+        what: &str,
+        make: impl Fn(RawFd, &OsStr) -> std::result::Result<T, Errno>,
+    ) -> Res<(RawFd, Option<T>)> {
+        let (parent, name) = rel
+            .split_last()
+            .ok_or_else(|| Fail::Unsafe("names the layer root".into()))?;
+        let parents = &mut self.parents;
+        let dir = self.tree.dir(parent, Some(&mut |r| parents.make(r)))?;
+        match make(dir, name) {
+            Ok(t) => return Ok((dir, Some(t))),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io_err(format!("{what} {rel}"), e).into()),
+        }
+        let (dir, kept) = self.prepare(rel, is_dir)?;
+        if kept {
+            return Ok((dir, None));
+        }
+        let t = make(dir, name).map_err(|e| io_err(format!("{what} {rel}"), e))?;
+        Ok((dir, Some(t)))
+    }
+
+    fn file<R: Read>(&mut self, rel: &RelPath, e: &mut tar::Entry<R>, meta: &Meta) -> Res<()> {
+        let (_, file) = self.create(rel, false, "create", create_file_at)?;
+        let file = file.ok_or_else(|| Fail::Invalid("file entry kept a directory".into()))?;
+        let mut file = File::from(file);
+        let want = e.size();
+        let mut got = 0u64;
+        loop {
+            let n = match e.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(Fail::Stream(err)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|err| io_err(format!("write {rel}"), err))?;
+            got += n as u64;
+        }
+        if got != want {
+            return Err(Fail::Invalid(format!(
+                "archive ends inside the entry: {got} of {want} bytes"
+            )));
+        }
+        let fd = file.as_raw_fd();
+        fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| io_err(format!("chown {rel}"), e))?;
+        // After chown, which clears setuid/setgid.
+        fchmod(fd, Mode::from_bits_truncate(meta.mode))
+            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+        for (k, v) in &meta.xattrs {
+            if let Err(err) = xattr::FileExt::set_xattr(&file, k, v) {
+                xattr_failed(rel, k, err)?;
+            }
+        }
+        futimens(fd, &meta.mtime, &meta.mtime)
+            .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        Ok(())
+    }
+
+    fn dir(&mut self, rel: &RelPath, meta: &Meta) -> Res<()> {
+        if rel.is_root() {
+            let root = self.tree.root_path().to_path_buf();
+            std::os::unix::fs::lchown(&root, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| io_err("chown layer root", e))?;
+            self.set_xattrs_path(rel, &root, &meta.xattrs)?;
+        } else {
+            let (dir, _) = self.create(rel, true, "create directory", |dir, name| {
+                mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700))
+            })?;
+            let name = last(rel);
+            own_at(dir, name, rel, meta)?;
+            let full = self.tree.full_path(rel);
+            self.set_xattrs_path(rel, &full, &meta.xattrs)?;
+            self.parents.implicit.retain(|d| d != rel);
+        }
+        self.parents.dirs.push(DeferredDir {
+            rel: rel.clone(),
+            mode: meta.mode,
+            mtime: meta.mtime,
+        });
+        Ok(())
+    }
+
+    fn symlink(&mut self, rel: &RelPath, target: &Path, meta: &Meta) -> Res<()> {
+        let (dir, _) = self.create(rel, false, "create symlink", |dir, name| {
+            symlinkat(target, Some(dir), name)
+        })?;
+        let name = last(rel);
+        own_at(dir, name, rel, meta)?;
+        let full = self.tree.full_path(rel);
+        self.set_xattrs_path(rel, &full, &meta.xattrs)?;
+        utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        Ok(())
+    }
+
+    fn node<R: Read>(
+        &mut self,
+        rel: &RelPath,
+        e: &tar::Entry<R>,
+        etype: EntryType,
+        meta: &Meta,
+    ) -> Res<()> {
+        let h = e.header();
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let kind = match etype {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        let (dir, _) = self.prepare(rel, false)?;
+        let name = last(rel);
+        mknodat(
+            Some(dir),
+            name,
+            kind,
+            Mode::from_bits_truncate(0o600),
+            makedev(major.into(), minor.into()),
+        )
+        .map_err(|e| io_err(format!("create device node {rel}"), e))?;
+        own_at(dir, name, rel, meta)?;
+        fchmodat(
+            Some(dir),
+            name,
+            Mode::from_bits_truncate(meta.mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+        let full = self.tree.full_path(rel);
+        self.set_xattrs_path(rel, &full, &meta.xattrs)?;
+        utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        Ok(())
+    }
+
+    /// A hardlink's target must already be in this layer, or (copied up) in the layers
+    /// beneath. Linking never follows a symlink: a link to a symlink is a second symlink,
+    /// through which nothing is written.
+    fn hardlink(&mut self, rel: &RelPath, target: &Path) -> Res<Step> {
+        let trel = RelPath::parse(target)
+            .map_err(|why| Fail::Unsafe(format!("hardlink target {target:?} {why}")))?;
+        if trel.is_root() || trel == *rel {
+            return Err(Fail::Invalid(format!(
+                "hardlink to {target:?} links to itself or the layer root"
+            )));
+        }
+        let present = match self.target_dir(&trel)? {
+            Some(dir) => match lstat_at(dir.as_raw_fd(), last(&trel))
+                .map_err(|e| io_err(format!("stat {trel}"), e))?
+            {
+                Some(st) if kind(&st) == SFlag::S_IFDIR => {
+                    return Err(Fail::Unsafe(format!(
+                        "is a hardlink to directory {target:?}"
+                    )));
+                }
+                Some(_) => true,
+                None => false,
+            },
+            None => false,
+        };
+        if !present {
+            let Some(lowers) = self.parents.lowers else {
+                return Ok(Step::NeedsLowers);
+            };
+            if !self.copy_up(lowers, &trel)? {
+                return Err(Fail::Invalid(format!(
+                    "hardlink target {target:?} is neither in this layer nor below"
+                )));
+            }
+            self.parents.depends = true;
+        }
+        // The target's directory as an fd of our own first: resolving the link's parent
+        // afterwards moves the walker, which closes the fds it cached.
+        let tdir = self
+            .target_dir(&trel)?
+            .ok_or_else(|| Fail::Invalid(format!("hardlink target {target:?} vanished")))?;
+        let (dir, _) = self.prepare(rel, false)?;
+        linkat(
+            Some(tdir.as_raw_fd()),
+            last(&trel),
+            Some(dir),
+            last(rel),
+            AtFlags::empty(),
+        )
+        .map_err(|e| io_err(format!("link to {trel}"), e))?;
+        Ok(Step::Next)
+    }
+
+    /// The directory holding a hardlink target, as an fd of its own (the walker's cache
+    /// moves on); `None` when it does not exist in this layer.
+    fn target_dir(&mut self, trel: &RelPath) -> Res<Option<OwnedFd>> {
+        let parent = &trel.parts()[..trel.parts().len() - 1];
+        match self.tree.dir(parent, None) {
+            Ok(fd) => {
+                let dup = nix::unistd::dup(fd).map_err(|e| io_err("dup", e))?;
+                // SAFETY: dup returned a fresh fd that nothing else owns.
+                Ok(Some(unsafe { OwnedFd::from_raw_fd(dup) }))
+            }
+            Err(TreeError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(TreeError::Unsafe(why)) => Err(Fail::Unsafe(format!("hardlink target {why}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Copies `trel` from the layers beneath into this one (as overlayfs does before it
+    /// links a lower file). Returns false when the lowers do not have it.
+    fn copy_up(&mut self, lowers: &[PathBuf], trel: &RelPath) -> Res<bool> {
+        let Some(found) = lower::lookup(lowers, trel)? else {
+            return Ok(false);
+        };
+        let m = &found.meta;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            return Err(Fail::Unsafe(format!(
+                "is a hardlink to directory {trel} of a lower layer"
+            )));
+        }
+        let (dir, _) = self.prepare(trel, false)?;
+        let name = last(trel);
+        if ft.is_file() {
+            let mut src = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&found.path)
+                .map_err(|e| io_err(format!("open lower {}", found.path.display()), e))?;
+            let mut dst = File::from(
+                create_file_at(dir, name).map_err(|e| io_err(format!("create {trel}"), e))?,
+            );
+            io::copy(&mut src, &mut dst).map_err(|e| io_err(format!("copy up {trel}"), e))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&found.path)
+                .map_err(|e| io_err(format!("read lower link {}", found.path.display()), e))?;
+            symlinkat(&target, Some(dir), name)
+                .map_err(|e| io_err(format!("create symlink {trel}"), e))?;
+        } else {
+            let kind = if ft.is_char_device() {
+                SFlag::S_IFCHR
+            } else if ft.is_block_device() {
+                SFlag::S_IFBLK
+            } else if ft.is_fifo() {
+                SFlag::S_IFIFO
+            } else {
+                SFlag::S_IFSOCK
+            };
+            mknodat(
+                Some(dir),
+                name,
+                kind,
+                Mode::from_bits_truncate(0o600),
+                m.rdev(),
+            )
+            .map_err(|e| io_err(format!("create device node {trel}"), e))?;
+        }
+        fchownat(
+            Some(dir),
+            name,
+            Some(Uid::from_raw(m.uid())),
+            Some(Gid::from_raw(m.gid())),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(format!("chown {trel}"), e))?;
+        if !ft.is_symlink() {
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(m.mode() & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {trel}"), e))?;
+        }
+        copy_xattrs(&found.path, &self.tree.full_path(trel))?;
+        let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
+        utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(|e| io_err(format!("set times of {trel}"), e))?;
+        Ok(true)
+    }
+
+    /// `.wh.NAME` hides NAME of the layers beneath (an overlay whiteout: a 0/0 character
+    /// device); `.wh..wh..opq` hides everything beneath its directory (opaque xattr).
+    fn whiteout(&mut self, rel: &RelPath, last: &[u8]) -> Res<()> {
+        if last == OPAQUE_MARKER.as_bytes() {
+            let dir = rel.parent();
+            self.tree
+                .dir(dir.parts(), Some(&mut |r| self.parents.make(r)))?;
+            let full = self.tree.full_path(&dir);
+            xattr::set(&full, OPAQUE_XATTR, b"y")
+                .map_err(|e| io_err(format!("mark {dir} opaque"), e))?;
+            return Ok(());
+        }
+        if last.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            // Other AUFS metadata (.wh..wh.plnk, ...) has no meaning for overlayfs.
+            return Ok(());
+        }
+        let hidden = OsStr::from_bytes(&last[WHITEOUT_PREFIX.len()..]);
+        if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.as_bytes().contains(&b'/')
+        {
+            return Err(Fail::Unsafe("is a whiteout that names no file".into()));
+        }
+        let target = rel.with_last(hidden);
+        let (dir, _) = self.prepare(&target, false)?;
+        mknodat(
+            Some(dir),
+            hidden,
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            makedev(0, 0),
+        )
+        .map_err(|e| io_err(format!("create whiteout for {target}"), e))?;
+        Ok(())
+    }
+
+    fn set_xattrs_path(
+        &self,
+        rel: &RelPath,
+        path: &Path,
+        xattrs: &[(OsString, Vec<u8>)],
+    ) -> Res<()> {
+        for (k, v) in xattrs {
+            if let Err(err) = xattr::set(path, k, v) {
+                xattr_failed(rel, k, err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory modes and times, once nothing more is written into them. Entries that a
+    /// later entry replaced by a non-directory are skipped; a repeated directory takes the
+    /// last header's metadata (applied last).
+    pub(super) fn finish_dirs(&mut self) -> Res<()> {
+        let dirs = std::mem::take(&mut self.parents.dirs);
+        for d in &dirs {
+            if d.rel.is_root() {
+                let root = self.tree.root_path();
+                std::fs::set_permissions(
+                    root,
+                    std::os::unix::fs::PermissionsExt::from_mode(d.mode),
+                )
+                .map_err(|e| io_err("chmod layer root", e))?;
+                utimensat(
+                    None,
+                    root,
+                    &d.mtime,
+                    &d.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| io_err("set times of layer root", e))?;
+                continue;
+            }
+            let Some((parent, name)) = d.rel.split_last() else {
+                continue;
+            };
+            let Ok(dir) = self.tree.dir(parent, None) else {
+                continue;
+            };
+            if !matches!(lstat_at(dir, name), Ok(Some(st)) if kind(&st) == SFlag::S_IFDIR) {
+                continue;
+            }
+            fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(d.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| io_err(format!("chmod {}", d.rel), e))?;
+            utimensat(
+                Some(dir),
+                name,
+                &d.mtime,
+                &d.mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| io_err(format!("set times of {}", d.rel), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn last(rel: &RelPath) -> &OsStr {
+    rel.split_last().map_or(OsStr::new("."), |(_, l)| l)
+}
+
+fn create_file_at(dir: RawFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    let fd = openat(
+        Some(dir),
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    // SAFETY: openat returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn own_at(dir: RawFd, name: &OsStr, rel: &RelPath, meta: &Meta) -> Res<()> {
+    fchownat(
+        Some(dir),
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(format!("chown {rel}"), e))?;
+    Ok(())
+}
+
+/// Filesystems without xattr support, or xattrs the kernel refuses for a file type (user.*
+/// on symlinks), are logged and skipped as containerd does; anything else fails the layer.
+fn xattr_failed(rel: &RelPath, key: &OsStr, err: io::Error) -> Res<()> {
+    match Errno::from_raw(err.raw_os_error().unwrap_or(0)) {
+        Errno::ENOTSUP | Errno::EPERM => {
+            tracing::warn!("{rel}: xattr {key:?} not set: {err}");
+            Ok(())
+        }
+        _ => Err(io_err(format!("set xattr {key:?} on {rel}"), err).into()),
+    }
+}
+
+/// Copies xattrs from a lower file, except overlayfs' own (an inherited opaque marker or
+/// redirect would change what the merged tree shows).
+pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Res<()> {
+    let names =
+        xattr::list(from).map_err(|e| io_err(format!("list xattrs of {}", from.display()), e))?;
+    for k in names {
+        if k.as_bytes().starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        if let Some(v) = xattr::get(from, &k)
+            .map_err(|e| io_err(format!("read xattr of {}", from.display()), e))?
+        {
+            xattr::set(to, &k, &v)
+                .map_err(|e| io_err(format!("set xattr {k:?} on {}", to.display()), e))?;
+        }
+    }
+    Ok(())
+}
