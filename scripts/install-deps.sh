@@ -8,6 +8,8 @@ for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compi
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# The registry source's TLS (native-tls) links the system OpenSSL.
+{ command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -67,6 +67,36 @@ pub struct StageArgs {
     pub no_unpack: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// docker:// source options (registry engineer).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Registry credentials USER:PASS (never printed)
+    #[arg(long, env = "NESTCACHE_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Auth file with {"auths": {HOST: {"auth": base64(USER:PASS)}}} (default: containers' auth.json, then ~/.docker/config.json)
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for the registry's TLS
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Talk plain http to the registry (loopback test registries)
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl RegistryArgs {
+    pub fn source_options(&self) -> source::SourceOptions {
+        source::SourceOptions {
+            creds: self.creds.clone(),
+            authfile: self.authfile.clone(),
+            tls_ca: self.tls_ca.clone(),
+            insecure: self.insecure,
+        }
+    }
 }
 
 pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
@@ -86,9 +116,10 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let spec = a.source.clone();
+    let source_opts = a.registry.source_options();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The source first: a bad source must not leave a new empty store behind.
-        let src = source::parse(&spec)?;
+        let src = source::parse_with(&spec, &source_opts)?;
         let store = if is_cache {
             Store::open_content_dir(&dir)?
         } else {

@@ -15,7 +15,11 @@ pub async fn remove(
     paths: &ContainerPaths,
     grace: Duration,
 ) -> Result<()> {
-    client.stop_and_delete_task(id, grace).await?;
+    match client.stop_and_delete_task(id, grace).await {
+        // Deleted meanwhile by a concurrent `stop` or `rm`: what we wanted.
+        Ok(_) | Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {
         Ok(()) => Ok(()),

@@ -124,11 +124,21 @@ pub async fn verify(client: &Client, id: &str) -> Result<Verification> {
 /// keeps the exit code; the container stays until `rm`.
 pub async fn stop(client: &Client, id: &str, grace: Duration) -> Result<Option<ExitStatus>> {
     get(client, id).await?;
-    let exit = client.stop_and_delete_task(id, grace).await?;
+    let exit = match client.stop_and_delete_task(id, grace).await {
+        Ok(e) => e,
+        // The task ended and was deleted meanwhile (by the `run` that waited for it).
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
     if let Some(e) = &exit {
-        client
+        match client
             .update_labels(id, &[(labels::EXIT_CODE, &e.code.to_string())])
-            .await?;
+            .await
+        {
+            // The `run --rm` that waited for it removed the container meanwhile.
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(exit)
 }

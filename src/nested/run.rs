@@ -109,14 +109,18 @@ pub async fn run(
         r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()) => r?,
         s = signals.recv() => return Err(interrupted(s)),
     };
+    let spec = build_spec(client, &cache, &id, &image, &opts)?;
+    // Creating the container record claims the id (containerd refuses a second one); only
+    // then is the container dir ours to make, and to remove on failure.
+    client
+        .create_container(NewContainer {
+            id: id.clone(),
+            labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
+            spec,
+            runtime: Some(opts.runtime.containerd_name().to_string()),
+        })
+        .await?;
     let paths = ContainerPaths::new(state, &id);
-    // A leftover dir under an id containerd does not know is debris of a crashed run.
-    if paths.dir.exists() {
-        std::fs::remove_dir_all(&paths.dir)
-            .ctx(|| format!("remove stale {}", paths.dir.display()))?;
-    }
-    std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
-
     let target = Target {
         client,
         cache: &cache,
@@ -147,6 +151,36 @@ pub async fn run(
     }
 }
 
+/// The runtime spec: image config + flags + the cache mount, and for the shim runtime the
+/// annotations that tell it which store and image to assemble the rootfs from.
+fn build_spec(
+    client: &Client,
+    cache: &cache::CacheInfo,
+    id: &str,
+    image: &PreparedImage,
+    opts: &RunOptions,
+) -> Result<oci_spec::runtime::Spec> {
+    let mut spec_opts = opts.spec.clone();
+    spec_opts.id = id.to_string();
+    spec_opts.namespace = client.namespace().to_string();
+    spec_opts.cache_mount = opts.mount_cache.then(|| CacheMount {
+        content_dir: cache.content_dir.clone(),
+        target: cache.path.clone(),
+        read_write: opts.cache_rw,
+    });
+    if opts.runtime == Runtime::Shim {
+        spec_opts.annotations.insert(
+            labels::ANNOTATION_STORE.into(),
+            cache.content_dir.to_string_lossy().into_owned(),
+        );
+        spec_opts.annotations.insert(
+            labels::ANNOTATION_IMAGE.into(),
+            image.manifest_digest.to_string(),
+        );
+    }
+    spec::build(image.config.as_ref(), &image.users, &spec_opts)
+}
+
 /// What one run works on.
 struct Target<'a> {
     client: &'a Client,
@@ -169,42 +203,16 @@ async fn create_and_run(
         paths,
         image,
     } = *t;
-    let mut spec_opts = opts.spec.clone();
-    spec_opts.id = id.to_string();
-    spec_opts.namespace = client.namespace().to_string();
-    spec_opts.cache_mount = opts.mount_cache.then(|| CacheMount {
-        content_dir: cache.content_dir.clone(),
-        target: cache.path.clone(),
-        read_write: opts.cache_rw,
-    });
-    let mut rootfs = Vec::new();
-    match opts.runtime {
-        Runtime::Runc => {
-            let overlay = Overlay::prepare(&paths.dir, &image.layer_dirs)?;
-            rootfs.push(overlay.to_containerd_mount());
-        }
-        Runtime::Shim => {
-            // The shim assembles the rootfs itself from the store and the image.
-            spec_opts.annotations.insert(
-                labels::ANNOTATION_STORE.into(),
-                cache.content_dir.to_string_lossy().into_owned(),
-            );
-            spec_opts.annotations.insert(
-                labels::ANNOTATION_IMAGE.into(),
-                image.manifest_digest.to_string(),
-            );
-        }
+    // A leftover dir under an id containerd did not know is debris of a crashed run.
+    if paths.dir.exists() {
+        std::fs::remove_dir_all(&paths.dir)
+            .ctx(|| format!("remove stale {}", paths.dir.display()))?;
     }
-    let spec = spec::build(image.config.as_ref(), &image.users, &spec_opts)?;
-
-    client
-        .create_container(NewContainer {
-            id: id.to_string(),
-            labels: labels_for(cache, &opts.image, image, opts.mount_cache),
-            spec,
-            runtime: Some(opts.runtime.containerd_name().to_string()),
-        })
-        .await?;
+    std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
+    let mut rootfs = Vec::new();
+    if opts.runtime == Runtime::Runc {
+        rootfs.push(Overlay::prepare(&paths.dir, &image.layer_dirs)?.to_containerd_mount());
+    }
 
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
     let tty = opts.spec.tty;
@@ -269,7 +277,7 @@ async fn create_and_run(
             "nested container {id} could not start: {e}"
         )));
     }
-    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals).await;
+    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
     drop(raw);
     let exit = exit?;
     // The shim closes the FIFOs once it has passed on all output.
@@ -281,9 +289,14 @@ async fn create_and_run(
         // Like `ctr run`: the exited task goes (and its shim with it), the container stays
         // (with its upper dir) until `nestcache rm`; its exit code is kept as a label.
         client.delete_task(id).await?;
-        client
+        match client
             .update_labels(id, &[(labels::EXIT_CODE, &exit.code.to_string())])
-            .await?;
+            .await
+        {
+            // `nestcache rm -f` removed it meanwhile.
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(report)
 }
@@ -333,21 +346,36 @@ fn interrupted(sig: i32) -> Error {
     ))
 }
 
-/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, and closing its
-/// stdin once ours has ended.
+/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, closing its stdin
+/// once ours has ended, and resizing its terminal with ours.
 async fn forward_signals_until_exit(
     client: &Client,
     id: &str,
     wait: crate::containerd::TaskWait,
     mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
     signals: &mut Signals,
+    tty: bool,
 ) -> Result<crate::containerd::ExitStatus> {
     let wait = wait.result();
     tokio::pin!(wait);
+    // With a terminal, our window size follows to the task's.
+    let mut winch = match tty {
+        true => Some(
+            signal(SignalKind::window_change())
+                .map_err(|e| Error::io("install a signal handler", e))?,
+        ),
+        false => None,
+    };
     loop {
         let forward = tokio::select! {
             r = &mut wait => return r,
             s = signals.recv() => s,
+            _ = async { winch.as_mut().expect("guarded").recv().await }, if winch.is_some() => {
+                if let Some((w, h)) = RawTerminal::size() {
+                    let _ = client.resize_task_pty(id, w, h).await;
+                }
+                continue;
+            }
             r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
                 stdin_closed = None;
                 if r.is_ok() {

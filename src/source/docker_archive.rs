@@ -218,3 +218,36 @@ impl Source for DockerArchiveSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images() -> Vec<ArchiveImage> {
+        serde_json::from_str(
+            r#"[{"Config":"a.json","RepoTags":["docker.io/library/busybox:1"],"Layers":[]},
+                {"Config":"b.json","RepoTags":null,"Layers":[]}]"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn chooses_by_tag_index_or_refuses_ambiguity() {
+        let imgs = images();
+        let (i, r) = choose("x", &imgs, Some("busybox:1")).unwrap();
+        assert_eq!(
+            (i.config.as_str(), r.as_deref()),
+            ("a.json", Some("busybox:1"))
+        );
+        let (i, r) = choose("x", &imgs, Some("@1")).unwrap();
+        assert_eq!((i.config.as_str(), r), ("b.json", None));
+        assert!(choose("x", &imgs, Some("@2")).is_err());
+        let err = choose("x", &imgs, None).unwrap_err().to_string();
+        assert!(
+            err.contains("2 images") && err.contains("busybox:1"),
+            "{err}"
+        );
+        let err = choose("x", &imgs, Some("nope")).unwrap_err().to_string();
+        assert!(err.contains("docker.io/library/busybox:1"), "{err}");
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod docker_archive;
 pub mod oci_layout;
+pub mod registry;
 pub mod tar_index;
 
 use std::collections::HashMap;
@@ -68,12 +69,9 @@ pub fn parse(spec: &str) -> Result<Box<dyn Source>> {
 }
 
 /// Parses a source string: a transport prefix, or a bare path recognised by content.
-pub fn parse_with(spec: &str, _opts: &SourceOptions) -> Result<Box<dyn Source>> {
-    if let Some(_rest) = spec.strip_prefix("docker://") {
-        // REGISTRY: the registry engineer's `registry::RegistrySource` plugs in here.
-        return Err(Error::Invalid(format!(
-            "source {spec:?}: the docker:// registry source is not available in this build yet"
-        )));
+pub fn parse_with(spec: &str, opts: &SourceOptions) -> Result<Box<dyn Source>> {
+    if let Some(rest) = spec.strip_prefix("docker://") {
+        return Ok(Box::new(registry::RegistrySource::open(rest, opts)?));
     }
     if let Some(rest) = spec.strip_prefix("oci:") {
         let (path, reference) = split_ref(rest);
@@ -169,6 +167,7 @@ mod tests {
         assert_eq!(split_ref("/a/b:"), ("/a/b", None));
         assert_eq!(split_ref("/a/b:img:1.0"), ("/a/b", Some("img:1.0")));
         assert!(parse("/definitely/not/here").is_err());
-        assert!(parse("docker://example.com/x").is_err());
+        // Refused while parsing, before any network access.
+        assert!(parse("docker://example.com/UPPER").is_err());
     }
 }

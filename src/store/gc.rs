@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{lock, Store};
+use super::{lock, sync_dir, Store};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
@@ -66,7 +66,16 @@ impl Store {
                     .parse::<Digest>()
                     .is_ok_and(|d| keep.contains(&d));
                 if !used {
-                    remove_any(&entry.path())?;
+                    // Out of sight first (one atomic rename into layers/tmp/), then
+                    // deleted: a gc killed halfway must not leave a half-deleted tree
+                    // where lookups take any directory for a complete layer.
+                    let tmp = self.layout().layers_tmp_dir();
+                    fs::create_dir_all(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+                    let doomed = tmp.join(format!("gc-{sub}-{name}"));
+                    fs::rename(entry.path(), &doomed)
+                        .ctx(|| format!("move {} out of the way", entry.path().display()))?;
+                    sync_dir(&dir)?;
+                    remove_any(&doomed)?;
                     report.layers_removed += 1;
                 }
             }
