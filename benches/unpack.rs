@@ -126,11 +126,16 @@ fn generate() -> Image {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(1_600_000_000);
                 b.append_data(&mut h, format!("l{l}/d{}/", i / 50), &[][..])
                     .unwrap();
             }
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_size(size as u64);
             h.set_mtime(1_600_000_000);
             b.append_data(

@@ -27,14 +27,26 @@ nc="$PWD/target/debug/nestcache"
 
 step "environment"
 "$nc" env
-embedded_before=$("$nc" system status --json | grep -c '"running": true' || true)
+status=$("$nc" system status --json)
+embedded_before=$(grep -c '"running": true' <<<"$status" || true)
 
 work=$(mktemp -d /tmp/nestcache-demo.XXXXXX)
 name="demo-$$"
 path=/cache
+# The embedded containerd is stopped again only if this script started it.
+stop_embedded_if_started() {
+  # (Output captured first: grep -q would close the pipe under nestcache.)
+  local status
+  status=$("$nc" system status --json)
+  if [ "$embedded_before" = 0 ] && grep -q '"running": true' <<<"$status"; then
+    step "stop the embedded containerd this demo started"
+    "$nc" system stop
+  fi
+}
 cleanup() {
   "$nc" cache rm "$name" >/dev/null 2>&1 || true
   rm -rf "$work"
+  stop_embedded_if_started || true
 }
 trap cleanup EXIT
 
@@ -82,7 +94,4 @@ rm -rf "$work"
 if [ -e "$content" ]; then echo "content dir $content still exists" >&2; exit 1; fi
 echo "content dir $content removed"
 
-if [ "$embedded_before" = 0 ] && "$nc" system status --json | grep -q '"running": true'; then
-  step "stop the embedded containerd this demo started"
-  "$nc" system stop
-fi
+stop_embedded_if_started

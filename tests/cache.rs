@@ -193,7 +193,8 @@ fn user_content_dir_is_kept_unless_asked() {
         "handshake files left behind"
     );
 
-    env.ok(&[
+    // --reuse of a dead cache recreates it on the same (user's) content dir.
+    let v = json(&env.ok(&[
         "cache",
         "create",
         "u2",
@@ -201,7 +202,27 @@ fn user_content_dir_is_kept_unless_asked() {
         "/data",
         "--content-dir",
         d,
-    ]);
+        "--json",
+    ]));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(&v) as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the keeper to die", Duration::from_secs(10), || {
+        inspect(&env, "u2")["status"] == "stopped"
+    });
+    let again = json(&env.ok(&[
+        "cache", "create", "u2", "--path", "/data", "--reuse", "--json",
+    ]));
+    assert_eq!(again["reused"], false);
+    assert_eq!(again["status"], "running");
+    assert_eq!(again["content_dir"], v["content_dir"]);
+    assert_eq!(again["content_dir_owned"], false);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/root/data/mine", pid_of(&again))).unwrap(),
+        "keep me"
+    );
     env.ok(&["cache", "rm", "u2", "--remove-content-dir"]);
     assert!(!dir.path().exists());
 }

@@ -389,6 +389,19 @@ fn detached_logs_ps_stop_rm() {
     assert_eq!(ps[0]["status"], "exited");
     assert_eq!(ps[0]["exit_code"], 137);
     f.env.ok(&["rm", "d1"]);
+    // logs -f follows until the task has ended.
+    f.ok(&[
+        "-d",
+        "--name",
+        "d2",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo a; sleep 1; echo b",
+    ]);
+    assert_eq!(f.env.ok(&["logs", "-f", "d2"]), "a\nb\n");
+    f.env.ok(&["rm", "d2"]);
     let e = f.env.fails(&["logs", "d1"]);
     assert!(e.contains("d1"), "{e}");
     // --rm and -i make no sense detached.
@@ -677,5 +690,63 @@ fn shim_runtime_runs_from_the_store() {
         .code(),
         Some(3)
     );
+    f.assert_nothing_left();
+}
+
+#[test]
+fn a_reader_that_goes_away_does_not_block_the_task() {
+    let f = Fixture::new("run-pipe");
+    let img = f.small("pipe", |_| {});
+    let script =
+        "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done; echo finished >&2";
+    let mut child = f.spawn(&["--rm", &img, "--", "sh", "-c", script]);
+    let mut first = [0u8; 7];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("read");
+    assert_eq!(&first, b"line 0\n");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("finished"), "{}", stderr(&out));
+    f.assert_nothing_left();
+}
+
+#[test]
+fn rm_cache_removes_the_cache_afterwards() {
+    let f = Fixture::new("run-rmcache");
+    let img = f.small("rmcache", |_| {});
+    assert_eq!(
+        f.ok(&["--rm", "--rm-cache", &img, "--", "echo", "last"]),
+        "last\n"
+    );
+    let e = f.env.fails(&["cache", "inspect", &f.cache]);
+    assert!(e.contains(&f.cache), "{e}");
+    assert!(
+        !f.content.exists(),
+        "content dir {} left",
+        f.content.display()
+    );
+    assert!(f
+        .env
+        .fails(&f.args(&["-d", "--rm-cache", &img]))
+        .contains("--detach"));
+}
+
+#[test]
+fn network_none_by_default_host_on_request() {
+    let f = Fixture::new("run-net");
+    let img = f.small("net", |_| {});
+    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("host net ns");
+    let host_ns = host_ns.to_string_lossy();
+    let ns = |extra: &[&str]| {
+        let mut args = vec!["--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[img.as_str(), "--", "readlink", "/proc/self/ns/net"]);
+        f.ok(&args).trim().to_string()
+    };
+    assert_ne!(ns(&[]), host_ns);
+    assert_eq!(ns(&["--net", "host"]), host_ns);
+    // Only loopback without host networking.
+    let links = f.ok(&["--rm", &img, "--", "ls", "/sys/class/net"]);
+    assert_eq!(lines(&links), ["lo"]);
     f.assert_nothing_left();
 }

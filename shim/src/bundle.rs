@@ -9,10 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::runc::Runc;
 
-/// Annotation naming the nestcache content directory to build the rootfs from.
-pub const ANNOTATION_STORE: &str = "io.nestcache.store";
-/// Annotation naming the image (reference or manifest digest) inside that store.
-pub const ANNOTATION_IMAGE: &str = "io.nestcache.image";
+/// The annotations naming the store and the image in it (shared with the CLI).
+pub use nestcache::containerd::labels::{ANNOTATION_IMAGE, ANNOTATION_STORE};
 /// CRI marks its pause container with this; pod annotations must not turn it into the
 /// nestcache image.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";

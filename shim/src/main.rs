@@ -15,9 +15,8 @@ mod stdio;
 mod store_rootfs;
 mod task;
 
-/// The runtime name containerd maps to this binary's name.
-pub const RUNTIME_NAME: &str = "io.containerd.nestcache.v2";
-
 fn main() {
-    containerd_shim::run::<service::Service>(RUNTIME_NAME, None);
+    // The runtime name containerd maps to this binary's name.
+    let runtime = nestcache::containerd::labels::NESTCACHE_RUNTIME;
+    containerd_shim::run::<service::Service>(runtime, None);
 }

@@ -133,8 +133,22 @@ fn fifo_pipe() -> std::io::Result<(File, OwnedFd)> {
     Ok((File::from(r), w))
 }
 
+/// FIFO paths and `file://` URIs are supported; other logging URIs (`binary://`) are not.
+fn check_scheme(target: &str) -> std::io::Result<()> {
+    match target.split_once("://") {
+        Some(("file", _)) | None => Ok(()),
+        Some((scheme, _)) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("stdio {target}: {scheme}:// is not supported (FIFOs and file:// are)"),
+        )),
+    }
+}
+
 impl Prepared {
     pub fn new(paths: &StdioPaths) -> std::io::Result<Prepared> {
+        for target in [&paths.stdin, &paths.stdout, &paths.stderr] {
+            check_scheme(target)?;
+        }
         let stdin = Arc::new(Mutex::new(None));
         if paths.terminal {
             // The path must fit sockaddr_un; bundle paths may not, /tmp does.

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim::api::{
-    self, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
-    PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest, StartResponse,
-    StateRequest, StateResponse, WaitRequest, WaitResponse,
+    self, CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse,
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
+    KillRequest, PauseRequest, PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
@@ -562,6 +563,22 @@ impl Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        // The exec id names files in the bundle: containerd's identifier rules, enforced.
+        let valid_id = !req.exec_id.is_empty()
+            && req
+                .exec_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !req.exec_id.starts_with('.');
+        if !valid_id {
+            return Err(rpc_err(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "exec id {:?}: expected letters, digits, '.', '_', '-'",
+                    req.exec_id
+                ),
+            ));
+        }
         let spec = req
             .spec
             .as_ref()
@@ -636,6 +653,31 @@ impl Task for TaskService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Err(rpc_err(
+            Code::UNIMPLEMENTED,
+            "task metrics are not implemented",
+        ))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        Err(rpc_err(
+            Code::UNIMPLEMENTED,
+            "task update is not implemented",
+        ))
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(rpc_err(
+            Code::UNIMPLEMENTED,
+            "checkpoint is not implemented",
+        ))
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {

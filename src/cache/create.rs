@@ -27,15 +27,19 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
     if let Some(ttl) = opts.ttl {
         check_ttl(ttl)?;
     }
+    let mut content_dir = opts.content_dir.clone();
     if let Some(existing) = lookup(client, &opts.name).await? {
+        // A dead cache recreated by --reuse keeps the user's content dir it had.
+        let prior = (!existing.content_dir_owned).then(|| existing.content_dir.clone());
         if let Some(reused) = reuse(client, opts, existing).await? {
             return Ok(reused);
         }
+        content_dir = content_dir.or(prior);
     }
     // From here on SIGINT / SIGTERM no longer kill the process: they make create undo
     // what it did and fail, so that an interrupted create leaves nothing behind.
     let mut interrupt = Interrupt::listen();
-    let dir = ContentDir::prepare(state, &opts.name, opts.content_dir.as_deref())?;
+    let dir = ContentDir::prepare(state, &opts.name, content_dir.as_deref())?;
     let keeper = keeper::install(state)?;
     let id = container_id(&opts.name);
     let expires_at = opts.ttl.map(|t| SystemTime::now() + t);

@@ -150,7 +150,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(g).await?;
     let state = StateLayout::new(&g.state_dir);
     let report = nested::run(&client, &state, opts, |v| {
-        if !json {
+        // A failure comes back as the run's error; say only the success here.
+        if !json && v.ok {
             eprintln!("nestcache: {}", v.summary());
         }
     })

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -193,22 +193,33 @@ enum Out {
     Stderr,
 }
 
+/// Copies until the task's end closes. If our own output goes away (`nestcache run ... |
+/// head -1`), the rest is read and dropped: a FIFO nobody reads would block the task.
 async fn copy_out(mut from: pipe::Receiver, to: Out) -> std::io::Result<u64> {
-    let n = match to {
-        Out::Stdout => {
-            let mut out = tokio::io::stdout();
-            let n = tokio::io::copy(&mut from, &mut out).await?;
-            out.flush().await?;
-            n
-        }
-        Out::Stderr => {
-            let mut out = tokio::io::stderr();
-            let n = tokio::io::copy(&mut from, &mut out).await?;
-            out.flush().await?;
-            n
-        }
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match to {
+        Out::Stdout => Box::new(tokio::io::stdout()),
+        Out::Stderr => Box::new(tokio::io::stderr()),
     };
-    Ok(n)
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut discard = false;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if discard {
+            continue;
+        }
+        if let Err(e) = out.write_all(&buf[..n]).await.and(out.flush().await) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(e);
+            }
+            discard = true;
+        }
+    }
+    Ok(total)
 }
 
 fn copy_stdin(fifo: &mut File) -> std::io::Result<()> {

@@ -21,12 +21,14 @@ pub(super) struct Meta {
 pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> Res<Meta> {
     let h = e.header();
     let bad = |what: &str, err: io::Error| Fail::Invalid(format!("bad {what} in header: {err}"));
-    let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-    let uid = h.uid().map_err(|e| bad("uid", e))?;
-    let gid = h.gid().map_err(|e| bad("gid", e))?;
+    let old = h.as_old();
+    let mode =
+        lenient(h.mode().map(u64::from), &old.mode).map_err(|e| bad("mode", e))? as u32 & 0o7777;
+    let uid = lenient(h.uid(), &old.uid).map_err(|e| bad("uid", e))?;
+    let gid = lenient(h.gid(), &old.gid).map_err(|e| bad("gid", e))?;
     let uid = u32::try_from(uid).map_err(|_| Fail::Invalid(format!("uid {uid} out of range")))?;
     let gid = u32::try_from(gid).map_err(|_| Fail::Invalid(format!("gid {gid} out of range")))?;
-    let secs = h.mtime().map_err(|e| bad("mtime", e))?;
+    let secs = lenient(h.mtime(), &old.mtime).map_err(|e| bad("mtime", e))?;
     let mut mtime = TimeSpec::new(i64::try_from(secs).unwrap_or(i64::MAX), 0);
     let mut xattrs = Vec::new();
     if let Some(exts) = e.pax_extensions().map_err(Fail::Stream)? {
@@ -39,6 +41,11 @@ pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> Res<Meta> {
                         "ignoring overlayfs xattr {:?} from a layer",
                         OsStr::from_bytes(name)
                     );
+                    continue;
+                }
+                // POSIX pax: a record with an empty value deletes the keyword (Go's
+                // archive/tar, hence umoci and Docker, drop it too).
+                if ext.value_bytes().is_empty() {
                     continue;
                 }
                 xattrs.push((
@@ -61,6 +68,15 @@ pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> Res<Meta> {
     })
 }
 
+/// An empty numeric field (all NULs or spaces) reads as 0, as Go's archive/tar (Docker,
+/// containerd, umoci) reads it; the tar crate refuses it.
+fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        other => other,
+    }
+}
+
 /// PAX times are decimal seconds with an optional fraction: `1700000000.5`, `-1.25`.
 fn parse_pax_time(s: &str) -> Option<TimeSpec> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -81,6 +97,15 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_numeric_fields_read_as_zero() {
+        let bad = || io::Error::other("not a number");
+        assert_eq!(lenient(Err(bad()), &[0; 8]).unwrap(), 0);
+        assert_eq!(lenient(Err(bad()), b"        ").unwrap(), 0);
+        assert!(lenient(Err(bad()), b"12x\0\0\0\0\0").is_err());
+        assert_eq!(lenient(Ok(7), b"0000007\0").unwrap(), 7);
+    }
 
     #[test]
     fn pax_times() {

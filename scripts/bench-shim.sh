@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# containerd-shim-nestcache-v2 next to containerd-shim-runc-v2, in one run, on the same
+# image and the same private containerd:
+#   - resident memory (VmRSS, Pss) of one idle shim (its task runs `sleep`);
+#   - task start latency: `ctr run -d` (container + task create + start), and the whole
+#     `ctr run --rm IMAGE /bin/true` cycle (create, start, exit, delete);
+#   - and, for the shim only, start from a nestcache store (annotated --rootfs run).
+# Runtimes alternate run by run so drift hits both alike. Needs root, containerd, runc,
+# umoci, busybox-static (scripts/install-deps.sh).
+#   scripts/bench-shim.sh [RUNS]     (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-20}
+scripts/install-deps.sh
+command -v containerd-shim-runc-v2 >/dev/null || { echo "containerd-shim-runc-v2 not on PATH" >&2; exit 1; }
+
+cargo build --release -p containerd-shim-nestcache -p nestcache >&2
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir=$PWD/$target_dir ;; esac
+
+dir=$(mktemp -d /tmp/nc-bench-shim.XXXXXX)
+trap 'scripts/containerd.sh stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+mkdir -p "$dir/bin"
+ln -s "$target_dir/release/containerd-shim-nestcache-v2" "$dir/bin/"
+address=$(PATH="$dir/bin:$PATH" scripts/containerd.sh start "$dir/ctd")
+ns=bench
+ctr() { command ctr --address "$address" --namespace "$ns" "$@"; }
+
+# The image: a busybox-static root as one layer, built with umoci, imported into
+# containerd and staged into a nestcache store.
+root=$dir/rootfs
+mkdir -p "$root"/{bin,proc,dev,sys,tmp,etc,run}
+cp "$(command -v busybox)" "$root/bin/busybox"
+for a in sh true sleep cat; do ln -s busybox "$root/bin/$a"; done
+echo 'root:x:0:0:root:/:/bin/sh' >"$root/etc/passwd"
+umoci init --layout "$dir/layout"
+umoci new --image "$dir/layout:bb"
+tar -C "$root" -cf "$dir/layer.tar" .
+umoci raw add-layer --image "$dir/layout:bb" "$dir/layer.tar"
+umoci config --image "$dir/layout:bb" --config.cmd /bin/sh --config.env PATH=/bin
+tar -C "$dir/layout" -cf "$dir/image.tar" .
+ctr images import --base-name bench.local/bb "$dir/image.tar" >/dev/null
+image=bench.local/bb:bb
+"$target_dir/release/nestcache" stage --store "$dir/store" "oci:$dir/layout:bb" >/dev/null
+mkdir -p "$dir/empty"
+
+now() { date +%s%N; }
+ms() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1e6 }'; }
+
+declare -A detach_ns cycle_ns
+for rt in runc nestcache store; do detach_ns[$rt]=""; cycle_ns[$rt]=""; done
+runtime_of() { case $1 in runc) echo io.containerd.runc.v2 ;; *) echo io.containerd.nestcache.v2 ;; esac; }
+run_args() {
+  case $1 in
+    store) echo "--annotation io.nestcache.store=$dir/store --annotation io.nestcache.image=bb --rootfs $dir/empty" ;;
+    *) echo "$image" ;;
+  esac
+}
+
+# One warm-up each (page cache, runc binary), not counted.
+for rt in runc nestcache store; do
+  # shellcheck disable=SC2046
+  ctr run --rm --runtime "$(runtime_of $rt)" $(run_args $rt) "warm-$rt" /bin/true
+done
+
+for i in $(seq 1 "$runs"); do
+  for rt in runc nestcache store; do
+    id="$rt-$i"
+    t0=$(now)
+    # shellcheck disable=SC2046
+    ctr run -d --runtime "$(runtime_of $rt)" $(run_args $rt) "$id" /bin/sleep 1000 >/dev/null
+    t1=$(now)
+    detach_ns[$rt]+="$((t1 - t0)) "
+    ctr task kill -s KILL "$id" >/dev/null
+    while ctr task ls | grep -q "^$id .*RUNNING"; do sleep 0.01; done
+    ctr task rm "$id" >/dev/null 2>&1 || true
+    ctr container rm "$id" >/dev/null
+    t0=$(now)
+    # shellcheck disable=SC2046
+    ctr run --rm --runtime "$(runtime_of $rt)" $(run_args $rt) "$id-c" /bin/true
+    t1=$(now)
+    cycle_ns[$rt]+="$((t1 - t0)) "
+  done
+done
+
+stats() { # median and mean in ms of a list of ns
+  tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ a[NR] = $1; s += $1 } END {
+    m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2;
+    printf "%.1f %.1f", m / 1e6, s / NR / 1e6 }'
+}
+
+# Memory: one idle task per runtime; the shim is the task's parent (subreaper).
+mem() { # pid -> "rss_kib pss_kib"
+  local rss pss
+  rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status")
+  pss=$(awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0)
+  echo "$rss $pss"
+}
+declare -A rss pss
+for rt in runc nestcache store; do
+  # shellcheck disable=SC2046
+  ctr run -d --runtime "$(runtime_of $rt)" $(run_args $rt) "idle-$rt" /bin/sleep 1000 >/dev/null
+done
+sleep 2
+for rt in runc nestcache store; do
+  task=$(ctr task ls | awk -v id="idle-$rt" '$1 == id { print $2 }')
+  shim=$(awk '/^PPid:/ { print $2 }' "/proc/$task/status")
+  read -r rss[$rt] pss[$rt] < <(mem "$shim")
+done
+for rt in runc nestcache store; do
+  ctr task kill -s KILL "idle-$rt" >/dev/null
+done
+sleep 1
+for rt in runc nestcache store; do
+  ctr task rm "idle-$rt" >/dev/null 2>&1 || true
+  ctr container rm "idle-$rt" >/dev/null 2>&1 || true
+done
+
+read -r d_runc_med d_runc_mean <<<"$(stats "${detach_ns[runc]}")"
+read -r d_nc_med d_nc_mean <<<"$(stats "${detach_ns[nestcache]}")"
+read -r d_st_med d_st_mean <<<"$(stats "${detach_ns[store]}")"
+read -r c_runc_med c_runc_mean <<<"$(stats "${cycle_ns[runc]}")"
+read -r c_nc_med c_nc_mean <<<"$(stats "${cycle_ns[nestcache]}")"
+read -r c_st_med c_st_mean <<<"$(stats "${cycle_ns[store]}")"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+echo "shim benchmark: $runs runs each, image $image (busybox-static, 1 layer), $(nproc) cores"
+printf '%-34s %14s %14s %16s %10s\n' "" "runc-v2 shim" "nestcache shim" "nestcache+store" "ratio n/r"
+printf '%-34s %14s %14s %16s %10s\n' "idle shim VmRSS (KiB)" "${rss[runc]}" "${rss[nestcache]}" "${rss[store]}" "$(ratio "${rss[nestcache]}" "${rss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "idle shim Pss (KiB)" "${pss[runc]}" "${pss[nestcache]}" "${pss[store]}" "$(ratio "${pss[nestcache]}" "${pss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, median ms" "$d_runc_med" "$d_nc_med" "$d_st_med" "$(ratio "$d_nc_med" "$d_runc_med")"
+printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, mean ms" "$d_runc_mean" "$d_nc_mean" "$d_st_mean" "$(ratio "$d_nc_mean" "$d_runc_mean")"
+printf '%-34s %14s %14s %16s %10s\n' "ctr run --rm /bin/true, median ms" "$c_runc_med" "$c_nc_med" "$c_st_med" "$(ratio "$c_nc_med" "$c_runc_med")"
+printf '%-34s %14s %14s %16s %10s\n' "ctr run --rm /bin/true, mean ms" "$c_runc_mean" "$c_nc_mean" "$c_st_mean" "$(ratio "$c_nc_mean" "$c_runc_mean")"
