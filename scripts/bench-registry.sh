@@ -9,6 +9,7 @@
 # served by Debian's docker-registry on 127.0.0.1 (plain http, filesystem storage).
 # Usage: scripts/bench-registry.sh [--json] [--reps N] [--images "medium large"]
 # Needs ~4x the image sizes free under $TMPDIR; run as root (ctr, unpack of devices).
+# NC_BENCH_NO_BUILD=1 uses the release binaries already in target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo_root=$PWD
@@ -28,7 +29,7 @@ done
 
 log() { echo "bench-registry: $*" >&2; }
 
-cargo build --release --quiet -p nestcache --bin nestcache -p mkimage --bin nestcache-mkimage
+[ -n "${NC_BENCH_NO_BUILD:-}" ] || cargo build --release --quiet -p nestcache --bin nestcache -p mkimage --bin nestcache-mkimage
 nc=$repo_root/target/release/nestcache
 mk=$repo_root/target/release/nestcache-mkimage
 

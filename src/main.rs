@@ -9,6 +9,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_tracing();
+    if !matches!(args.command, cli::Command::Run(_)) {
+        restore_default_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,5 +28,15 @@ fn main() -> ExitCode {
             eprintln!("nestcache: {}", cli::one_line(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `nestcache cache ls | head` would end in a panic on the
+/// closed pipe. Listing commands behave like other Unix tools and end quietly instead.
+/// `run` keeps it ignored: it must outlive its reader to drain and clean up the task.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -31,6 +31,10 @@ pub const EXIT_CODE: &str = "io.nestcache.exit-code";
 pub const ANNOTATION_STORE: &str = "io.nestcache.store";
 pub const ANNOTATION_IMAGE: &str = "io.nestcache.image";
 
+/// Spec annotation by which containerd's runc v2 shim groups tasks into one shim process:
+/// a nested container joins its cache container's shim instead of starting its own.
+pub const RUNC_SHIM_GROUP: &str = "io.containerd.runc.v2.group";
+
 /// The runtime containerd runs tasks with unless told otherwise.
 pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 /// nestcache's own shim (see `shim/`).

@@ -168,6 +168,13 @@ fn build_spec(
         target: cache.path.clone(),
         read_write: opts.cache_rw,
     });
+    if opts.runtime == Runtime::Runc {
+        // The cache's keeper already runs under a runc v2 shim; sharing it saves starting
+        // a shim process per nested container (most of a warm start's cost).
+        spec_opts
+            .annotations
+            .insert(labels::RUNC_SHIM_GROUP.into(), cache.id.clone());
+    }
     if opts.runtime == Runtime::Shim {
         spec_opts.annotations.insert(
             labels::ANNOTATION_STORE.into(),

@@ -81,8 +81,10 @@ impl Store {
         ] {
             fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
         }
-        store.ensure_oci_layout()?;
+        // index.json first: `oci-layout` marks a complete layout, so a process killed
+        // between the two must leave no marker rather than a layout without index.json.
         store.ensure_index()?;
+        store.ensure_oci_layout()?;
         Ok(store)
     }
 

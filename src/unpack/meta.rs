@@ -43,6 +43,11 @@ pub(super) fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> Res<Meta> {
                     );
                     continue;
                 }
+                // POSIX pax: a record with an empty value deletes the keyword (Go's
+                // archive/tar, hence umoci and Docker, drop it too).
+                if ext.value_bytes().is_empty() {
+                    continue;
+                }
                 xattrs.push((
                     OsStr::from_bytes(name).to_os_string(),
                     ext.value_bytes().to_vec(),
