@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --workspace >&2
 dir=$(mktemp -d /tmp/nestcache-bench.XXXXXX)
-trap 'scripts/containerd.sh stop "$dir"; rm -rf "$dir"' EXIT
+trap 'scripts/containerd.sh stop "$dir/ctd"; rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin"
 ln -sf "$PWD/target/release/containerd-shim-nestcache-v2" "$dir/bin/"
 export PATH="$dir/bin:$PATH"
