@@ -282,17 +282,7 @@ impl Applier<'_> {
         })?;
         let name = last(rel);
         own_at(dir, name, rel, meta)?;
-        let full = self.tree.full_path(rel);
-        self.set_xattrs_path(rel, &full, &meta.xattrs)?;
-        utimensat(
-            Some(dir),
-            name,
-            &meta.mtime,
-            &meta.mtime,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
-        Ok(())
+        self.finish_at(dir, name, rel, meta)
     }
 
     fn node<R: Read>(
@@ -328,17 +318,7 @@ impl Applier<'_> {
             FchmodatFlags::FollowSymlink,
         )
         .map_err(|e| io_err(format!("chmod {rel}"), e))?;
-        let full = self.tree.full_path(rel);
-        self.set_xattrs_path(rel, &full, &meta.xattrs)?;
-        utimensat(
-            Some(dir),
-            name,
-            &meta.mtime,
-            &meta.mtime,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
-        Ok(())
+        self.finish_at(dir, name, rel, meta)
     }
 
     /// A hardlink's target must already be in this layer, or (copied up) in the layers
@@ -514,6 +494,22 @@ impl Applier<'_> {
             makedev(0, 0),
         )
         .map_err(|e| io_err(format!("create whiteout for {target}"), e))?;
+        Ok(())
+    }
+
+    /// Last steps of a non-directory, non-regular entry: xattrs, then times (which any
+    /// earlier change would have bumped).
+    fn finish_at(&self, dir: RawFd, name: &OsStr, rel: &RelPath, meta: &Meta) -> Res<()> {
+        let full = self.tree.full_path(rel);
+        self.set_xattrs_path(rel, &full, &meta.xattrs)?;
+        utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io_err(format!("set times of {rel}"), e))?;
         Ok(())
     }
 
