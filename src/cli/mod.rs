@@ -139,9 +139,16 @@ pub fn connect_options(g: &Globals) -> nestcache::env::ConnectOptions {
 /// Connects to containerd (starting the embedded one when allowed and needed) and reaps
 /// expired caches on the way: every command that talks to containerd goes through here.
 pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Client> {
+    let started = std::time::Instant::now();
     let client = nestcache::env::connect(&connect_options(g)).await?;
+    let connected = started.elapsed();
     for r in nestcache::cache::reap_expired(&client).await {
         eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
     }
+    tracing::debug!(
+        connect_ms = format!("{:.1}", connected.as_secs_f64() * 1e3),
+        reap_ms = format!("{:.1}", (started.elapsed() - connected).as_secs_f64() * 1e3),
+        "connected"
+    );
     Ok(client)
 }

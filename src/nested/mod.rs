@@ -14,6 +14,7 @@ pub mod user;
 pub mod verify;
 
 mod cleanup;
+mod phases;
 
 use std::collections::HashMap;
 use std::io::Read;

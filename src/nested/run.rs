@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::image::{self, PreparedImage};
+use super::phases::Phases;
 use super::spec::{self, CacheMount, SpecOptions};
 use super::verify::{verify_mount, Verification};
 use super::{cleanup, generate_id, labels_for, ContainerPaths, Runtime};
@@ -81,8 +82,10 @@ pub async fn run(
     }
     // From here on SIGINT/SIGTERM/SIGHUP no longer kill nestcache: before the task starts
     // they abort the run (cleaning up), afterwards they are passed on to the task.
+    let mut phases = Phases::new();
     let mut signals = Signals::install()?;
     let cache = cache::find(client, &opts.cache).await?;
+    phases.mark("find cache");
     if cache.expired {
         return Err(Error::Invalid(format!(
             "cache {:?} expired at {} (extend it with `nestcache cache touch {} --ttl ...`)",
@@ -109,7 +112,9 @@ pub async fn run(
         r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()) => r?,
         s = signals.recv() => return Err(interrupted(s)),
     };
+    phases.mark("check id, prepare image");
     let spec = build_spec(client, &cache, &id, &image, &opts)?;
+    phases.mark("build spec");
     // Creating the container record claims the id (containerd refuses a second one); only
     // then is the container dir ours to make, and to remove on failure.
     client
@@ -120,6 +125,7 @@ pub async fn run(
             runtime: Some(opts.runtime.containerd_name().to_string()),
         })
         .await?;
+    phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
     let target = Target {
         client,
@@ -128,12 +134,13 @@ pub async fn run(
         paths: &paths,
         image: &image,
     };
-    let result = create_and_run(&target, &opts, &mut signals, on_verified).await;
+    let result = create_and_run(&target, &opts, &mut signals, &mut phases, on_verified).await;
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
                 cleanup::remove(client, &id, &paths, Duration::from_secs(10)).await?;
                 report.removed = true;
+                phases.mark("remove task, container, dirs");
             }
             if opts.rm_cache && report.exit_code.is_some() {
                 cache::remove(client, &cache, cache::RemoveOptions::default()).await?;
@@ -201,6 +208,7 @@ async fn create_and_run(
     t: &Target<'_>,
     opts: &RunOptions,
     signals: &mut Signals,
+    phases: &mut Phases,
     on_verified: impl FnOnce(&Verification),
 ) -> Result<RunReport> {
     let Target {
@@ -230,6 +238,7 @@ async fn create_and_run(
         let open = fifos.open()?;
         (fifos.stdio(), Some((fifos, open)))
     };
+    phases.mark("overlay dirs, fifos");
     let pid = client
         .create_task(NewTask {
             container_id: id.to_string(),
@@ -241,6 +250,7 @@ async fn create_and_run(
         })
         .await
         .map_err(|e| Error::Other(format!("nested container {id} could not be created: {e}")))?;
+    phases.mark("create task");
 
     let verification = if opts.mount_cache {
         let v = verify_mount(pid, &cache.path, &cache.content_dir).await?;
@@ -249,6 +259,7 @@ async fn create_and_run(
     } else {
         None
     };
+    phases.mark("verify mount");
 
     let mut report = RunReport {
         id: id.to_string(),
@@ -284,13 +295,16 @@ async fn create_and_run(
             "nested container {id} could not start: {e}"
         )));
     }
+    phases.mark("start task");
     let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
     drop(raw);
     let exit = exit?;
+    phases.mark("wait for exit");
     // The shim closes the FIFOs once it has passed on all output.
     let copied = copies.wait_output().await;
     fifos.remove();
     copied?;
+    phases.mark("drain output");
     report.exit_code = Some(exit.code);
     if !opts.rm {
         // Like `ctr run`: the exited task goes (and its shim with it), the container stays
