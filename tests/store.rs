@@ -250,3 +250,63 @@ fn sigkill_at_many_moments_always_leaves_a_consistent_store() {
     ok(&["store", "gc", "--store", &store]);
     assert_intact(&store);
 }
+
+#[test]
+fn check_names_every_bad_blob_when_hashing_in_parallel() {
+    let d = Dirs::new();
+    let img = image(300, 6, "amd64", 7);
+    oci_dir(&d.path("src"), &[&img], &[("x", &img.manifest)]);
+    let store = d.s("store");
+    ok(&[
+        "stage",
+        &format!("oci:{}", d.s("src")),
+        "--store",
+        &store,
+        "--no-unpack",
+    ]);
+    let blobs = d.path("store/blobs/sha256");
+    let flipped = blobs.join(img.layers[1].digest().hex());
+    let mut data = fs::read(&flipped).unwrap();
+    data[0] ^= 0xff;
+    fs::write(&flipped, data).unwrap();
+    let truncated = blobs.join(img.layers[4].digest().hex());
+    let len = fs::metadata(&truncated).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    fs::write(blobs.join("stray"), b"x").unwrap();
+    let total = fs::read_dir(&blobs).unwrap().count() as u64;
+
+    let out = nc(&["store", "check", "--store", &store, "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expected: Vec<String> = report["corrupt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["expected"].as_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    let mut want = vec![
+        img.layers[1].digest().to_string(),
+        img.layers[4].digest().to_string(),
+        "sha256:stray".to_string(),
+    ];
+    want.sort();
+    assert_eq!(expected, want, "{report}");
+    // Every blob but the stray one was hashed.
+    assert_eq!(report["blobs_checked"], total - 1, "{report}");
+    // The ref reaches both bad layers, so they also count as missing for it.
+    let mut missing: Vec<String> = report["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    missing.sort();
+    want.retain(|w| w != "sha256:stray");
+    assert_eq!(missing, want, "{report}");
+}

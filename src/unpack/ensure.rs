@@ -195,9 +195,12 @@ fn extract_parallel(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let out: Mutex<Vec<(usize, Result<Extracted>)>> = Mutex::new(Vec::new());
+    let (stop_flusher, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
+        s.spawn(|| write_back_early(layout, stopped));
+        let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
-            s.spawn(|| loop {
+            handles.push(s.spawn(|| loop {
                 if failed.load(Ordering::Relaxed) {
                     break;
                 }
@@ -216,8 +219,15 @@ fn extract_parallel(
                     failed.store(true, Ordering::Relaxed);
                 }
                 out.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
-            });
+            }));
         }
+        for h in handles {
+            if let Err(panic) = h.join() {
+                // Unwinding drops `stop_flusher` too, so the scope can end.
+                std::panic::resume_unwind(panic);
+            }
+        }
+        drop(stop_flusher);
     });
     let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     out.sort_by_key(|(i, _)| *i);
@@ -349,6 +359,24 @@ pub fn clean_stale_tmp(layout: &ContentLayout) {
 }
 
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often the disk is asked to start writing what extraction has written so far.
+const WRITE_BACK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps the disk busy while layers extract: a `syncfs` every [`WRITE_BACK_EVERY`] until
+/// `stop` hangs up. Without it nothing reaches the disk before the final `syncfs` (dirty
+/// pages stay under the kernel's background threshold), which then waits for the whole
+/// image at disk speed after the CPU work is done; with it, that wait overlaps inflating
+/// and only the last fraction is left. Errors are left to the final, checked `syncfs`.
+fn write_back_early(layout: &ContentLayout, stop: std::sync::mpsc::Receiver<()>) {
+    let Ok(dir) = File::open(layout.layers_dir()) else {
+        return;
+    };
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WRITE_BACK_EVERY)
+    {
+        let _ = nix::unistd::syncfs(dir.as_raw_fd());
+    }
+}
 
 /// One `syncfs` makes every extracted tree durable before any is published, instead of
 /// an fsync per file: a published tree must never turn out empty after a crash.
