@@ -42,7 +42,10 @@ pub fn mount(wanted: &StoreImage, dir: &Path, target: &Path) -> Result<(), Strin
         image.manifest.layers().len(),
     )
     .map_err(|e| format!("{what}: {e}"))?;
-    let overlay = Overlay::prepare(dir, &layers).map_err(|e| format!("{what}: {e}"))?;
+    // The upper dir lives in the bundle and goes with the task: never worth a sync.
+    let overlay = Overlay::prepare(dir, &layers)
+        .map_err(|e| format!("{what}: {e}"))?
+        .volatile(true);
     if let Err(e) = overlay.mount(target) {
         let _ = overlay.remove();
         return Err(format!("{what}: {e}"));

@@ -1,7 +1,8 @@
-//! The ttrpc Task service containerd talks to: one container per shim, its init process
-//! and its execs, all run by runc.
+//! The ttrpc Task service containerd talks to: the containers of one group (one, or all
+//! the nested containers of a cache: see `service::group_of`), their init processes and
+//! execs, all run by runc.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -77,7 +78,24 @@ pub struct TaskService {
     events: Events,
     exits: Arc<Exits>,
     exit: Arc<ExitSignal>,
-    container: Mutex<Option<Container>>,
+    containers: Mutex<HashMap<String, Container>>,
+    /// Ids whose create is under way (runc runs without the `containers` lock held).
+    creating: Mutex<HashSet<String>>,
+}
+
+/// An id reserved for one create; released when the create returns, however it returns.
+struct Reservation<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl TaskService {
@@ -91,12 +109,31 @@ impl TaskService {
             events,
             exits,
             exit,
-            container: Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Container>> {
-        self.container.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `id` for a create, so that runc can work without the `containers` lock held
+    /// (the group's other containers stay served) and a second create of the same id is
+    /// refused instead of racing the first (whose cleanup would delete the winner).
+    fn reserve(&self, id: &str) -> TtrpcResult<Reservation<'_>> {
+        let containers = self.lock();
+        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if containers.contains_key(id) || !creating.insert(id.to_string()) {
+            return Err(rpc_err(
+                Code::ALREADY_EXISTS,
+                format!("container {id} already exists in this shim"),
+            ));
+        }
+        Ok(Reservation {
+            set: &self.creating,
+            id: id.to_string(),
+        })
     }
 
     fn with_container<T>(
@@ -104,10 +141,9 @@ impl TaskService {
         id: &str,
         f: impl FnOnce(&mut Container) -> TtrpcResult<T>,
     ) -> TtrpcResult<T> {
-        let mut guard = self.lock();
-        match guard.as_mut() {
-            Some(c) if c.id == id => f(c),
-            _ => Err(rpc_err(
+        match self.lock().get_mut(id) {
+            Some(c) => f(c),
+            None => Err(rpc_err(
                 Code::NOT_FOUND,
                 format!("container {id} not found"),
             )),
@@ -184,13 +220,7 @@ fn stdio_paths(terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> Stdio
 
 impl TaskService {
     fn do_create(&self, req: &CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
-        let mut guard = self.lock();
-        if let Some(c) = guard.as_ref() {
-            return Err(rpc_err(
-                Code::ALREADY_EXISTS,
-                format!("this shim already runs container {}", c.id),
-            ));
-        }
+        let _reserved = self.reserve(&req.id)?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = Spec::load(&bundle).map_err(|e| rpc_err(Code::INVALID_ARGUMENT, e))?;
         let runc = runc_for(req, &self.namespace, &bundle);
@@ -241,15 +271,17 @@ impl TaskService {
         };
         init.set_pid(pid);
         let early_exit = self.watch(&init, pid);
-        *guard = Some(Container {
-            id: req.id.clone(),
-            bundle: bundle.clone(),
-            runc,
-            record,
-            init: init.clone(),
-            execs: HashMap::new(),
-        });
-        drop(guard);
+        self.lock().insert(
+            req.id.clone(),
+            Container {
+                id: req.id.clone(),
+                bundle: bundle.clone(),
+                runc,
+                record,
+                init: init.clone(),
+                execs: HashMap::new(),
+            },
+        );
         self.events.publish(
             TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -392,7 +424,7 @@ impl TaskService {
             });
         }
         let mut guard = self.lock();
-        let Some(c) = guard.as_ref().filter(|c| c.id == req.id) else {
+        let Some(c) = guard.get(&req.id) else {
             return Err(rpc_err(
                 Code::NOT_FOUND,
                 format!("container {} not found", req.id),
@@ -411,7 +443,7 @@ impl TaskService {
             }
         }
         mounts::teardown(&c.bundle, Some(&c.record)).map_err(|e| rpc_err(Code::INTERNAL, e))?;
-        let Some(c) = guard.take() else {
+        let Some(c) = guard.remove(&req.id) else {
             return Err(rpc_err(Code::NOT_FOUND, "container vanished"));
         };
         drop(guard);
@@ -645,8 +677,8 @@ impl Task for TaskService {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, _req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
-        let task_pid = self.lock().as_ref().map(|c| c.init.pid()).unwrap_or(0);
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task_pid = self.lock().get(&req.id).map_or(0, |c| c.init.pid());
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -681,8 +713,8 @@ impl Task for TaskService {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {
-        // containerd asks after every delete; a shim with a live container stays.
-        if !req.now && self.lock().is_some() {
+        // containerd asks after every delete; a shim with a container of its group stays.
+        if !req.now && !self.lock().is_empty() {
             return Ok(api::Empty::new());
         }
         self.exit.signal();

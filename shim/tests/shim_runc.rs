@@ -207,3 +207,97 @@ fn containerd_sees_task_events_in_order() {
     assert!(exits[0].contains("\"id\":\"ex\""), "{}", exits[0]);
     assert!(exits[1].contains("\"exit_status\":137"), "{}", exits[1]);
 }
+
+/// The nestcache shim processes serving namespace `ns` (one per group).
+fn shims_in(ns: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let serving = args.iter().any(|a| a == "-socket");
+        let ours = args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-nestcache-v2"));
+        let in_ns = args.windows(2).any(|w| w[0] == "-namespace" && w[1] == ns);
+        if ours && serving && in_ns {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn group_annotation_shares_one_shim_until_its_last_task_goes() {
+    let ctr = Ctr::new("shim-group");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let (a, b, solo) = (unique("a"), unique("b"), unique("solo"));
+    let _guards: Vec<TaskGuard> = [&a, &b, &solo]
+        .iter()
+        .map(|id| TaskGuard {
+            ctr: &ctr,
+            id: id.to_string(),
+        })
+        .collect();
+    let group = unique("g");
+    let annotation = format!("io.nestcache.group={group}");
+    for id in [&a, &b] {
+        let out = ctr.run_rootfs(
+            root.path(),
+            &["-d", "--annotation", &annotation],
+            id,
+            &["/bin/sleep", "1000"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(shims_in(&ctr.namespace).len(), 1, "a and b share a shim");
+    let out = ctr.run_rootfs(root.path(), &["-d"], &solo, &["/bin/sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(shims_in(&ctr.namespace).len(), 2, "solo has its own shim");
+
+    // Removing one task of the group leaves the other served by the same shim.
+    ctr.remove(&a);
+    assert_eq!(ctr.task_status(&b).as_deref(), Some("RUNNING"));
+    let exec = ctr.run(&["task", "exec", "--exec-id", "e1", &b, "/bin/echo", "still"]);
+    assert_eq!(stdout(&exec), "still\n", "{}", stderr(&exec));
+    assert_eq!(shims_in(&ctr.namespace).len(), 2);
+
+    // The group's last task takes its shim and its socket with it.
+    ctr.remove(&b);
+    ctr.wait_for("the group's shim to exit", || {
+        shims_in(&ctr.namespace).len() == 1
+    });
+    let socket = containerd_shim::socket_address(
+        &ctr.address,
+        &ctr.namespace,
+        &format!("nestcache-{group}"),
+    );
+    let socket = socket.trim_start_matches("unix://").to_string();
+    ctr.wait_for("the group's socket to go", || {
+        !std::path::Path::new(&socket).exists()
+    });
+
+    // A new task of the group starts a new shim.
+    let again = unique("again");
+    let _g = TaskGuard {
+        ctr: &ctr,
+        id: again.clone(),
+    };
+    let out = ctr.run_rootfs(
+        root.path(),
+        &["--rm", "--annotation", &annotation],
+        &again,
+        &["/bin/echo", "again"],
+    );
+    assert_eq!(stdout(&out), "again\n", "{}", stderr(&out));
+    ctr.remove(&solo);
+    ctr.wait_for("every shim to exit", || shims_in(&ctr.namespace).is_empty());
+}

@@ -34,6 +34,9 @@ pub const ANNOTATION_IMAGE: &str = "io.nestcache.image";
 /// Spec annotation by which containerd's runc v2 shim groups tasks into one shim process:
 /// a nested container joins its cache container's shim instead of starting its own.
 pub const RUNC_SHIM_GROUP: &str = "io.containerd.runc.v2.group";
+/// Spec annotation: containers with the same value share one nestcache shim process
+/// (`run --runtime shim` sets the cache container's id).
+pub const NESTCACHE_SHIM_GROUP: &str = "io.nestcache.group";
 
 /// The runtime containerd runs tasks with unless told otherwise.
 pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";

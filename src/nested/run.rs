@@ -183,6 +183,10 @@ fn build_spec(
             .insert(labels::RUNC_SHIM_GROUP.into(), cache.id.clone());
     }
     if opts.runtime == Runtime::Shim {
+        // Likewise for nestcache's shim: the cache's nested containers share one.
+        spec_opts
+            .annotations
+            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.id.clone());
         spec_opts.annotations.insert(
             labels::ANNOTATION_STORE.into(),
             cache.content_dir.to_string_lossy().into_owned(),
@@ -226,7 +230,9 @@ async fn create_and_run(
     std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
     let mut rootfs = Vec::new();
     if opts.runtime == Runtime::Runc {
-        rootfs.push(Overlay::prepare(&paths.dir, &image.layer_dirs)?.to_containerd_mount());
+        // A --rm container's upper dir goes with it: no need to sync it, ever.
+        let overlay = Overlay::prepare(&paths.dir, &image.layer_dirs)?.volatile(opts.rm);
+        rootfs.push(overlay.to_containerd_mount());
     }
 
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
