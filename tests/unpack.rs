@@ -116,6 +116,60 @@ fn regular_files_dirs_links_devices_and_metadata() {
         .is_some());
 }
 
+/// Most files skip chown/chmod (the kernel already gives them owner and mode); these are
+/// the cases where it must not: setgid parents, modes the umask cuts, special bits, and
+/// owners other than ours.
+#[test]
+fn owners_and_modes_are_exact_under_a_setgid_parent_and_any_umask() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (chown)");
+        return;
+    }
+    let tar = LayerTar::new()
+        .dir("./", 0o755)
+        .file_with("a644", b"x", 0o644, 0, 0)
+        .file_with("a755", b"x", 0o755, 0, 0)
+        .file_with("a666", b"x", 0o666, 0, 0)
+        .file_with("a777", b"x", 0o777, 0, 0)
+        .file_with("a600", b"x", 0o600, 0, 0)
+        .file_with("a4755", b"x", 0o4755, 0, 0)
+        .file_with("a2755", b"x", 0o2755, 0, 0)
+        .dir("d/", 0o2775)
+        .file_with("d/in-setgid-dir", b"x", 0o644, 0, 0)
+        .file_with("u1000", b"x", 0o644, 1000, 0)
+        .file_with("g1000", b"x", 0o644, 0, 1000)
+        .finish();
+    let want = [
+        ("a644", 0o644, 0, 0),
+        ("a755", 0o755, 0, 0),
+        ("a666", 0o666, 0, 0),
+        ("a777", 0o777, 0, 0),
+        ("a600", 0o600, 0, 0),
+        ("a4755", 0o4755, 0, 0),
+        ("a2755", 0o2755, 0, 0),
+        ("d/in-setgid-dir", 0o644, 0, 0),
+        ("u1000", 0o644, 1000, 0),
+        ("g1000", 0o644, 0, 1000),
+    ];
+    for setgid_parent in [false, true] {
+        let (t, dest) = scratch();
+        if setgid_parent {
+            // A content dir that is setgid to some group: new files would take that group.
+            std::os::unix::fs::chown(t.path(), None, Some(4321)).unwrap();
+            std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o2775)).unwrap();
+        }
+        apply_ok(&tar, &dest);
+        for (name, mode, uid, gid) in want {
+            let m = std::fs::symlink_metadata(dest.join(name)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.uid(), m.gid()),
+                (mode, uid, gid),
+                "{name} (setgid parent: {setgid_parent})"
+            );
+        }
+    }
+}
+
 #[test]
 fn whiteouts_become_overlay_whiteouts() {
     let tar = LayerTar::new()
