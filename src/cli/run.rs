@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// runc (through containerd's runc shim) or shim (containerd-shim-nestcache-v2)
     #[arg(long, default_value = "runc")]
     pub runtime: String,
+    /// Registry options, for `--stage docker://…`
+    #[command(flatten)]
+    pub registry: super::stage::RegistryArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -135,6 +138,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         cache: a.cache,
         image: a.image,
         stage: a.stage,
+        source_options: a.registry.source_options(),
         name: a.name,
         spec,
         interactive: a.interactive,

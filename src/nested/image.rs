@@ -8,6 +8,7 @@ use super::user::UserDb;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, LayerStack};
+use crate::source::SourceOptions;
 use crate::store::{stage, StageOptions, Store};
 use crate::unpack::Limits;
 
@@ -31,22 +32,27 @@ pub async fn prepare(
     content_dir: &Path,
     image: &str,
     stage: Option<&str>,
+    source_options: &SourceOptions,
 ) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
     let image = image.to_string();
-    let stage = stage.map(str::to_string);
-    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &image, stage.as_deref()))
+    let stage = stage.map(|s| (s.to_string(), source_options.clone()));
+    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &image, stage.as_ref()))
         .await
         .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
 }
 
-fn prepare_blocking(content_dir: &Path, image: &str, stage: Option<&str>) -> Result<PreparedImage> {
+fn prepare_blocking(
+    content_dir: &Path,
+    image: &str,
+    stage: Option<&(String, SourceOptions)>,
+) -> Result<PreparedImage> {
     let store = match stage {
         Some(_) => Store::open(content_dir)?,
         None => Store::open_existing(content_dir)?,
     };
-    if let Some(source) = stage {
-        stage_into(&store, source, image)?;
+    if let Some((source, source_options)) = stage {
+        stage_into(&store, source, source_options, image)?;
     }
     let resolved = store.resolve(image, None).map_err(|e| match e {
         Error::NotFound(what) => Error::NotFound(format!(
@@ -76,8 +82,8 @@ fn prepare_blocking(content_dir: &Path, image: &str, stage: Option<&str>) -> Res
 
 /// `--stage SOURCE`: stages SOURCE, recorded under the name IMAGE (unless IMAGE is a
 /// digest: then under the source's own ref).
-fn stage_into(store: &Store, source: &str, image: &str) -> Result<()> {
-    let src = crate::source::parse(source)?;
+fn stage_into(store: &Store, source: &str, opts: &SourceOptions, image: &str) -> Result<()> {
+    let src = crate::source::parse_with(source, opts)?;
     let opts = StageOptions {
         reference: image.parse::<Digest>().is_err().then(|| image.to_string()),
         progress: std::io::stderr().is_terminal(),

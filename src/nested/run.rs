@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub image: String,
     /// Stage this source into the cache's store first.
     pub stage: Option<String>,
+    /// Registry options for a `docker://` `stage` source.
+    pub source_options: crate::source::SourceOptions,
     pub name: Option<String>,
     /// Spec flags (env, workdir, user, volumes, entrypoint, command, net, read-only, tty);
     /// `id`, `namespace`, `cache_mount` and `annotations` are filled in by `run`.
@@ -109,7 +111,7 @@ pub async fn run(
     }
 
     let image = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref()) => r?,
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options) => r?,
         s = signals.recv() => return Err(interrupted(s)),
     };
     phases.mark("check id, prepare image");
