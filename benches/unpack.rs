@@ -9,7 +9,7 @@
 //! from 512 B to 4 MiB). `NESTCACHE_BENCH_LAYERS` and `NESTCACHE_BENCH_LAYER_MB` size it
 //! (default 4 layers of 64 MiB). Run: `cargo bench --bench unpack`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -349,6 +349,64 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+    by_media_type(c, &img, first);
+}
+
+/// One layer as plain tar, gzip and zstd, through `apply_layer`: what the decompressor
+/// costs on top of hashing and writing the same tree.
+fn by_media_type(c: &mut Criterion, img: &Image, layer: &LayerBlob) {
+    let dir = scratch();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(blob(img, layer)).unwrap())
+        .read_to_end(&mut tar)
+        .unwrap();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    let variants = [
+        ("tar", "application/vnd.oci.image.layer.v1.tar", tar.clone()),
+        (
+            "tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            std::fs::read(blob(img, layer)).unwrap(),
+        ),
+        (
+            "tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            zst,
+        ),
+    ];
+    let mut g = c.benchmark_group("one layer by media type");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(1));
+    g.throughput(Throughput::Bytes(tar.len() as u64));
+    for (name, media_type, bytes) in variants {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        g.bench_function(
+            format!("apply_layer {name} ({} MiB)", bytes.len() >> 20),
+            |b| {
+                b.iter_batched(
+                    scratch,
+                    |out| {
+                        let f = std::fs::File::open(&path).unwrap();
+                        let r = apply_layer(
+                            f,
+                            media_type,
+                            &layer.diff_id,
+                            &out.path().join("l"),
+                            Some(&[]),
+                            &Limits::default(),
+                        )
+                        .unwrap();
+                        assert!(matches!(r, Outcome::Done(_)));
+                        out
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+    }
     g.finish();
 }
 
