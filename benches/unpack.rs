@@ -332,25 +332,33 @@ fn bench(c: &mut Criterion) {
     g.bench_function("nestcache apply_layer", |b| {
         b.iter_batched(
             scratch,
-            |out| {
-                let f = std::fs::File::open(blob(&img, first)).unwrap();
-                let r = apply_layer(
-                    f,
-                    &first.media_type,
-                    &first.diff_id,
-                    &out.path().join("l"),
-                    Some(&[]),
-                    &Limits::default(),
-                )
-                .unwrap();
-                assert!(matches!(r, Outcome::Done(_)));
-                out
-            },
+            |out| apply_into(out, &blob(&img, first), &first.media_type, &first.diff_id),
             BatchSize::PerIteration,
         )
     });
     g.finish();
     by_media_type(c, &img, first);
+}
+
+/// Extracts the layer blob at `path` into a fresh dir in `out`, as a bottom layer.
+fn apply_into(
+    out: tempfile::TempDir,
+    path: &Path,
+    media_type: &str,
+    diff_id: &Digest,
+) -> tempfile::TempDir {
+    let f = std::fs::File::open(path).unwrap();
+    let r = apply_layer(
+        f,
+        media_type,
+        diff_id,
+        &out.path().join("l"),
+        Some(&[]),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert!(matches!(r, Outcome::Done(_)));
+    out
 }
 
 /// One layer as plain tar, gzip and zstd, through `apply_layer`: what the decompressor
@@ -388,20 +396,7 @@ fn by_media_type(c: &mut Criterion, img: &Image, layer: &LayerBlob) {
             |b| {
                 b.iter_batched(
                     scratch,
-                    |out| {
-                        let f = std::fs::File::open(&path).unwrap();
-                        let r = apply_layer(
-                            f,
-                            media_type,
-                            &layer.diff_id,
-                            &out.path().join("l"),
-                            Some(&[]),
-                            &Limits::default(),
-                        )
-                        .unwrap();
-                        assert!(matches!(r, Outcome::Done(_)));
-                        out
-                    },
+                    |out| apply_into(out, &path, media_type, &layer.diff_id),
                     BatchSize::PerIteration,
                 )
             },

@@ -159,10 +159,8 @@ fn concurrent_stagers_never_corrupt_the_store() {
     }
 }
 
-#[test]
-fn check_reports_corrupt_and_missing_blobs() {
-    let d = Dirs::new();
-    let img = image(400, 2, "amd64", 0);
+/// `img` staged (blobs only) from an OCI dir into `<d>/store`; returns it and the store.
+fn staged_blobs(d: &Dirs, img: Image) -> (Image, String) {
     oci_dir(&d.path("src"), &[&img], &[("x", &img.manifest)]);
     let store = d.s("store");
     ok(&[
@@ -172,6 +170,13 @@ fn check_reports_corrupt_and_missing_blobs() {
         &store,
         "--no-unpack",
     ]);
+    (img, store)
+}
+
+#[test]
+fn check_reports_corrupt_and_missing_blobs() {
+    let d = Dirs::new();
+    let (img, store) = staged_blobs(&d, image(400, 2, "amd64", 0));
 
     let l0 = d
         .path("store/blobs/sha256")
@@ -254,16 +259,7 @@ fn sigkill_at_many_moments_always_leaves_a_consistent_store() {
 #[test]
 fn check_names_every_bad_blob_when_hashing_in_parallel() {
     let d = Dirs::new();
-    let img = image(300, 6, "amd64", 7);
-    oci_dir(&d.path("src"), &[&img], &[("x", &img.manifest)]);
-    let store = d.s("store");
-    ok(&[
-        "stage",
-        &format!("oci:{}", d.s("src")),
-        "--store",
-        &store,
-        "--no-unpack",
-    ]);
+    let (img, store) = staged_blobs(&d, image(300, 6, "amd64", 7));
     let blobs = d.path("store/blobs/sha256");
     let flipped = blobs.join(img.layers[1].digest().hex());
     let mut data = fs::read(&flipped).unwrap();
