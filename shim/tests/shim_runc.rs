@@ -184,9 +184,12 @@ fn containerd_sees_task_events_in_order() {
     assert!(exec.status.success(), "{}", stderr(&exec));
     ctr.remove(&id);
     let lines = events.collect_until(&["/containers/delete", &id]);
+    // `ctr events` shows every namespace: other tests' tasks come and go meanwhile (and
+    // an id can be a prefix of another's).
+    let ours = format!("\"container_id\":\"{id}\"");
     let topics: Vec<&str> = lines
         .iter()
-        .filter(|l| l.contains(&id))
+        .filter(|l| l.contains(&ours))
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
         .collect();
     assert_eq!(
@@ -203,7 +206,10 @@ fn containerd_sees_task_events_in_order() {
         "{}",
         lines.join("\n")
     );
-    let exits: Vec<&String> = lines.iter().filter(|l| l.contains("/tasks/exit")).collect();
+    let exits: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("/tasks/exit") && l.contains(&ours))
+        .collect();
     assert!(exits[0].contains("\"id\":\"ex\""), "{}", exits[0]);
     assert!(exits[1].contains("\"exit_status\":137"), "{}", exits[1]);
 }
