@@ -29,7 +29,7 @@ use crate::events::Events;
 use crate::exits::Exits;
 use crate::mounts;
 use crate::process::{timestamp_field, Process, Status};
-use crate::runc::{Runc, RuncError};
+use crate::runc::{PassStdio, Runc, RuncError};
 use crate::stdio::{Prepared, StdioPaths};
 
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
@@ -179,6 +179,23 @@ fn handle_exit(events: &Events, process: &Process, code: i32) {
     );
 }
 
+/// Runs the runc command that starts `process` (`create` for init, `exec` for the
+/// others): its stdio prepared first (FIFOs opened, or a console socket), handed to runc,
+/// then kept as the process's io. Returns the pid runc wrote to `pid_file`.
+fn start_with_stdio(
+    process: &Process,
+    pid_file: &Path,
+    run: impl FnOnce(Option<&Path>, PassStdio) -> Result<(), RuncError>,
+) -> TtrpcResult<u32> {
+    let stdio_err = |e: std::io::Error| rpc_err(Code::INTERNAL, format!("stdio: {e}"));
+    let mut prepared = Prepared::new(&process.stdio).map_err(stdio_err)?;
+    let pass = prepared.take_pass().map_err(stdio_err)?;
+    run(prepared.console_socket.as_deref(), pass)
+        .map_err(|e| rpc_err(Code::UNKNOWN, e.to_string()))?;
+    process.set_io(prepared.finish().map_err(stdio_err)?);
+    read_pid(pid_file)
+}
+
 fn read_pid(path: &Path) -> TtrpcResult<u32> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| rpc_err(Code::INTERNAL, format!("read {}: {e}", path.display())))?;
@@ -239,26 +256,9 @@ impl TaskService {
         let stdio = stdio_paths(req.terminal, &req.stdin, &req.stdout, &req.stderr);
         let init = Arc::new(Process::new(&req.id, "", stdio.clone()));
         let pid_file = bundle.join("init.pid");
-        let created = (|| {
-            let mut prepared = Prepared::new(&stdio)
-                .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-            let pass = prepared
-                .take_pass()
-                .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-            runc.create(
-                &req.id,
-                &bundle,
-                &pid_file,
-                prepared.console_socket.as_deref(),
-                pass,
-            )
-            .map_err(|e| rpc_err(Code::UNKNOWN, e.to_string()))?;
-            let io = prepared
-                .finish()
-                .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-            init.set_io(io);
-            read_pid(&pid_file)
-        })();
+        let created = start_with_stdio(&init, &pid_file, |console, pass| {
+            runc.create(&req.id, &bundle, &pid_file, console, pass)
+        });
         let pid = match created {
             Ok(pid) => pid,
             Err(e) => {
@@ -381,24 +381,9 @@ impl TaskService {
                 format!("write {}: {e}", spec_file.display()),
             )
         })?;
-        let mut prepared = Prepared::new(&process.stdio)
-            .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-        let pass = prepared
-            .take_pass()
-            .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-        runc.exec(
-            &process.container_id,
-            &spec_file,
-            &pid_file,
-            prepared.console_socket.as_deref(),
-            pass,
-        )
-        .map_err(|e| rpc_err(Code::UNKNOWN, e.to_string()))?;
-        let io = prepared
-            .finish()
-            .map_err(|e| rpc_err(Code::INTERNAL, format!("stdio: {e}")))?;
-        process.set_io(io);
-        read_pid(&pid_file)
+        start_with_stdio(process, &pid_file, |console, pass| {
+            runc.exec(&process.container_id, &spec_file, &pid_file, console, pass)
+        })
     }
 
     fn do_delete(&self, req: &DeleteRequest) -> TtrpcResult<DeleteResponse> {

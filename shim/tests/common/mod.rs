@@ -149,7 +149,9 @@ impl Ctr {
                 }
             }
         });
-        Events { child, rx }
+        let events = Events { child, rx };
+        events.wait_subscribed(self);
+        events
     }
 }
 
@@ -159,6 +161,24 @@ pub struct Events {
 }
 
 impl Events {
+    /// `ctr events` subscribes some time after it starts; a test that acts before that
+    /// misses its first events. A probe namespace is created until its event comes back.
+    fn wait_subscribed(&self, ctr: &Ctr) {
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < PATIENCE, "ctr events never subscribed");
+            let probe = unique("events-probe");
+            let _ = ctr.run(&["namespaces", "create", &probe]);
+            let seen = (0..10).any(|_| {
+                matches!(self.rx.recv_timeout(Duration::from_millis(50)), Ok(l) if l.contains(&probe))
+            });
+            let _ = ctr.run(&["namespaces", "remove", &probe]);
+            if seen {
+                return;
+            }
+        }
+    }
+
     /// Collects event lines until one contains every string of `until`; panics after
     /// PATIENCE.
     pub fn collect_until(&self, until: &[&str]) -> Vec<String> {
