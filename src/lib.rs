@@ -24,6 +24,7 @@ pub mod layout;
 pub mod nested;
 pub mod rootfs;
 pub mod source;
+pub mod stage;
 pub mod store;
 pub mod unpack;
 

@@ -14,7 +14,6 @@ mod gc;
 mod ingest;
 pub mod lock;
 mod refs;
-mod stage;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -23,9 +22,8 @@ use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
-pub use ingest::{hash_reader as hash_stream, Ingested};
+pub use ingest::Ingested;
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};

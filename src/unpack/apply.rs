@@ -16,7 +16,8 @@ use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatF
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
-use super::entry::{copy_xattrs, Applier, Fail, Parents, Step, COPY_BUFFER};
+use super::entry::{copy_xattrs, Applier, Parents, Step, COPY_BUFFER};
+use super::error::Fail;
 use super::lower;
 use super::path::RelPath;
 use super::stream::{self, Limits};

@@ -15,6 +15,7 @@
 mod apply;
 mod ensure;
 mod entry;
+mod error;
 mod lower;
 mod meta;
 mod path;

@@ -14,11 +14,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
-use super::{lock, refs::validate_ref_name, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, PlatformChoice, PlatformSpec, ResolvedImage};
 use crate::source::Source;
+use crate::store::{lock, validate_ref_name, Store};
+use crate::unpack::{ensure_unpacked, Limits};
 
 #[derive(Debug, Clone, Default)]
 pub struct StageOptions {
@@ -33,7 +34,7 @@ pub struct StageOptions {
     /// Per-layer progress bars on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Bomb guards for extraction.
-    pub limits: crate::unpack::Limits,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +124,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
 
     let unpacked = !opts.no_unpack;
     if unpacked {
-        crate::unpack::ensure_unpacked(store, &img, &opts.limits)?;
+        ensure_unpacked(store, &img, &opts.limits)?;
     }
 
     Ok(StageReport {
