@@ -8,7 +8,7 @@ mod resolve;
 
 use std::str::FromStr;
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, ImageConfiguration, MediaType};
 
 pub use media::*;
 pub use platform::{pick_platform, PlatformChoice, PlatformSpec};
@@ -34,25 +34,44 @@ pub struct ResolvedImage {
     /// The manifest's descriptor (with the platform it was chosen for, when known).
     pub manifest_descriptor: Descriptor,
     pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
     pub manifest_bytes: Vec<u8>,
     pub config_digest: Digest,
     pub config: ImageConfiguration,
     pub config_bytes: Vec<u8>,
-    /// The config's `rootfs.diff_ids`, one per layer, bottom to top.
-    pub diff_ids: Vec<Digest>,
+    /// Private, so that [`layers`](Self::layers) is the only way to an image's layers:
+    /// paired with their diff_ids, whose count resolution checked once.
+    layers: Vec<Layer>,
     /// The platform of the image (from its config).
     pub platform: PlatformSpec,
 }
 
-impl ResolvedImage {
-    pub fn layers(&self) -> &[Descriptor] {
-        self.manifest.layers()
+/// One layer of a resolved image, bottom to top, as resolution checked it: a sha256 blob
+/// digest, a layer media type nestcache accepts, and the diff_id the config gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    pub descriptor: Descriptor,
+    /// The blob's digest (compressed), from the descriptor.
+    pub digest: Digest,
+    /// The digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+    /// The chain id of this layer over the ones beneath it.
+    pub chain_id: Digest,
+}
+
+impl Layer {
+    pub fn media_type(&self) -> String {
+        self.descriptor.media_type().to_string()
     }
 
-    /// Layer digests, bottom to top.
-    pub fn layer_digests(&self) -> Result<Vec<Digest>> {
-        self.layers().iter().map(descriptor_digest).collect()
+    pub fn size(&self) -> u64 {
+        self.descriptor.size()
+    }
+}
+
+impl ResolvedImage {
+    /// The layers, bottom to top, each with its diff_id and chain id.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
     /// Sum of the manifest, config and layer sizes.

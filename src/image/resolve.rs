@@ -10,8 +10,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 
 use super::media::*;
 use super::platform::{pick_platform, PlatformChoice, PlatformSpec};
-use super::{descriptor_digest, ResolvedImage};
-use crate::digest::Digest;
+use super::{descriptor_digest, Layer, ResolvedImage};
+use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, Result};
 
 /// Upper bound for an index or manifest (containerd uses the same order of magnitude); a
@@ -137,10 +137,11 @@ fn resolve_manifest(
             "{what}: config media type {config_type:?} is not a container image config (an artifact?)"
         )));
     }
+    let mut layer_digests = Vec::with_capacity(manifest.layers().len());
     for layer in manifest.layers() {
         layer_compression(layer.media_type().as_ref())
             .map_err(|e| Error::Invalid(format!("{what}: layer {}: {e}", layer.digest())))?;
-        descriptor_digest(layer)?;
+        layer_digests.push(descriptor_digest(layer)?);
     }
 
     let config_what = format!("config {}", config_desc.digest());
@@ -161,6 +162,19 @@ fn resolve_manifest(
             diff_ids.len()
         )));
     }
+    let chains = chain_ids(&diff_ids);
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(layer_digests)
+        .zip(diff_ids.into_iter().zip(chains))
+        .map(|((descriptor, digest), (diff_id, chain_id))| Layer {
+            descriptor: descriptor.clone(),
+            digest,
+            diff_id,
+            chain_id,
+        })
+        .collect();
     let platform = PlatformSpec::of_config(&config);
     if choice.explicit && !choice.platform.matches(&platform) {
         return Err(Error::NotFound(format!(
@@ -175,12 +189,11 @@ fn resolve_manifest(
     Ok(ResolvedImage {
         manifest_descriptor,
         manifest_digest,
-        manifest,
         manifest_bytes,
         config_digest,
         config,
         config_bytes,
-        diff_ids,
+        layers,
         platform,
     })
 }
@@ -274,7 +287,7 @@ mod tests {
         let img = resolve(&root, &choice, &mut fetcher(&blobs)).unwrap();
         assert_eq!(img.manifest_descriptor.digest(), arm.digest());
         assert_eq!(img.platform.architecture, "arm64");
-        assert_eq!(img.diff_ids.len(), 1);
+        assert_eq!(img.layers().len(), 1);
 
         let choice = PlatformChoice::new(Some("linux/s390x".parse().unwrap()));
         let err = resolve(&root, &choice, &mut fetcher(&blobs))
@@ -314,5 +327,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("digest mismatch"), "{err}");
+
+        // A config listing two diff_ids for a manifest of one layer.
+        let layer = entry(OCI_LAYER, b"layer", None);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{0}","{0}"]}}}}"#,
+            Digest::of(b"layer")
+        )
+        .into_bytes();
+        let c = entry(OCI_CONFIG, &config, None);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": c, "layers": [layer]
+        })
+        .to_string()
+        .into_bytes();
+        let m = entry(OCI_MANIFEST, &manifest, None);
+        blobs.insert(c.digest().to_string(), config);
+        blobs.insert(m.digest().to_string(), manifest);
+        let err = resolve(&m, &PlatformChoice::new(None), &mut fetcher(&blobs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has 1 layers but its config"), "{err}");
     }
 }
