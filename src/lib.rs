@@ -26,6 +26,7 @@ pub mod nested;
 pub mod process;
 pub mod rootfs;
 pub mod source;
+pub mod stage;
 pub mod store;
 pub mod unpack;
 

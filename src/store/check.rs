@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::{ingest::hash_reader, lock, Store};
-use crate::digest::{chain_ids, Digest};
+use super::{lock, Store};
+use crate::digest::{chain_ids, hash_reader, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, DocKind};
 

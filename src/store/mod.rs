@@ -17,7 +17,6 @@ mod ingest;
 mod lease;
 pub mod lock;
 mod refs;
-mod stage;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -26,10 +25,9 @@ use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
-pub use ingest::{hash_reader as hash_stream, Ingested};
+pub use ingest::Ingested;
 pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
