@@ -63,6 +63,12 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if let Some(top) = &dir.created_top {
+        lbls.insert(
+            labels::CONTENT_DIR_CREATED.to_string(),
+            path_str(top)?.to_string(),
+        );
+    }
     if let Some(e) = expires_at {
         lbls.insert(labels::EXPIRES.to_string(), rfc3339(e));
     }
@@ -312,6 +318,8 @@ struct ContentDir {
     owned: bool,
     /// Created by this very run: a failed create deletes it again.
     created_now: bool,
+    /// The topmost dir this run made (the content dir or a missing parent of it).
+    created_top: Option<PathBuf>,
 }
 
 impl ContentDir {
@@ -320,6 +328,7 @@ impl ContentDir {
             Some(d) => (d.to_path_buf(), false),
             None => (state.default_content_dir(name), true),
         };
+        let mut created_top = None;
         let created_now = match fs::metadata(&dir) {
             Ok(m) if m.is_dir() => false,
             Ok(_) => {
@@ -329,7 +338,10 @@ impl ContentDir {
                 )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let top = topmost_missing(&dir);
                 fs::create_dir_all(&dir).ctx(|| format!("create content dir {}", dir.display()))?;
+                created_top =
+                    Some(fs::canonicalize(&top).ctx(|| format!("resolve {}", top.display()))?);
                 true
             }
             Err(e) => return Err(Error::io(format!("content dir {}", dir.display()), e)),
@@ -341,14 +353,30 @@ impl ContentDir {
             path,
             owned: owned_if_exists || created_now,
             created_now,
+            created_top,
         })
     }
 
     fn undo(&self) {
         if self.created_now {
             let _ = fs::remove_dir_all(&self.path);
+            if let Some(top) = &self.created_top {
+                super::remove::remove_created_parents(&self.path, top);
+            }
         }
     }
+}
+
+/// The highest ancestor of `dir` (or `dir`) that does not exist yet.
+fn topmost_missing(dir: &Path) -> PathBuf {
+    let mut top = dir.to_path_buf();
+    for a in dir.ancestors().skip(1) {
+        if a.as_os_str().is_empty() || fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        top = a.to_path_buf();
+    }
+    top
 }
 
 fn nonce() -> Result<String> {

@@ -11,6 +11,7 @@
 
 mod create;
 pub mod keeper;
+pub mod leases;
 mod remove;
 pub mod spec;
 mod ttl;
@@ -61,6 +62,9 @@ pub struct CacheInfo {
     pub content_dir: PathBuf,
     /// Whether nestcache created the content dir (and `rm` deletes it).
     pub content_dir_owned: bool,
+    /// The topmost dir `create` made for the content dir (itself or a parent), if any.
+    #[serde(skip)]
+    pub content_dir_created: Option<PathBuf>,
     /// The task's status; None when the container has no task.
     pub status: Option<TaskStatus>,
     pub pid: Option<u32>,
@@ -217,6 +221,7 @@ pub(crate) fn info_from_labels(namespace: &str, c: &Container) -> CacheInfo {
         path: PathBuf::from(c.label(labels::PATH).unwrap_or_default()),
         content_dir: PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default()),
         content_dir_owned: c.label(labels::CONTENT_DIR_OWNED) == Some("true"),
+        content_dir_created: c.label(labels::CONTENT_DIR_CREATED).map(PathBuf::from),
         status: None,
         pid: None,
         created: c.created_at.map(rfc3339),

@@ -27,7 +27,34 @@ pub async fn rm(client: &Client, name: &str, opts: RemoveOptions) -> Result<bool
             users.join(", ")
         )));
     }
+    let leased = leased_by(&info, &opts).await?;
+    if !leased.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cache {name:?}: its content dir {} is still leased by {}: remove those containers first (`nestcache rm`)",
+            info.content_dir.display(),
+            leased.join(", ")
+        )));
+    }
     remove(client, &info, opts).await
+}
+
+/// Who still leases what is in the cache's content dir, when removing the cache would
+/// delete that dir (the layers under a container's overlay must never go).
+async fn leased_by(info: &CacheInfo, opts: &RemoveOptions) -> Result<Vec<String>> {
+    if !will_remove_dir(info, opts) {
+        return Ok(Vec::new());
+    }
+    Ok(super::leases::live_in(&info.content_dir)
+        .await?
+        .live_holders())
+}
+
+fn will_remove_dir(info: &CacheInfo, opts: &RemoveOptions) -> bool {
+    !info.content_dir.as_os_str().is_empty()
+        && info.content_dir.is_absolute()
+        && info.content_dir != Path::new("/")
+        && !opts.keep_content
+        && (info.content_dir_owned || opts.remove_user_content_dir)
 }
 
 /// The nested containers running from cache `name`.
@@ -57,10 +84,14 @@ pub async fn remove(client: &Client, info: &CacheInfo, opts: RemoveOptions) -> R
     if info.content_dir.as_os_str().is_empty() || !info.content_dir.is_absolute() {
         return Ok(false);
     }
-    let remove_dir = !opts.keep_content && (info.content_dir_owned || opts.remove_user_content_dir);
-    if remove_dir && info.content_dir != Path::new("/") {
+    if will_remove_dir(info, &opts) {
         match fs::remove_dir_all(&info.content_dir) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                if let Some(top) = &info.content_dir_created {
+                    remove_created_parents(&info.content_dir, top);
+                }
+                return Ok(true);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
                 return Err(Error::io(
@@ -76,6 +107,19 @@ pub async fn remove(client: &Client, info: &CacheInfo, opts: RemoveOptions) -> R
     }
     remove_meta(&ContentLayout::new(&info.content_dir), &info.name);
     Ok(false)
+}
+
+/// Removes the parents of `dir` that `cache create` made, up to and including `top`,
+/// each only while empty: what someone else put there meanwhile stays, with its parents.
+pub(super) fn remove_created_parents(dir: &Path, top: &Path) {
+    if !dir.starts_with(top) || top == Path::new("/") {
+        return;
+    }
+    for p in dir.ancestors().skip(1) {
+        if !p.starts_with(top) || fs::remove_dir(p).is_err() {
+            return;
+        }
+    }
 }
 
 /// Removes `.nestcache/cache/<name>` and, when empty, its parents up to the content dir.
@@ -111,6 +155,11 @@ pub async fn gc(client: &Client) -> Result<Vec<Reaped>> {
             tracing::info!("gc: cache {} is in use by nested containers; kept", i.name);
             continue;
         }
+        let leased = leased_by(&i, &RemoveOptions::default()).await?;
+        if !leased.is_empty() {
+            tracing::info!("gc: cache {} is leased by {leased:?}; kept", i.name);
+            continue;
+        }
         let content_dir_removed = remove(client, &i, RemoveOptions::default()).await?;
         out.push(Reaped {
             name: i.name,
@@ -137,7 +186,17 @@ pub async fn reap_expired(client: &Client) -> Vec<Reaped> {
         if !i.expired {
             continue;
         }
-        match running_users(client, &i.name).await {
+        let users = match running_users(client, &i.name).await {
+            Ok(mut users) => match leased_by(&i, &RemoveOptions::default()).await {
+                Ok(leased) => {
+                    users.extend(leased);
+                    Ok(users)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match users {
             Ok(users) if users.is_empty() => {}
             Ok(users) => {
                 tracing::info!("expired cache {} is in use by {users:?}; kept", i.name);

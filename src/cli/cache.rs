@@ -91,7 +91,10 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
             let opts = CreateOptions {
                 name: a.name,
                 path: a.path,
-                content_dir: a.content_dir,
+                content_dir: a
+                    .content_dir
+                    .map(|d| super::absolute("--content-dir", &d))
+                    .transpose()?,
                 ttl: a.ttl.as_deref().map(parse_ttl).transpose()?,
                 reuse: a.reuse,
             };
@@ -128,6 +131,12 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
             }
         }
         CacheCmd::Rm(a) => {
+            let state = StateLayout::new(&g.state_dir);
+            for id in
+                nestcache::nested::manage::remove_exited_of_cache(&client, &state, &a.name).await?
+            {
+                println!("removed exited nested container {id}");
+            }
             let removed_dir = cache::rm(
                 &client,
                 &a.name,
@@ -148,12 +157,20 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
             );
         }
         CacheCmd::Gc(a) => {
+            let state = StateLayout::new(&g.state_dir);
+            let orphans = nestcache::nested::reap_orphans(&client, &state).await;
             let reaped = cache::gc(&client).await?;
             if a.json {
-                super::print_json(&reaped)?;
-            } else if reaped.is_empty() {
+                super::print_json(&serde_json::json!({
+                    "caches": reaped,
+                    "orphaned_containers": orphans,
+                }))?;
+            } else if reaped.is_empty() && orphans.is_empty() {
                 println!("nothing to collect");
             } else {
+                for id in &orphans {
+                    println!("removed orphaned nested container {id}: its run is gone");
+                }
                 for r in &reaped {
                     println!("removed cache {}: {}", r.name, r.reason);
                 }

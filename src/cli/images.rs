@@ -24,6 +24,10 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct RmArgs {
     pub reference: String,
+    /// Remove the ref even while containers use the image (what they run stays leased
+    /// until they are removed)
+    #[arg(short, long)]
+    pub force: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -59,12 +63,30 @@ pub async fn run(g: &Globals, c: ImagesCmd) -> anyhow::Result<ExitCode> {
         }
         ImagesCmd::Rm(a) => {
             let store = a.target.open_existing(g).await?;
+            // Like `docker rmi`: an image a container uses stays unless forced.
+            let users = nestcache::cache::leases::classify(store.lease_users(&a.reference)?)
+                .await
+                .live_holders();
+            if !users.is_empty() && !a.force {
+                return Err(nestcache::store::LeaseError::InUse {
+                    reference: a.reference.clone(),
+                    users,
+                }
+                .into());
+            }
             let removed = store.remove_ref(&a.reference)?;
             println!(
                 "removed {} ({}); run `nestcache store gc` to free its blobs",
                 a.reference,
                 removed.digest()
             );
+            if !users.is_empty() {
+                eprintln!(
+                    "nestcache: {} still used by {}: its content stays until they are removed",
+                    a.reference,
+                    users.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -81,7 +81,10 @@ pub enum Command {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let g = cli.globals;
+    let mut g = cli.globals;
+    // containerd resolves paths on its own (upper and work dirs, bind sources): every
+    // path handed on must be absolute, so relative ones are made so here, at the edge.
+    g.state_dir = absolute("--state-dir", &g.state_dir)?;
     match cli.command {
         Command::Env(a) => env::run(&g, a).await,
         Command::System(c) => system::run(&g, c).await,
@@ -96,6 +99,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(a) => run::rm(&g, a).await,
         Command::Logs(a) => run::logs(&g, a).await,
     }
+}
+
+/// `path` made absolute against the current directory (not resolved: no symlinks are
+/// followed, nothing needs to exist yet).
+pub fn absolute(what: &str, path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        anyhow::bail!("{what}: empty path");
+    }
+    std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("{what} {}: cannot make it absolute: {e}", path.display()))
 }
 
 /// `RUST_LOG` controls logs; they go to stderr and are silent by default.
@@ -142,6 +155,10 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
     let started = std::time::Instant::now();
     let client = nestcache::env::connect(&connect_options(g)).await?;
     let connected = started.elapsed();
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    for id in nestcache::nested::reap_orphans(&client, &state).await {
+        eprintln!("nestcache: removed orphaned nested container {id} (its `run --rm` is gone)");
+    }
     for r in nestcache::cache::reap_expired(&client).await {
         eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
     }

@@ -74,18 +74,27 @@ pub async fn run(g: &Globals, c: StoreCmd) -> anyhow::Result<ExitCode> {
         }
         StoreCmd::Gc(a) => {
             let store = a.target.open_existing(g).await?;
-            let report = tokio::task::spawn_blocking(move || store.gc())
+            // Leases are roots; one ends here only once its containerd confirms that its
+            // container is gone (and the process that took it has exited).
+            let verdicts = nestcache::cache::leases::classify(store.leases()?).await;
+            for (l, why) in &verdicts.live {
+                tracing::debug!("lease {} kept: {why}", l.id);
+            }
+            let stale = verdicts.stale;
+            let report = tokio::task::spawn_blocking(move || store.gc_reclaiming(&stale))
                 .await
                 .context("gc worker")??;
             if a.json {
                 super::print_json(&report)?;
             } else {
                 println!(
-                    "removed {} blobs ({} bytes), {} extracted layers, {} temp files",
+                    "removed {} blobs ({} bytes), {} extracted layers, {} temp files; {} leases kept, {} reclaimed",
                     report.blobs_removed,
                     report.bytes_freed,
                     report.layers_removed,
-                    report.temp_files_removed
+                    report.temp_files_removed,
+                    report.leases_kept,
+                    report.leases_reclaimed
                 );
             }
             Ok(ExitCode::SUCCESS)

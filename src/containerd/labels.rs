@@ -17,6 +17,9 @@ pub const EXPIRES: &str = "io.nestcache.expires";
 /// `true` when nestcache created the content dir itself (so `cache rm` may delete it);
 /// `false` when the user supplied it.
 pub const CONTENT_DIR_OWNED: &str = "io.nestcache.content-dir-owned";
+/// The topmost directory `cache create` made to create the content dir (the content dir
+/// itself, or a missing parent of it): `cache rm` removes the parents up to it, when empty.
+pub const CONTENT_DIR_CREATED: &str = "io.nestcache.content-dir-created";
 
 /// Nested containers (role [`ROLE_NESTED`]; [`NAME`], [`PATH`] and [`CONTENT_DIR`] name
 /// the cache they run from): the image as given to `run`, its manifest digest, whether
@@ -25,6 +28,11 @@ pub const IMAGE: &str = "io.nestcache.image";
 pub const MANIFEST: &str = "io.nestcache.manifest";
 pub const MOUNT_CACHE: &str = "io.nestcache.mount-cache";
 pub const EXIT_CODE: &str = "io.nestcache.exit-code";
+/// Nested containers run in the foreground: `true` for `run --rm`, and the `nestcache run`
+/// process that waits for it (`pid:start_time`, see `process::ProcessStamp`). An exited
+/// `--rm` container whose owner is gone is an orphan: the next command reaps it.
+pub const RM: &str = "io.nestcache.rm";
+pub const OWNER: &str = "io.nestcache.owner";
 
 /// Shim annotations (OCI spec `annotations`): the store (content dir) to assemble the
 /// rootfs from, and the image in it (reference or manifest digest).

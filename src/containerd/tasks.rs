@@ -122,6 +122,25 @@ impl TaskWait {
     }
 }
 
+/// How long a wait keeps reconnecting to a containerd that went away before it fails.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Whether a failed call failed because the connection did (containerd stopped or
+/// restarting) rather than because containerd answered no.
+fn connection_lost(s: &tonic::Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        // hyper's "connection closed / reset" surfaces as Unknown with a transport error.
+        Code::Unknown => {
+            let m = s.message().to_ascii_lowercase();
+            ["transport", "connection", "broken pipe", "h2 protocol"]
+                .iter()
+                .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
 impl Client {
     /// Creates the task (the shim and the process, not yet started); returns its pid.
     pub async fn create_task(&self, t: NewTask) -> Result<u32> {
@@ -158,23 +177,46 @@ impl Client {
     pub fn wait_task(&self, id: &str) -> TaskWait {
         let client = self.clone();
         let id = id.to_string();
-        let handle = tokio::spawn(async move {
-            let req = client.request(WaitRequest {
-                container_id: id.clone(),
+        let handle = tokio::spawn(async move { client.wait_reconnecting(&id).await });
+        TaskWait { handle }
+    }
+
+    /// One Wait, called again while containerd is away (restarted, upgraded): the task
+    /// lives on in its shim, which keeps its exit status for the containerd that comes
+    /// back, so the real exit code is not lost with the connection. Bounded by
+    /// [`RECONNECT_WINDOW`] from the first failure.
+    async fn wait_reconnecting(&self, id: &str) -> Result<ExitStatus> {
+        let mut lost_at: Option<std::time::Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let req = self.request(WaitRequest {
+                container_id: id.to_string(),
                 exec_id: String::new(),
             });
-            match client.inner.tasks().wait(req).await {
+            let status = match self.inner.tasks().wait(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    Ok(ExitStatus {
+                    if lost_at.is_some() {
+                        tracing::info!("task {id}: containerd is back; its exit was kept");
+                    }
+                    return Ok(ExitStatus {
                         code: r.exit_status,
                         exited_at: r.exited_at.and_then(timestamp),
-                    })
+                    });
                 }
-                Err(s) => Err(client.error(format_args!("wait for task {id}"), s)),
+                Err(s) => s,
+            };
+            let since = *lost_at.get_or_insert_with(std::time::Instant::now);
+            if !connection_lost(&status) || since.elapsed() >= RECONNECT_WINDOW {
+                return Err(self.error(format_args!("wait for task {id}"), status));
             }
-        });
-        TaskWait { handle }
+            tracing::warn!(
+                "task {id}: lost containerd ({}); reconnecting",
+                status.message()
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Sends `signal` to the task's init process (or, with `all`, every process in it).

@@ -1,6 +1,8 @@
 //! Removing a nested container completely: task (the shim unmounts the rootfs when it is
-//! deleted), container record, then its dir (overlay links, upper, work, FIFOs, log).
+//! deleted), container record, its dir (overlay links, upper, work, FIFOs, log), then its
+//! store lease (last: while anything of it may still use the layers, they stay).
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::ContainerPaths;
@@ -8,12 +10,14 @@ use crate::containerd::Client;
 use crate::error::{Error, Result};
 
 /// Stops (SIGTERM, SIGKILL after `grace`) and deletes the task, deletes the container and
-/// its dir. Parts already gone are fine, so this can run after any failure.
+/// its dir, and releases its lease in the store at `content_dir`. Parts already gone are
+/// fine, so this can run after any failure.
 pub async fn remove(
     client: &Client,
     id: &str,
     paths: &ContainerPaths,
     grace: Duration,
+    content_dir: &Path,
 ) -> Result<()> {
     match client.stop_and_delete_task(id, grace).await {
         // Deleted meanwhile by a concurrent `stop` or `rm`: what we wanted.
@@ -22,8 +26,9 @@ pub async fn remove(
     }
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("remove {}", paths.dir.display()), e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("remove {}", paths.dir.display()), e)),
     }
+    super::release_lease(client, id, content_dir)
 }

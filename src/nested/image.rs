@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::rootfs::{self, LayerStack};
 use crate::source::SourceOptions;
 use crate::stage::{stage, StageOptions};
-use crate::store::Store;
+use crate::store::{LeaseHolder, Store};
 use crate::unpack::Limits;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
@@ -27,26 +27,35 @@ pub struct PreparedImage {
     pub layer_dirs: Vec<PathBuf>,
 }
 
+/// The lease a prepared image is taken under: its id and holder.
+pub type LeaseFor = (String, LeaseHolder);
+
 /// Resolves `image` in the store at `content_dir` (staging `stage` first), extracts what
-/// is not extracted yet, and reads the image's /etc/passwd and /etc/group.
+/// is not extracted yet, reads the image's /etc/passwd and /etc/group, and leases the
+/// manifest to `lease` before gc may run again (the caller releases it on failure).
 pub async fn prepare(
     content_dir: &Path,
     image: &str,
     stage: Option<&str>,
     source_options: &SourceOptions,
+    lease: &LeaseFor,
 ) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
     let image = image.to_string();
     let stage = stage.map(|s| (s.to_string(), source_options.clone()));
-    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &image, stage.as_ref()))
-        .await
-        .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+    let lease = lease.clone();
+    tokio::task::spawn_blocking(move || {
+        prepare_blocking(&content_dir, &image, stage.as_ref(), &lease)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
 }
 
 fn prepare_blocking(
     content_dir: &Path,
     image: &str,
     stage: Option<&(String, SourceOptions)>,
+    (lease_id, holder): &LeaseFor,
 ) -> Result<PreparedImage> {
     let store = match stage {
         Some(_) => Store::open(content_dir)?,
@@ -55,6 +64,8 @@ fn prepare_blocking(
     if let Some((source, source_options)) = stage {
         stage_into(&store, source, source_options, image)?;
     }
+    // From resolving to leasing, gc waits: what we resolve and extract is what we lease.
+    let _gc = store.writer_lock()?;
     let resolved = store.resolve(image, None).map_err(|e| match e {
         Error::NotFound(what) => Error::NotFound(format!(
             "{what}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
@@ -64,6 +75,7 @@ fn prepare_blocking(
     crate::unpack::ensure_unpacked(&store, &resolved, &Limits::default())?;
     // Re-derive the dirs through the shared lookup, which refuses anything missing.
     let layer_dirs = rootfs::layer_dirs(&store, &resolved)?;
+    store.acquire_lease(lease_id, &resolved.manifest_digest, holder)?;
     let stack = LayerStack::new(layer_dirs.clone());
     let read = |p: &str| -> Result<Option<String>> {
         Ok(stack

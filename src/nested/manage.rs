@@ -145,7 +145,7 @@ pub async fn stop(client: &Client, id: &str, grace: Duration) -> Result<Option<E
 
 /// Removes nested container `id`: refuses a running one unless `force` (then kills it).
 pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool) -> Result<()> {
-    get(client, id).await?;
+    let c = get(client, id).await?;
     if let Some(t) = client.task_state(id).await? {
         if t.status != TaskStatus::Stopped && !force {
             return Err(Error::Invalid(format!(
@@ -159,7 +159,15 @@ pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool)
     } else {
         Duration::from_secs(10)
     };
-    cleanup::remove(client, id, &ContainerPaths::new(state, id), grace).await
+    let content_dir = PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default());
+    cleanup::remove(
+        client,
+        id,
+        &ContainerPaths::new(state, id),
+        grace,
+        &content_dir,
+    )
+    .await
 }
 
 /// Copies a detached container's output to `out`; with `follow`, keeps copying until the
@@ -207,4 +215,38 @@ pub async fn logs(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Before cache `name` goes: refuses while any of its nested containers runs, and removes
+/// the exited ones (they cannot run again without the cache). Returns those removed.
+pub async fn remove_exited_of_cache(
+    client: &Client,
+    state: &StateLayout,
+    name: &str,
+) -> Result<Vec<String>> {
+    let users = client
+        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
+        .await?;
+    let mut running = Vec::new();
+    for c in &users {
+        if let Some(t) = client.task_state(&c.id).await? {
+            if t.status != TaskStatus::Stopped {
+                running.push(format!("{} ({})", c.id, t.status));
+            }
+        }
+    }
+    if !running.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cache {name:?} is in use by nested container(s) {}: stop or remove them first (`nestcache rm`)",
+            running.join(", ")
+        )));
+    }
+    let mut removed = Vec::new();
+    for c in users {
+        let content_dir = PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default());
+        let paths = ContainerPaths::new(state, &c.id);
+        cleanup::remove(client, &c.id, &paths, Duration::ZERO, &content_dir).await?;
+        removed.push(c.id);
+    }
+    Ok(removed)
 }

@@ -15,17 +15,21 @@ pub mod verify;
 
 mod cleanup;
 mod phases;
+mod reap;
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cache::CacheInfo;
-use crate::containerd::labels;
+use crate::containerd::{labels, Client};
 use crate::error::{IoContext, Result};
 use crate::layout::StateLayout;
+use crate::process::ProcessStamp;
+use crate::store::{LeaseHolder, Store};
 
 pub use manage::NestedInfo;
+pub use reap::reap_orphans;
 pub use run::{run, RunOptions, RunReport};
 
 /// Which runtime runs the nested container.
@@ -85,14 +89,35 @@ fn generate_id() -> Result<String> {
     Ok(format!("nested-{}", hex::encode(b)))
 }
 
+/// The store lease a nested container started by the CLI holds: id and holder.
+pub fn cli_lease(client: &Client, id: &str) -> image::LeaseFor {
+    let holder = LeaseHolder::new(client.address(), client.namespace(), id);
+    (holder.lease_id("cli"), holder)
+}
+
+/// Ends container `id`'s CLI lease in the store at `content_dir` (a missing store or
+/// lease is fine: there is nothing left to keep).
+fn release_lease(client: &Client, id: &str, content_dir: &Path) -> Result<()> {
+    if content_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let store = match Store::open_existing(content_dir) {
+        Ok(s) => s,
+        Err(crate::Error::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    store.release_lease(&cli_lease(client, id).0)?;
+    Ok(())
+}
+
 /// The labels of a nested container.
 fn labels_for(
     cache: &CacheInfo,
     image_ref: &str,
     image: &image::PreparedImage,
-    mount_cache: bool,
+    opts: &run::RunOptions,
 ) -> HashMap<String, String> {
-    [
+    let mut labels: HashMap<String, String> = [
         (labels::ROLE, labels::ROLE_NESTED.to_string()),
         (labels::NAME, cache.name.clone()),
         (labels::PATH, cache.path.to_string_lossy().into_owned()),
@@ -102,9 +127,16 @@ fn labels_for(
         ),
         (labels::IMAGE, image_ref.to_string()),
         (labels::MANIFEST, image.manifest_digest.to_string()),
-        (labels::MOUNT_CACHE, mount_cache.to_string()),
+        (labels::MOUNT_CACHE, opts.mount_cache.to_string()),
+        (labels::RM, opts.rm.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    .collect();
+    // A foreground run is waited for by this process; the reaper needs to know when
+    // nobody waits any more.
+    if let Some(me) = ProcessStamp::current().filter(|_| !opts.detach) {
+        labels.insert(labels::OWNER.to_string(), me.to_label());
+    }
+    labels
 }

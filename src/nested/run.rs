@@ -110,24 +110,29 @@ pub async fn run(
         )));
     }
 
-    let image = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options) => r?,
-        s = signals.recv() => return Err(interrupted(s)),
+    // The image is leased to the container from the moment it is resolved: a concurrent
+    // `images rm` + `store gc` cannot take it away. Until the container exists, our own
+    // pid in the lease keeps gc from reclaiming it.
+    let lease = super::cli_lease(client, &id);
+    let prepared = tokio::select! {
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, &lease) => r,
+        s = signals.recv() => Err(interrupted(s)),
     };
-    phases.mark("check id, prepare image");
-    let spec = build_spec(client, &cache, &id, &image, &opts)?;
-    phases.mark("build spec");
-    // Creating the container record claims the id (containerd refuses a second one); only
-    // then is the container dir ours to make, and to remove on failure.
-    client
-        .create_container(NewContainer {
-            id: id.clone(),
-            labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
-            spec,
-            runtime: Some(opts.runtime.containerd_name().to_string()),
-        })
-        .await?;
-    phases.mark("create container");
+    let created = match prepared {
+        Ok(image) => create_container(client, &cache, &id, &image, &opts, &mut phases)
+            .await
+            .map(|()| image),
+        Err(e) => Err(e),
+    };
+    let image = match created {
+        Ok(image) => image,
+        Err(e) => {
+            if let Err(r) = super::release_lease(client, &id, &cache.content_dir) {
+                tracing::warn!("releasing the lease of {id} after a failed run: {r}");
+            }
+            return Err(e);
+        }
+    };
     let paths = ContainerPaths::new(state, &id);
     let target = Target {
         client,
@@ -140,7 +145,8 @@ pub async fn run(
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
-                cleanup::remove(client, &id, &paths, Duration::from_secs(10)).await?;
+                let grace = Duration::from_secs(10);
+                cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await?;
                 report.removed = true;
                 phases.mark("remove task, container, dirs");
             }
@@ -152,12 +158,39 @@ pub async fn run(
         }
         Err(e) => {
             // Nothing half-made stays behind: task, container, overlay dirs, FIFOs.
-            if let Err(c) = cleanup::remove(client, &id, &paths, Duration::from_secs(2)).await {
+            let grace = Duration::from_secs(2);
+            if let Err(c) = cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await {
                 tracing::warn!("cleanup after a failed run of {id}: {c}");
             }
             Err(e)
         }
     }
+}
+
+/// Builds the spec and creates the container record. The record claims the id (containerd
+/// refuses a second one); only then is the container dir ours to make, and to remove on
+/// failure.
+async fn create_container(
+    client: &Client,
+    cache: &cache::CacheInfo,
+    id: &str,
+    image: &PreparedImage,
+    opts: &RunOptions,
+    phases: &mut Phases,
+) -> Result<()> {
+    phases.mark("check id, prepare image");
+    let spec = build_spec(client, cache, id, image, opts)?;
+    phases.mark("build spec");
+    client
+        .create_container(NewContainer {
+            id: id.to_string(),
+            labels: labels_for(cache, &opts.image, image, opts),
+            spec,
+            runtime: Some(opts.runtime.containerd_name().to_string()),
+        })
+        .await?;
+    phases.mark("create container");
+    Ok(())
 }
 
 /// The runtime spec: image config + flags + the cache mount, and for the shim runtime the

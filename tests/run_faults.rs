@@ -1,0 +1,473 @@
+//! Faults around running nested containers (issue 12, items 1-3 and 14), against a real
+//! containerd + runc: gc while a container runs, a `run --rm` killed with SIGKILL, `cache
+//! rm` with nested containers, containerd restarted during a foreground run, 20
+//! concurrent runs, relative paths. Each test ends with `store check` clean and a leak
+//! check (containers, tasks, mounts, state dirs, shims, temp files, leases).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{unique, Env, PrivateContainerd};
+
+/// A cache with the `small` image staged, in an environment of its own.
+struct Fixture {
+    env: Env,
+    cache: String,
+    content: PathBuf,
+    image: String,
+    _images: tempfile::TempDir,
+}
+
+/// Waits in the container until the test creates `go` in the cache.
+const WAIT_FOR_GO: &str = "while [ ! -e /cache/go ]; do sleep 0.05; done";
+
+impl Fixture {
+    fn new(prefix: &str) -> Self {
+        Self::in_env(Env::new(prefix))
+    }
+
+    fn in_env(env: Env) -> Self {
+        let cache = unique("c");
+        env.ok(&[
+            "cache", "create", &cache, "--path", "/cache", "--ttl", "30m",
+        ]);
+        let info: serde_json::Value =
+            serde_json::from_str(&env.ok(&["cache", "inspect", &cache, "--json"]))
+                .expect("cache inspect --json");
+        let content = PathBuf::from(info["content_dir"].as_str().expect("content_dir"));
+        let images = tempfile::tempdir().expect("temp dir");
+        let mut spec = mkimage::preset("small").expect("preset");
+        spec.ref_name = "faults".into();
+        let layout = images.path().join("faults");
+        let built = spec.write_layout(&layout).expect("mkimage");
+        let source = format!("oci:{}:{}", layout.display(), built.ref_name);
+        env.ok(&["stage", "--cache", &cache, &source]);
+        Fixture {
+            env,
+            cache,
+            content,
+            image: built.ref_name,
+            _images: images,
+        }
+    }
+
+    /// `nestcache run --cache C ARGS...`, stdout piped.
+    fn spawn(&self, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
+        let mut child = self
+            .env
+            .cmd()
+            .args(["run", "--cache", &self.cache])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nestcache run");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        (child, out)
+    }
+
+    fn go(&self) {
+        std::fs::write(self.content.join("go"), b"").expect("write go");
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        ctr(&self.env, args)
+    }
+
+    /// Waits until the task of `id` has stopped (the process exited).
+    fn wait_stopped(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tasks = self.ctr(&["tasks", "ls"]);
+            if tasks
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never stopped:\n{tasks}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn nested_ids(&self) -> Vec<String> {
+        self.ctr(&["containers", "ls", "-q"])
+            .lines()
+            .filter(|l| !l.starts_with("nc-cache-"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn store_gc(&self) -> String {
+        self.env.ok(&["store", "gc", "--cache", &self.cache])
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for id in self.nested_ids() {
+            self.env.run(&["rm", "-f", &id]);
+        }
+        self.env.run(&["cache", "rm", &self.cache]);
+    }
+}
+
+fn ctr(env: &Env, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .args(["--address", &env.address, "--namespace", &env.namespace])
+        .args(args)
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn line(out: &mut BufReader<ChildStdout>) -> String {
+    let mut l = String::new();
+    out.read_line(&mut l).expect("read a line of output");
+    l
+}
+
+fn rest(mut out: BufReader<ChildStdout>) -> String {
+    let mut s = String::new();
+    out.read_to_string(&mut s).expect("read the output");
+    s
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Leak check, with the cache still there: the store is consistent and holds no temp
+/// files or leases; only cache containers, tasks and mounts remain in the namespace; no
+/// nested container dir is left in the state dir.
+fn assert_no_leaks(env: &Env, content: &Path) {
+    let check = env.run(&["store", "check", "--store", &content.to_string_lossy()]);
+    assert!(
+        check.status.success(),
+        "store check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for dir in ["ingest", "layers/tmp", ".nestcache/leases"] {
+        let left = names_in(&content.join(dir));
+        assert!(left.is_empty(), "{dir} left: {left:?}");
+    }
+    let tmp: Vec<String> = names_in(&content.join(".nestcache"))
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "temp files left in .nestcache: {tmp:?}");
+    for what in ["containers", "tasks"] {
+        let left: Vec<String> = ctr(env, &[what, "ls", "-q"])
+            .lines()
+            .filter(|l| !l.starts_with("nc-cache-"))
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "{what} left: {left:?}");
+    }
+    let dirs = names_in(&env.state_dir().join("containers"));
+    assert!(dirs.is_empty(), "nested container dirs left: {dirs:?}");
+    let mounts = mounts_of(env);
+    assert!(
+        mounts.iter().all(|m| m.contains("/nc-cache-")),
+        "mounts left: {mounts:?}"
+    );
+}
+
+/// After `cache rm`: nothing of the namespace is left (containers, tasks, mounts, shims).
+fn assert_namespace_empty(env: &Env) {
+    for what in ["containers", "tasks"] {
+        let left = ctr(env, &[what, "ls", "-q"]);
+        assert!(left.trim().is_empty(), "{what} left: {left}");
+    }
+    assert!(
+        mounts_of(env).is_empty(),
+        "mounts left: {:?}",
+        mounts_of(env)
+    );
+    let shims = shims_of(&env.namespace);
+    assert!(shims.is_empty(), "shims left: {shims:?}");
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mounts under the namespace's task dirs or the state dir.
+fn mounts_of(env: &Env) -> Vec<String> {
+    let ns = format!("/{}/", env.namespace);
+    let state = env.state_dir().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&ns) || l.contains(&state))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Shim processes serving namespace `ns` (their command line names it).
+fn shims_of(ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let serves = args
+            .windows(2)
+            .any(|w| w[0] == b"-namespace" && w[1] == ns.as_bytes());
+        if serves {
+            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    out
+}
+
+fn shim_on_path() -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
+    })
+}
+
+/// `images rm` + `store gc` while a container runs from the image: its rootfs stays whole
+/// (`find / -xdev` counts the same before and after), the image is freed once it is gone.
+fn gc_during_a_run(runtime: &str) {
+    let f = Fixture::new("gc-run");
+    let script = format!("find / -xdev | wc -l; {WAIT_FOR_GO}; find / -xdev | wc -l");
+    let (mut child, mut out) = f.spawn(&[
+        "--rm",
+        "--runtime",
+        runtime,
+        &f.image,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let before = line(&mut out);
+    assert!(
+        before.trim().parse::<u32>().is_ok_and(|n| n > 10),
+        "{before:?}"
+    );
+
+    let refused = f
+        .env
+        .fails(&["images", "rm", &f.image, "--cache", &f.cache]);
+    assert!(refused.contains("in use by"), "{refused}");
+    f.env
+        .ok(&["images", "rm", "--force", &f.image, "--cache", &f.cache]);
+    let gc = f.store_gc();
+    assert!(
+        gc.starts_with("removed 0 blobs (0 bytes), 0 extracted layers"),
+        "{gc}"
+    );
+    f.go();
+    let after = line(&mut out);
+    assert_eq!(
+        before, after,
+        "the rootfs changed under the running container"
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{}", stderr_of(&mut child));
+
+    // Removed with --rm: its lease went with it, so gc now frees the image.
+    let gc = f.store_gc();
+    assert!(!gc.starts_with("removed 0 blobs"), "{gc}");
+    assert_no_leaks(&f.env, &f.content);
+}
+
+#[test]
+fn gc_during_a_run_keeps_its_rootfs() {
+    gc_during_a_run("runc");
+}
+
+#[test]
+fn gc_during_a_shim_run_keeps_its_rootfs() {
+    if !shim_on_path() {
+        eprintln!(
+            "skipped: containerd-shim-nestcache-v2 is not on PATH (scripts/test.sh puts it there)"
+        );
+        return;
+    }
+    gc_during_a_run("shim");
+}
+
+/// SIGKILL of a foreground `run --rm`: the container runs on (as Docker's does when its
+/// client dies); once its process has exited, the next command reaps it completely.
+#[test]
+fn a_killed_run_rm_is_reaped_by_the_next_command() {
+    let f = Fixture::new("orphan");
+    let script = format!("echo up; {WAIT_FOR_GO}");
+    let (mut child, mut out) = f.spawn(&["--rm", &f.image, "--", "sh", "-c", &script]);
+    assert_eq!(line(&mut out), "up\n");
+    child.kill().expect("SIGKILL nestcache run");
+    child.wait().expect("wait");
+    let ids = f.nested_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    // Still running: nobody reaps it yet.
+    let ps = f.env.ok(&["ps", "--json"]);
+    assert!(ps.contains(&ids[0]), "{ps}");
+    f.go();
+    f.wait_stopped(&ids[0]);
+    // A gc of the store alone (no command that reaps) keeps its layers: containerd says
+    // its container exists (stopped, its rootfs still mounted).
+    let store = f.content.to_string_lossy().into_owned();
+    let gc = f.env.ok(&["store", "gc", "--store", &store]);
+    assert!(gc.contains("1 leases kept, 0 reclaimed"), "{gc}");
+
+    let out = f.env.run(&["ps", "-a", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("removed orphaned nested container {}", ids[0])),
+        "{err}"
+    );
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// `cache rm` refuses while a nested container of the cache runs and removes exited ones
+/// with the cache; the content dir never goes from under a container.
+#[test]
+fn cache_rm_with_nested_containers() {
+    let f = Fixture::new("cache-rm");
+    let id = unique("n");
+    f.env.ok(&[
+        "run", "--cache", &f.cache, "-d", "--name", &id, &f.image, "--", "sleep", "1000",
+    ]);
+    let err = f.env.fails(&["cache", "rm", &f.cache]);
+    assert!(err.contains(&id), "{err}");
+    assert!(f.content.join("layers").is_dir());
+    f.env.ok(&["stop", "--timeout", "1s", &id]);
+    let out = f.env.ok(&["cache", "rm", &f.cache]);
+    assert!(
+        out.contains(&format!("removed exited nested container {id}")),
+        "{out}"
+    );
+    assert!(!f.content.exists(), "content dir left");
+    assert!(names_in(&f.env.state_dir().join("containers")).is_empty());
+    assert_namespace_empty(&f.env);
+}
+
+/// containerd stopped during a foreground run (the process even exits meanwhile) and
+/// started again: the output and the real exit code are kept, nothing is left.
+#[test]
+fn containerd_restarted_during_a_foreground_run() {
+    let ctd = PrivateContainerd::start();
+    let mut env = Env::new("ctd-restart");
+    env.address = ctd.address.clone();
+    let f = Fixture::in_env(env);
+    let script = format!("echo one; {WAIT_FOR_GO}; echo two; exit 3");
+    let (mut child, mut out) = f.spawn(&["--rm", &f.image, "--", "sh", "-c", &script]);
+    assert_eq!(line(&mut out), "one\n");
+    ctd.stop();
+    f.go();
+    ctd.restart();
+    assert_eq!(rest(out), "two\n");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(3), "{}", stderr_of(&mut child));
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// 20 concurrent `run --rm` on one cache, with `store gc` running among them: every run
+/// sees its whole rootfs and nothing is left behind.
+#[test]
+fn twenty_concurrent_runs_and_gc_leave_nothing() {
+    let f = Fixture::new("twenty");
+    let runs: Vec<_> = (0..20)
+        .map(|_| f.spawn(&["--rm", &f.image, "--", "sh", "-c", "find / -xdev | wc -l"]))
+        .collect();
+    for _ in 0..3 {
+        f.store_gc();
+    }
+    let mut counts = Vec::new();
+    for (mut child, out) in runs {
+        counts.push(rest(out));
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{}", stderr_of(&mut child));
+    }
+    assert!(counts.iter().all(|c| c == &counts[0]), "{counts:?}");
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// Relative `--state-dir` and `--content-dir` are made absolute; `cache rm` removes the
+/// parents `cache create` made for the content dir, and only those.
+#[test]
+fn relative_paths_and_created_parents() {
+    let env = Env::new("paths");
+    let cwd = tempfile::tempdir().expect("cwd");
+    std::fs::create_dir(cwd.path().join("keep")).expect("mkdir keep");
+    let cache = unique("c");
+    let rel = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .current_dir(cwd.path())
+            .env("NESTCACHE_STATE_DIR", "state")
+            .args(args)
+            .output()
+            .expect("spawn nestcache");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for content in ["a/b/c", "keep/x/y"] {
+        rel(&[
+            "cache",
+            "create",
+            &cache,
+            "--path",
+            "/cache",
+            "--content-dir",
+            content,
+        ]);
+        let info: serde_json::Value =
+            serde_json::from_str(&rel(&["cache", "inspect", &cache, "--json"])).expect("json");
+        let dir = PathBuf::from(info["content_dir"].as_str().expect("content_dir"));
+        assert!(dir.is_absolute() && dir.ends_with(content), "{dir:?}");
+        let mut spec = mkimage::preset("small").expect("preset");
+        spec.ref_name = "rel".into();
+        let layout = cwd.path().join("image");
+        spec.write_layout(&layout).expect("mkimage");
+        rel(&["stage", "--cache", &cache, "oci:image:rel"]);
+        assert_eq!(
+            rel(&["run", "--rm", "--cache", &cache, "rel", "--", "echo", "ok"]),
+            "ok\n"
+        );
+        assert!(cwd.path().join("state/containers").is_dir());
+        assert!(names_in(&cwd.path().join("state/containers")).is_empty());
+        assert_no_leaks(&env, &dir);
+        rel(&["cache", "rm", &cache]);
+        std::fs::remove_dir_all(&layout).expect("rm image");
+    }
+    assert!(!cwd.path().join("a").exists(), "created parents left");
+    assert!(
+        cwd.path().join("keep").is_dir(),
+        "a parent that existed went"
+    );
+    assert!(!cwd.path().join("keep/x").exists(), "created parents left");
+    assert_namespace_empty(&env);
+}
