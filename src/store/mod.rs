@@ -7,11 +7,14 @@
 //!   checked ([`ingest`]), so a crash leaves at most a stray temp file in `ingest/`;
 //! - `index.json` is replaced atomically under `.nestcache/lock` ([`refs`]) and a ref is
 //!   written only after every blob it reaches is present;
-//! - writers hold `.nestcache/gc.lock` shared, `store gc` holds it exclusively ([`lock`]).
+//! - writers hold `.nestcache/gc.lock` shared, `store gc` holds it exclusively ([`lock`]);
+//! - what a container runs on is leased (`.nestcache/leases/`) and gc treats leases as
+//!   roots ([`Lease`], [`Store::acquire_lease`]).
 
 mod check;
 mod gc;
 mod ingest;
+mod lease;
 pub mod lock;
 mod refs;
 
@@ -23,6 +26,7 @@ use std::path::Path;
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
 pub use ingest::Ingested;
+pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
 
 use crate::digest::Digest;
