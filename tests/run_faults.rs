@@ -4,14 +4,13 @@
 //! concurrent runs, relative paths. Each test ends with `store check` clean and a leak
 //! check (containers, tasks, mounts, state dirs, shims, temp files, leases).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{unique, Env, PrivateContainerd};
+use testkit::leaks::{assert_namespace_empty, assert_no_leaks, names_in};
+use testkit::{unique, Env, PrivateContainerd};
 
 /// A cache with the `small` image staged, in an environment of its own.
 struct Fixture {
@@ -151,104 +150,6 @@ fn stderr_of(child: &mut Child) -> String {
     s
 }
 
-/// Leak check, with the cache still there: the store is consistent and holds no temp
-/// files or leases; only cache containers, tasks and mounts remain in the namespace; no
-/// nested container dir is left in the state dir.
-fn assert_no_leaks(env: &Env, content: &Path) {
-    let check = env.run(&["store", "check", "--store", &content.to_string_lossy()]);
-    assert!(
-        check.status.success(),
-        "store check: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    for dir in ["ingest", "layers/tmp", ".nestcache/leases"] {
-        let left = names_in(&content.join(dir));
-        assert!(left.is_empty(), "{dir} left: {left:?}");
-    }
-    let tmp: Vec<String> = names_in(&content.join(".nestcache"))
-        .into_iter()
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    assert!(tmp.is_empty(), "temp files left in .nestcache: {tmp:?}");
-    for what in ["containers", "tasks"] {
-        let left: Vec<String> = ctr(env, &[what, "ls", "-q"])
-            .lines()
-            .filter(|l| !l.starts_with("nc-cache-"))
-            .map(str::to_string)
-            .collect();
-        assert!(left.is_empty(), "{what} left: {left:?}");
-    }
-    let dirs = names_in(&env.state_dir().join("containers"));
-    assert!(dirs.is_empty(), "nested container dirs left: {dirs:?}");
-    let mounts = mounts_of(env);
-    assert!(
-        mounts.iter().all(|m| m.contains("/nc-cache-")),
-        "mounts left: {mounts:?}"
-    );
-}
-
-/// After `cache rm`: nothing of the namespace is left (containers, tasks, mounts, shims).
-fn assert_namespace_empty(env: &Env) {
-    for what in ["containers", "tasks"] {
-        let left = ctr(env, &[what, "ls", "-q"]);
-        assert!(left.trim().is_empty(), "{what} left: {left}");
-    }
-    assert!(
-        mounts_of(env).is_empty(),
-        "mounts left: {:?}",
-        mounts_of(env)
-    );
-    let shims = shims_of(&env.namespace);
-    assert!(shims.is_empty(), "shims left: {shims:?}");
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Mounts under the namespace's task dirs or the state dir.
-fn mounts_of(env: &Env) -> Vec<String> {
-    let ns = format!("/{}/", env.namespace);
-    let state = env.state_dir().to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| l.contains(&ns) || l.contains(&state))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Shim processes serving namespace `ns` (their command line names it).
-fn shims_of(ns: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let serves = args
-            .windows(2)
-            .any(|w| w[0] == b"-namespace" && w[1] == ns.as_bytes());
-        if serves {
-            out.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
-        }
-    }
-    out
-}
-
-fn shim_on_path() -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
-    })
-}
-
 /// `images rm` + `store gc` while a container runs from the image: its rootfs stays whole
 /// (`find / -xdev` counts the same before and after), the image is freed once it is gone.
 fn gc_during_a_run(runtime: &str) {
@@ -298,17 +199,13 @@ fn gc_during_a_run(runtime: &str) {
 
 #[test]
 fn gc_during_a_run_keeps_its_rootfs() {
+    testkit::require!(containerd);
     gc_during_a_run("runc");
 }
 
 #[test]
 fn gc_during_a_shim_run_keeps_its_rootfs() {
-    if !shim_on_path() {
-        eprintln!(
-            "skipped: containerd-shim-nestcache-v2 is not on PATH (scripts/test.sh puts it there)"
-        );
-        return;
-    }
+    testkit::require!(containerd, tool "containerd-shim-nestcache-v2");
     gc_during_a_run("shim");
 }
 
@@ -316,6 +213,7 @@ fn gc_during_a_shim_run_keeps_its_rootfs() {
 /// client dies); once its process has exited, the next command reaps it completely.
 #[test]
 fn a_killed_run_rm_is_reaped_by_the_next_command() {
+    testkit::require!(containerd);
     let f = Fixture::new("orphan");
     let script = format!("echo up; {WAIT_FOR_GO}");
     let (mut child, mut out) = f.spawn(&["--rm", &f.image, "--", "sh", "-c", &script]);
@@ -351,6 +249,7 @@ fn a_killed_run_rm_is_reaped_by_the_next_command() {
 /// with the cache; the content dir never goes from under a container.
 #[test]
 fn cache_rm_with_nested_containers() {
+    testkit::require!(containerd);
     let f = Fixture::new("cache-rm");
     let id = unique("n");
     f.env.ok(&[
@@ -374,6 +273,7 @@ fn cache_rm_with_nested_containers() {
 /// started again: the output and the real exit code are kept, nothing is left.
 #[test]
 fn containerd_restarted_during_a_foreground_run() {
+    testkit::require!(containerd);
     let ctd = PrivateContainerd::start();
     let mut env = Env::new("ctd-restart");
     env.address = ctd.address.clone();
@@ -394,6 +294,7 @@ fn containerd_restarted_during_a_foreground_run() {
 /// sees its whole rootfs and nothing is left behind.
 #[test]
 fn twenty_concurrent_runs_and_gc_leave_nothing() {
+    testkit::require!(containerd);
     let f = Fixture::new("twenty");
     let runs: Vec<_> = (0..20)
         .map(|_| f.spawn(&["--rm", &f.image, "--", "sh", "-c", "find / -xdev | wc -l"]))
@@ -415,6 +316,7 @@ fn twenty_concurrent_runs_and_gc_leave_nothing() {
 /// parents `cache create` made for the content dir, and only those.
 #[test]
 fn relative_paths_and_created_parents() {
+    testkit::require!(containerd);
     let env = Env::new("paths");
     let cwd = tempfile::tempdir().expect("cwd");
     std::fs::create_dir(cwd.path().join("keep")).expect("mkdir keep");

@@ -159,18 +159,17 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
         CacheCmd::Gc(a) => {
             let state = StateLayout::new(&g.state_dir);
             let orphans = nestcache::nested::reap_orphans(&client, &state).await;
+            for id in &orphans {
+                eprintln!(
+                    "nestcache: removed orphaned nested container {id} (its `run --rm` is gone)"
+                );
+            }
             let reaped = cache::gc(&client).await?;
             if a.json {
-                super::print_json(&serde_json::json!({
-                    "caches": reaped,
-                    "orphaned_containers": orphans,
-                }))?;
+                super::print_json(&reaped)?;
             } else if reaped.is_empty() && orphans.is_empty() {
                 println!("nothing to collect");
             } else {
-                for id in &orphans {
-                    println!("removed orphaned nested container {id}: its run is gone");
-                }
                 for r in &reaped {
                     println!("removed cache {}: {}", r.name, r.reason);
                 }

@@ -231,13 +231,13 @@ pub async fn remove_exited_of_cache(
     for c in &users {
         if let Some(t) = client.task_state(&c.id).await? {
             if t.status != TaskStatus::Stopped {
-                running.push(format!("{} ({})", c.id, t.status));
+                running.push(c.id.clone());
             }
         }
     }
     if !running.is_empty() {
         return Err(Error::Invalid(format!(
-            "cache {name:?} is in use by nested container(s) {}: stop or remove them first (`nestcache rm`)",
+            "cache {name:?} is in use by running nested container(s) {}: stop or remove them first (`nestcache rm`)",
             running.join(", ")
         )));
     }
