@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    #[error(transparent)]
+    Ingest(#[from] crate::store::IngestError),
     #[error("{0}")]
     Other(String),
 }

@@ -15,6 +15,7 @@ mod ingest;
 pub mod lock;
 mod refs;
 mod stage;
+pub mod temp;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -23,7 +24,9 @@ use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
-pub use ingest::{hash_reader as hash_stream, Ingested};
+pub use ingest::{
+    check_declared_size, hash_reader as hash_stream, IngestError, Ingested, Opener, Present,
+};
 pub use refs::{validate_ref_name, RefEntry};
 pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
