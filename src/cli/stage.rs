@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -86,6 +87,15 @@ pub struct RegistryArgs {
     /// Talk plain http to the registry (loopback test registries)
     #[arg(long)]
     pub insecure: bool,
+    /// Longest a manifest or token fetch may take in all (retries and redirects included)
+    #[arg(long, env = "NESTCACHE_REGISTRY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub registry_timeout: Duration,
+    /// A blob download must average --registry-min-rate over every window this long; also the longest wait for any read or for an answer's headers
+    #[arg(long, env = "NESTCACHE_REGISTRY_STALL_WINDOW", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub registry_stall_window: Duration,
+    /// Bytes per second a blob download must average over each stall window
+    #[arg(long, env = "NESTCACHE_REGISTRY_MIN_RATE", default_value_t = 1024)]
+    pub registry_min_rate: u64,
 }
 
 impl RegistryArgs {
@@ -95,6 +105,12 @@ impl RegistryArgs {
             authfile: self.authfile.clone(),
             tls_ca: self.tls_ca.clone(),
             insecure: self.insecure,
+            deadlines: source::registry::Deadlines {
+                document: self.registry_timeout,
+                stall_window: self.registry_stall_window,
+                min_rate: self.registry_min_rate,
+                ..Default::default()
+            },
         }
     }
 }
