@@ -37,6 +37,8 @@ pub enum Error {
     Containerd { address: String, message: String },
     #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
+    #[error(transparent)]
+    Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
 }
