@@ -227,6 +227,11 @@ impl Store {
         })
     }
 
+    /// Bytes of a partial ingest of `digest` waiting to be resumed (0 when none).
+    pub fn partial_len(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.ingest_path(digest)).map_or(0, |m| m.len())
+    }
+
     /// The temp file of blob `digest`'s ingest (one per digest).
     fn ingest_path(&self, digest: &Digest) -> PathBuf {
         self.layout()
