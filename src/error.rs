@@ -38,6 +38,8 @@ pub enum Error {
     #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
     #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),

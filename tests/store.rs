@@ -1,14 +1,12 @@
 //! The store under stress: SIGKILL mid-stage, concurrent stagers, `store check` finding
 //! corruption.
 
-mod stage_util;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stage_util::*;
+use testkit::images::*;
 
 /// Size of everything in a directory's regular files.
 fn bytes_in(dir: &Path) -> u64 {
@@ -272,7 +270,11 @@ fn temp_leftovers(store: &Path) -> Vec<String> {
     };
     let mut left = list("ingest");
     left.extend(list("layers/tmp"));
-    left.extend(list(".nestcache").into_iter().filter(|n| n.ends_with(".tmp")));
+    left.extend(
+        list(".nestcache")
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp")),
+    );
     left
 }
 
