@@ -22,8 +22,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::cache::CacheInfo;
-use crate::containerd::{labels, Client};
+use crate::containerd::Client;
 use crate::error::{IoContext, Result};
+use crate::labels;
 use crate::layout::StateLayout;
 use crate::process::ProcessStamp;
 use crate::store::{LeaseHolder, Store};
