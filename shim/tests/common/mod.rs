@@ -293,6 +293,15 @@ pub fn store_with_busybox(work: &Path, store: &Path, ref_name: &str) -> String {
     report.manifest_digest
 }
 
+/// A shim config file (for `ctr run --runtime-config-path`) allowing stores under `roots`.
+pub fn shim_config(dir: &Path, roots: &[&Path]) -> PathBuf {
+    let path = dir.join(format!("{}.json", unique("shim-config")));
+    let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    let text = serde_json::json!({ "store_roots": roots }).to_string();
+    std::fs::write(&path, text).expect("write shim config");
+    path
+}
+
 /// Every mount point whose path contains `needle` (from /proc/self/mountinfo).
 pub fn mounts_containing(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
