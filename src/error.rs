@@ -35,6 +35,10 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
+    Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
 }

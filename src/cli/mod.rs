@@ -4,6 +4,7 @@
 mod cache;
 mod env;
 mod images;
+mod node;
 mod run;
 mod stage;
 mod store;
@@ -78,6 +79,9 @@ pub enum Command {
     Rm(run::RmArgs),
     /// Print a detached nested container's output
     Logs(run::LogsArgs),
+    /// Node setup for Kubernetes: install, uninstall, status
+    #[command(subcommand)]
+    Node(node::NodeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -95,6 +99,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(a) => run::stop(&g, a).await,
         Command::Rm(a) => run::rm(&g, a).await,
         Command::Logs(a) => run::logs(&g, a).await,
+        Command::Node(c) => node::run(&g, c).await,
     }
 }
 
