@@ -3,6 +3,6 @@
 
 fn main() {
     // The runtime name containerd maps to this binary's name.
-    let runtime = nestcache::containerd::labels::NESTCACHE_RUNTIME;
+    let runtime = nestcache::labels::NESTCACHE_RUNTIME;
     containerd_shim::run::<containerd_shim_nestcache::service::Service>(runtime, None);
 }

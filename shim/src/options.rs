@@ -23,7 +23,7 @@ use crate::error::{Result, ShimError};
 
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
-pub use nestcache::containerd::labels::SHIM_OPTIONS_TYPE_URL as NESTCACHE_OPTIONS_TYPE;
+pub use nestcache::labels::SHIM_OPTIONS_TYPE_URL as NESTCACHE_OPTIONS_TYPE;
 
 /// nestcache's default state dir (`nestcache --state-dir`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nestcache";
