@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{sync_dir, Store};
+use super::{sync_dir, Store, StoreError};
 use crate::digest::{hash_reader, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
@@ -66,9 +66,12 @@ impl Store {
                 Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
             };
             if hasher.len() + n as u64 > size {
-                return Err(Error::Invalid(format!(
-                    "{what} {expected}: source sent more than the {size} bytes its descriptor declares"
-                )));
+                return Err(StoreError::Oversize {
+                    what: what.to_string(),
+                    digest: expected.clone(),
+                    size,
+                }
+                .into());
             }
             hasher.update(&buf[..n]);
             tmp.file()
@@ -113,7 +116,11 @@ impl Store {
     pub fn verify_blob(&self, digest: &Digest, size: u64) -> Result<bool> {
         let mut file = match self.open_blob(digest) {
             Ok(f) => f,
-            Err(Error::NotFound(_)) | Err(Error::Invalid(_)) => return Ok(false),
+            Err(Error::Store(
+                StoreError::BlobMissing { .. }
+                | StoreError::BlobSymlink { .. }
+                | StoreError::BlobNotRegular { .. },
+            )) => return Ok(false),
             Err(e) => return Err(e),
         };
         let (actual, actual_size) = hash_reader(&mut file)
@@ -214,30 +221,37 @@ mod tests {
     fn wrong_digest_wrong_size_and_overflow_leave_nothing() {
         let (_t, s) = store();
         let d = Digest::of(b"hello");
-        let err = s
-            .ingest_bytes("layer", &d, b"hellO")
-            .unwrap_err()
-            .to_string();
+        let err = s.ingest_bytes("layer", &d, b"hellO").unwrap_err();
         assert!(
-            err.contains("expected") && err.contains(&d.to_string()),
+            matches!(&err, Error::DigestMismatch { expected, .. } if *expected == d.to_string()),
             "{err}"
         );
         let err = s
             .ingest("layer", &d, 4, &mut &b"hello"[..], &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("more than the 4 bytes"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Store(StoreError::Oversize { size: 4, .. })),
+            "{err}"
+        );
         let err = s
             .ingest("layer", &d, 6, &mut &b"hello"[..], &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("6 bytes") && err.contains("5 bytes"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::DigestMismatch {
+                    expected_size: 6,
+                    actual_size: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // A huge declared size is only a bound: a short stream is refused, nothing allocated.
         let err = s
             .ingest("layer", &d, u64::MAX, &mut &b"hello"[..], &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("digest mismatch"), "{err}");
+            .unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
         assert!(!s.has_blob(&d));
         assert!(ingest_dir_is_empty(&s));
     }
