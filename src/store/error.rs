@@ -26,12 +26,6 @@ pub enum StoreError {
     BlobNotRegular { digest: Digest, path: PathBuf },
     #[error("blob {digest}: malformed JSON: {why}")]
     BlobMalformed { digest: Digest, why: String },
-    #[error("{what} {digest}: source sent more than the {size} bytes its descriptor declares")]
-    Oversize {
-        what: String,
-        digest: Digest,
-        size: u64,
-    },
     #[error("no image with ref {name:?} in {}; refs: {}", store.display(), list_or_none(refs))]
     RefNotFound {
         name: String,
