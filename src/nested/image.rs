@@ -67,8 +67,8 @@ fn prepare_blocking(
     // From resolving to leasing, gc waits: what we resolve and extract is what we lease.
     let _gc = store.writer_lock()?;
     let resolved = store.resolve(image, None).map_err(|e| match e {
-        Error::NotFound(what) => Error::NotFound(format!(
-            "{what}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
+        Error::Store(e) if e.is_not_found() => Error::NotFound(format!(
+            "{e}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
         )),
         other => other,
     })?;
