@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::containerd::Client;
-use crate::store::{Lease, Store};
+use crate::store::{Lease, Store, StoreError};
 use crate::{Error, Result};
 
 /// Leases sorted by what protects them.
@@ -70,7 +70,7 @@ pub async fn classify(leases: Vec<Lease>) -> LeaseVerdicts {
 pub async fn live_in(content_dir: &Path) -> Result<LeaseVerdicts> {
     let store = match Store::open_existing(content_dir) {
         Ok(s) => s,
-        Err(Error::NotFound(_)) => return Ok(LeaseVerdicts::default()),
+        Err(Error::Store(StoreError::NoStore { .. })) => return Ok(LeaseVerdicts::default()),
         Err(e) => return Err(e),
     };
     Ok(classify(store.leases()?).await)

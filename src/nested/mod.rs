@@ -104,7 +104,7 @@ fn release_lease(client: &Client, id: &str, content_dir: &Path) -> Result<()> {
     }
     let store = match Store::open_existing(content_dir) {
         Ok(s) => s,
-        Err(crate::Error::NotFound(_)) => return Ok(()),
+        Err(crate::Error::Store(crate::store::StoreError::NoStore { .. })) => return Ok(()),
         Err(e) => return Err(e),
     };
     store.release_lease(&cli_lease(client, id).0)?;
