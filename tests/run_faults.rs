@@ -284,9 +284,11 @@ fn containerd_restarted_during_a_foreground_run() {
     ctd.stop();
     f.go();
     ctd.restart();
-    assert_eq!(rest(out), "two\n");
+    let output = rest(out);
     let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(3), "{}", stderr_of(&mut child));
+    let err = stderr_of(&mut child);
+    assert_eq!(output, "two\n", "{err}");
+    assert_eq!(status.code(), Some(3), "{err}");
     assert_no_leaks(&f.env, &f.content);
 }
 
