@@ -3,8 +3,10 @@
 
 mod cache;
 mod env;
+pub mod exit;
 mod images;
 mod run;
+mod run_flags;
 mod stage;
 mod store;
 mod system;

@@ -6,6 +6,7 @@
 //! - [`image`]: the image in the cache's store, staged and extracted if need be.
 //! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs.
 
+pub mod exec_error;
 pub mod image;
 pub mod manage;
 pub mod run;
