@@ -38,6 +38,8 @@ pub enum Error {
     /// The nested container's command could not be invoked (`run` exits 126/127).
     #[error(transparent)]
     Exec(#[from] crate::nested::exec_error::ExecError),
+    #[error(transparent)]
+    Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
 }

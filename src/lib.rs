@@ -13,6 +13,7 @@
 //! - [`rootfs`]: overlay rootfs from a store's extracted layers (shared with the shim).
 //! - [`nested`]: rootfs + runtime spec + task for the nested container, mount verification.
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
+//! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
 
 pub mod cache;
 pub mod containerd;
@@ -22,8 +23,10 @@ pub mod error;
 pub mod image;
 pub mod layout;
 pub mod nested;
+pub mod process;
 pub mod rootfs;
 pub mod source;
+pub mod stage;
 pub mod store;
 pub mod unpack;
 

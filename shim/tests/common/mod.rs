@@ -289,7 +289,7 @@ pub fn store_with_busybox(work: &Path, store: &Path, ref_name: &str) -> String {
     ]);
     let st = nestcache::store::Store::open(store).expect("open store");
     let source = nestcache::source::parse(&format!("oci:{image}")).expect("parse source");
-    let report = nestcache::store::stage(&st, &*source, &Default::default()).expect("stage");
+    let report = nestcache::stage::stage(&st, &*source, &Default::default()).expect("stage");
     report.manifest_digest
 }
 
