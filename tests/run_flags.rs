@@ -2,12 +2,9 @@
 //! argument parsing, resources read back from the task's cgroup files, seccomp and
 //! capabilities read back from /proc.
 
-mod common;
-mod run_util;
-
 use std::path::{Path, PathBuf};
 
-use run_util::{lines, stderr, stdout, Fixture};
+use testkit::nested::{lines, stderr, stdout, Fixture};
 
 /// The busybox `small` image, staged once per fixture.
 fn fixture(prefix: &str) -> (Fixture, String) {
@@ -27,6 +24,7 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn exit_codes_are_dockers() {
+    testkit::require!(containerd);
     let (f, img) = fixture("flags-exit");
     let code = |args: &[&str]| f.run(args).status.code();
     // The process's own code, with and without `--` before the command.
@@ -68,6 +66,7 @@ fn exit_codes_are_dockers() {
 
 #[test]
 fn options_end_at_the_image_and_h_is_the_hostname() {
+    testkit::require!(containerd);
     let (f, img) = fixture("flags-parse");
     // Everything after IMAGE is the command, flags included.
     let out = f.ok(&[
@@ -123,6 +122,7 @@ fn cgroup_file(pid: u32, controller: &str, file: &str) -> String {
 
 #[test]
 fn resources_reach_the_cgroup_and_the_process() {
+    testkit::require!(containerd);
     let (f, img) = fixture("flags-res");
     let id = "res";
     f.ok(&[
@@ -226,6 +226,7 @@ fn resources_reach_the_cgroup_and_the_process() {
 
 #[test]
 fn seccomp_and_capabilities() {
+    testkit::require!(containerd);
     let (f, img) = fixture("flags-sec");
     let status = |extra: &[&str]| {
         let mut args = vec!["--rm"];
@@ -299,6 +300,7 @@ fn seccomp_and_capabilities() {
 
 #[test]
 fn devices_groups_and_refused_options() {
+    testkit::require!(containerd);
     let (f, img) = fixture("flags-dev");
     // loop0 (7:0) is not among the devices runc allows by default: --device allows it.
     let open = "dd if=/dev/xloop of=/dev/null bs=1 count=0";

@@ -1,12 +1,12 @@
-//! The nested-run fixture shared by the `run` test binaries: a cache container with
-//! images made by mkimage staged into it, in an environment of its own.
-#![allow(dead_code)]
+//! Nested runs: a cache container with images made by mkimage staged into it, in an
+//! environment of its own, and `nestcache run` against it.
 
 use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{unique, Env};
+pub use crate::cmd::{stderr, stdout};
+use crate::containerd::{unique, Env};
 
 /// A cache container with a staged image, in an environment of its own.
 pub struct Fixture {
@@ -135,14 +135,6 @@ impl Drop for Fixture {
         }
         self.env.run(&["cache", "rm", &self.cache]);
     }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 pub fn lines(s: &str) -> Vec<&str> {
