@@ -5,6 +5,7 @@ mod cache;
 mod env;
 pub mod exit;
 mod images;
+mod node;
 mod run;
 mod run_flags;
 mod stage;
@@ -80,6 +81,9 @@ pub enum Command {
     Rm(run::RmArgs),
     /// Print a detached nested container's output
     Logs(run::LogsArgs),
+    /// Node setup for Kubernetes: install, uninstall, status
+    #[command(subcommand)]
+    Node(node::NodeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -97,6 +101,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(a) => run::stop(&g, a).await,
         Command::Rm(a) => run::rm(&g, a).await,
         Command::Logs(a) => run::logs(&g, a).await,
+        Command::Node(c) => node::run(&g, c).await,
     }
 }
 
