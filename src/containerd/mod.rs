@@ -4,13 +4,17 @@
 //! - [`labels`]: every label / annotation name nestcache uses.
 //! - `containers`: create / get / list (by label filter) / update labels / delete.
 //! - `tasks`: create (rootfs mounts, stdio), start, wait, kill, delete, state.
+//! - `process`: exec processes in a running task, per-process calls, the task's pids.
+//! - [`events`]: containerd's event stream, decoded.
 //!
 //! Every call carries the namespace (containerd-client's `with_namespace!`); the
 //! namespace is validated at connect so that header can never be malformed.
 
 mod containers;
+pub mod events;
 pub mod io;
 pub mod labels;
+mod process;
 mod tasks;
 
 pub use tasks::Mount;
