@@ -1,13 +1,11 @@
 //! The lifecycle after `run`, against a real containerd + runc: exec, kill, wait, inspect,
 //! top, stats, stop/rm of several ids, ps filters and formats, events.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{unique, Env};
+use testkit::{unique, Env};
 
 /// A cache with the `small` image staged, in an environment of its own.
 struct Fixture {

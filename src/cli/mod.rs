@@ -5,6 +5,7 @@ mod cache;
 mod container;
 mod env;
 mod images;
+mod node;
 mod output;
 mod run;
 mod stage;
@@ -96,6 +97,9 @@ pub enum Command {
     Events(container::EventsArgs),
     /// Print a detached nested container's output
     Logs(container::LogsArgs),
+    /// Node setup for Kubernetes: install, uninstall, status
+    #[command(subcommand)]
+    Node(node::NodeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -121,6 +125,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => container::stats(&g, a).await,
         Command::Events(a) => container::events(&g, a).await,
         Command::Logs(a) => container::logs(&g, a).await,
+        Command::Node(c) => node::run(&g, c).await,
     }
 }
 

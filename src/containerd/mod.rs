@@ -13,7 +13,9 @@
 mod containers;
 pub mod events;
 pub mod io;
-pub mod labels;
+/// The label names, a ground-floor module of their own (the shim uses them without the
+/// client); re-exported so `containerd::labels::X` keeps working.
+pub use crate::labels;
 mod process;
 mod tasks;
 
