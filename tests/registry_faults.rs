@@ -133,6 +133,7 @@ fn huge_manifest(p: &Pushed) -> Vec<u8> {
 
 #[test]
 fn hostile_registry_cases_each_end_in_one_line() {
+    testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(600, 2, "amd64", 2 << 20);
     let (reg, pushed) = registry_with(t.path(), &img);
@@ -293,6 +294,7 @@ fn hostile_registry_cases_each_end_in_one_line() {
 
 #[test]
 fn killed_stage_resumes_from_its_offset() {
+    testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(610, 2, "amd64", 6 << 20);
     let (reg, pushed) = registry_with(t.path(), &img);
@@ -348,6 +350,7 @@ fn killed_stage_resumes_from_its_offset() {
 
 #[test]
 fn four_concurrent_stages_fetch_and_write_each_blob_once() {
+    testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(620, 3, "amd64", 8 << 20);
     let (reg, pushed) = registry_with(t.path(), &img);
@@ -382,4 +385,53 @@ fn four_concurrent_stages_fetch_and_write_each_blob_once() {
         + pushed.raw.len() as u64;
     assert_eq!(written, total, "bytes written by the four stages together");
     assert_store_ok(t.path(), &store);
+}
+
+#[test]
+fn sigint_and_sigterm_remove_the_partial_ingest_with_one_line() {
+    testkit::require!(tool "docker-registry", tool "skopeo");
+    let t = tempfile::tempdir().unwrap();
+    let img = image(630, 2, "amd64", 2 << 20);
+    let (reg, pushed) = registry_with(t.path(), &img);
+    let (big, _) = pushed.big();
+    // The registry stalls mid-blob: the signal lands while the partial ingest exists.
+    let proxy = Proxy::start(
+        &reg.addr,
+        Faults {
+            stall_blob: Some((big.clone(), 300_000)),
+            ..Default::default()
+        },
+    );
+    for (sig, code, name) in [
+        (nix::sys::signal::Signal::SIGINT, 130, "SIGINT"),
+        (nix::sys::signal::Signal::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let store = t.path().join(format!("store-{name}"));
+        let child = stage_cmd(t.path(), &store, &proxy, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let partial = store
+            .join("ingest")
+            .join(format!("{}.tmp", big.trim_start_matches("sha256:")));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no partial ingest appeared"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by {name}")) && err.contains("removed 1 temp"),
+            "{name}: {err}"
+        );
+        assert_store_ok(t.path(), &store);
+    }
 }
