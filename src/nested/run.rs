@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
 use super::phases::Phases;
 use super::spec::{self, CacheMount, SpecOptions};
@@ -122,11 +123,11 @@ pub async fn run(
     let created = match prepared {
         Ok(image) => create_container(client, &cache, &id, &image, &opts, &mut phases)
             .await
-            .map(|()| image),
+            .map(|argv0| (image, argv0)),
         Err(e) => Err(e),
     };
-    let image = match created {
-        Ok(image) => image,
+    let (image, argv0) = match created {
+        Ok(created) => created,
         Err(e) => {
             if let Err(r) = super::release_lease(client, &id, &cache.content_dir) {
                 tracing::warn!("releasing the lease of {id} after a failed run: {r}");
@@ -141,6 +142,7 @@ pub async fn run(
         id: &id,
         paths: &paths,
         image: &image,
+        argv0: &argv0,
     };
     let result = create_and_run(&target, &opts, &mut signals, &mut phases, on_verified).await;
     match result {
@@ -168,9 +170,9 @@ pub async fn run(
     }
 }
 
-/// Builds the spec and creates the container record. The record claims the id (containerd
-/// refuses a second one); only then is the container dir ours to make, and to remove on
-/// failure.
+/// Builds the spec and creates the container record; returns the command's argv[0] (for
+/// errors). The record claims the id (containerd refuses a second one); only then is the
+/// container dir ours to make, and to remove on failure.
 async fn create_container(
     client: &Client,
     cache: &cache::CacheInfo,
@@ -178,9 +180,15 @@ async fn create_container(
     image: &PreparedImage,
     opts: &RunOptions,
     phases: &mut Phases,
-) -> Result<()> {
+) -> Result<String> {
     phases.mark("check id, prepare image");
     let spec = build_spec(client, cache, id, image, opts)?;
+    let argv0 = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_default();
     phases.mark("build spec");
     client
         .create_container(NewContainer {
@@ -192,7 +200,7 @@ async fn create_container(
         })
         .await?;
     phases.mark("create container");
-    Ok(())
+    Ok(argv0)
 }
 
 /// nestcache's shim assembles the rootfs from the store an annotation names, and only
@@ -254,6 +262,8 @@ struct Target<'a> {
     id: &'a str,
     paths: &'a ContainerPaths,
     image: &'a PreparedImage,
+    /// The command's first word, for the error when it cannot be invoked.
+    argv0: &'a str,
 }
 
 async fn create_and_run(
@@ -269,6 +279,7 @@ async fn create_and_run(
         id,
         paths,
         image,
+        argv0,
     } = *t;
     // A leftover dir under an id containerd did not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -303,7 +314,7 @@ async fn create_and_run(
             terminal: stdio.terminal,
         })
         .await
-        .map_err(|e| Error::Other(format!("nested container {id} could not be created: {e}")))?;
+        .map_err(|e| start_error(id, argv0, "could not be created", e))?;
     phases.mark("create task");
 
     let verification = if opts.mount_cache {
@@ -345,9 +356,7 @@ async fn create_and_run(
     }
     if let Err(e) = client.start_task(id).await {
         drop(raw);
-        return Err(Error::Other(format!(
-            "nested container {id} could not start: {e}"
-        )));
+        return Err(start_error(id, argv0, "could not start", e));
     }
     phases.mark("start task");
     let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
@@ -374,6 +383,22 @@ async fn create_and_run(
         }
     }
     Ok(report)
+}
+
+/// A failed task create or start: [`ExecError`] when runc could not invoke the command
+/// (so `run` exits 126/127 as Docker does), else the error with what failed.
+fn start_error(id: &str, argv0: &str, what: &str, e: Error) -> Error {
+    let message = e.to_string();
+    match classify(&message) {
+        Some(failure) => ExecError {
+            id: id.to_string(),
+            command: argv0.to_string(),
+            failure,
+            message,
+        }
+        .into(),
+        None => Error::Other(format!("nested container {id} {what}: {message}")),
+    }
 }
 
 /// The signals nestcache handles while it runs a container.
