@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("{0}")]
     Other(String),
 }

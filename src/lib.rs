@@ -11,6 +11,7 @@
 //! - [`containerd`]: the containerd connection, containers, tasks, io, wait.
 //! - [`cache`]: the cache container lifecycle, TTL and reaping.
 //! - [`rootfs`]: overlay rootfs from a store's extracted layers (shared with the shim).
+//! - [`network`]: nested containers' networks through the CNI plugins (bridge per cache, ports, names).
 //! - [`nested`]: rootfs + runtime spec + task for the nested container, mount verification.
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod image;
 pub mod layout;
 pub mod nested;
+pub mod network;
 pub mod rootfs;
 pub mod source;
 pub mod store;

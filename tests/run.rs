@@ -540,7 +540,7 @@ fn clear_errors_unknown_image_cache_command() {
         e.contains("/no/such/command") && e.contains("could not be created"),
         "{e}"
     );
-    let e = f.env.fails(&f.args(&["--rm", "--net", "bridge", &img]));
+    let e = f.env.fails(&f.args(&["--rm", "--net", "macvlan", &img]));
     assert!(e.contains("--net"), "{e}");
     let e = f.env.fails(&f.args(&["--rm", "-v", "relative:/x", &img]));
     assert!(e.contains("absolute"), "{e}");
@@ -732,7 +732,7 @@ fn rm_cache_removes_the_cache_afterwards() {
 }
 
 #[test]
-fn network_none_by_default_host_on_request() {
+fn network_none_by_nestcache_net_host_on_request() {
     let f = Fixture::new("run-net");
     let img = f.small("net", |_| {});
     let host_ns = std::fs::read_link("/proc/self/ns/net").expect("host net ns");

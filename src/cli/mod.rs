@@ -78,6 +78,8 @@ pub enum Command {
     Rm(run::RmArgs),
     /// Print a detached nested container's output
     Logs(run::LogsArgs),
+    /// List a nested container's published ports
+    Port(run::PortArgs),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -95,6 +97,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(a) => run::stop(&g, a).await,
         Command::Rm(a) => run::rm(&g, a).await,
         Command::Logs(a) => run::logs(&g, a).await,
+        Command::Port(a) => run::port(&g, a).await,
     }
 }
 
@@ -144,6 +147,12 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
     let connected = started.elapsed();
     for r in nestcache::cache::reap_expired(&client).await {
         eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+    }
+    // Networks of containers whose task is gone (a crash, a containerd restart) and of
+    // caches that are gone.
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    for what in nestcache::nested::network::reap(&client, &state).await {
+        tracing::info!("released the {what}");
     }
     tracing::debug!(
         connect_ms = format!("{:.1}", connected.as_secs_f64() * 1e3),

@@ -4,10 +4,12 @@
 //! - [`spec`]: the OCI runtime spec (containerd's defaults + image config + flags).
 //! - [`user`]: `USER[:GROUP]` through the image's /etc/passwd and /etc/group.
 //! - [`image`]: the image in the cache's store, staged and extracted if need be.
+//! - [`network`]: the container's network planned, attached and reaped.
 //! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs.
 
 pub mod image;
 pub mod manage;
+pub mod network;
 pub mod run;
 pub mod spec;
 pub mod user;
@@ -65,6 +67,8 @@ pub struct ContainerPaths {
     /// `<state>/containers/<id>`: overlay links, upper, work, FIFOs, log.
     pub dir: PathBuf,
     pub log: PathBuf,
+    /// The state dir, where the container's network (if any) is kept.
+    pub state_root: PathBuf,
 }
 
 impl ContainerPaths {
@@ -72,6 +76,7 @@ impl ContainerPaths {
         ContainerPaths {
             dir: state.container_dir(id),
             log: state.container_log_file(id),
+            state_root: state.root().to_path_buf(),
         }
     }
 }
