@@ -327,7 +327,8 @@ pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
     let grace: Duration = humantime::parse_duration(&a.timeout)
         .with_context(|| format!("invalid --timeout {:?} (e.g. 10s)", a.timeout))?;
     let client = super::connect(g).await?;
-    match manage::stop(&client, &a.container, grace).await? {
+    let state = StateLayout::new(&g.state_dir);
+    match manage::stop(&client, &state, &a.container, grace).await? {
         Some(e) => println!("{} exited with code {}", a.container, e.code),
         None => println!("{} was not running", a.container),
     }

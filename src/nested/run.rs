@@ -249,11 +249,13 @@ async fn plan_network(
         .hostname
         .clone()
         .unwrap_or_else(|| spec::short_hostname(id));
-    let exposed = image
+    let mut exposed = image
         .config
         .as_ref()
         .and_then(|c| c.exposed_ports().clone())
         .unwrap_or_default();
+    // A map in the config: the same order every run.
+    exposed.sort();
     net::plan(
         client,
         state,
