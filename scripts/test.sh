@@ -15,6 +15,8 @@ mkdir -p "$dir/bin"
 ln -sf "$target_dir/debug/containerd-shim-nestcache-v2" "$dir/bin/containerd-shim-nestcache-v2"
 export PATH="$dir/bin:$PATH"
 export CONTAINERD_ADDRESS
+# Every prerequisite is here now: a test that finds one missing fails instead of skipping.
+export NESTCACHE_TEST_REQUIRE=1
 CONTAINERD_ADDRESS=$(scripts/containerd.sh start "$dir")
 echo "private containerd at $CONTAINERD_ADDRESS" >&2
 cargo test --workspace "$@"

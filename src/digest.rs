@@ -113,6 +113,24 @@ impl Hasher {
     }
 }
 
+const HASH_CHUNK: usize = 1 << 20;
+
+/// sha256 + length of a stream, read in 1 MiB chunks (large reads keep syscalls off the
+/// profile when hashing multi-GB layers).
+pub fn hash_reader(r: &mut dyn Read) -> std::io::Result<(Digest, u64)> {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finish())
+}
+
 /// A reader that hashes what passes through it.
 pub struct HashingReader<R> {
     inner: R,

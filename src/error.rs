@@ -37,6 +37,10 @@ pub enum Error {
     Containerd { address: String, message: String },
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error(transparent)]
+    Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
 }

@@ -14,6 +14,7 @@
 //!                                       layers (copied up), keyed by chain id
 //! <content>/layers/tmp/                 extractions in progress
 //! <content>/.nestcache/                 handshake nonces, lock file, cache metadata
+//! <content>/.nestcache/leases/<id>.json what running containers use (gc roots)
 //! ```
 //!
 //! The state directory (default `/var/lib/nestcache`) holds what belongs to this machine:
@@ -96,6 +97,15 @@ impl ContentLayout {
     /// `store gc`, so gc never removes what a writer has written but not yet referenced.
     pub fn gc_lock_file(&self) -> PathBuf {
         self.meta_dir().join("gc.lock")
+    }
+
+    /// Leases: one `<id>.json` per container running from this store (`store::lease`).
+    pub fn leases_dir(&self) -> PathBuf {
+        self.meta_dir().join("leases")
+    }
+
+    pub fn lease_file(&self, id: &str) -> PathBuf {
+        self.leases_dir().join(format!("{id}.json"))
     }
 }
 

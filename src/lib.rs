@@ -14,6 +14,8 @@
 //! - [`network`]: nested containers' networks through the CNI plugins (bridge per cache, ports, names).
 //! - [`nested`]: rootfs + runtime spec + task for the nested container, mount verification.
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
+//! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
+//! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
 
 pub mod cache;
 pub mod containerd;
@@ -24,8 +26,11 @@ pub mod image;
 pub mod layout;
 pub mod nested;
 pub mod network;
+pub mod node;
+pub mod process;
 pub mod rootfs;
 pub mod source;
+pub mod stage;
 pub mod store;
 pub mod unpack;
 

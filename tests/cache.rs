@@ -1,13 +1,11 @@
 //! The cache container lifecycle against a real containerd + runc: create, inspect, see
 //! the content dir from inside, TTL, gc, rm leaving nothing behind, and bad input.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{unique, Env, PrivateContainerd};
 use serde_json::Value;
+use testkit::{unique, Env, PrivateContainerd};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -48,6 +46,7 @@ fn cache_names(env: &Env) -> Vec<String> {
 
 #[test]
 fn lifecycle_create_inspect_see_rm() {
+    testkit::require!(containerd);
     let env = Env::new("cache-life");
     let name = "life";
     let created = json(&env.ok(&["cache", "create", name, "--path", "/cache", "--json"]));
@@ -102,6 +101,7 @@ fn lifecycle_create_inspect_see_rm() {
 
 #[test]
 fn ttl_expiry_then_gc() {
+    testkit::require!(containerd);
     let env = Env::new("cache-ttl");
     let v = json(&env.ok(&[
         "cache", "create", "short", "--path", "/c", "--ttl", "2s", "--json",
@@ -126,6 +126,7 @@ fn ttl_expiry_then_gc() {
 
 #[test]
 fn every_command_reaps_expired_caches() {
+    testkit::require!(containerd);
     let env = Env::new("cache-reap");
     env.ok(&["cache", "create", "gone", "--path", "/c", "--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -143,6 +144,7 @@ fn every_command_reaps_expired_caches() {
 
 #[test]
 fn touch_extends_the_ttl() {
+    testkit::require!(containerd);
     let env = Env::new("cache-touch");
     let before = json(&env.ok(&[
         "cache", "create", "t", "--path", "/c", "--ttl", "6s", "--json",
@@ -163,6 +165,7 @@ fn touch_extends_the_ttl() {
 
 #[test]
 fn user_content_dir_is_kept_unless_asked() {
+    testkit::require!(containerd);
     let env = Env::new("cache-user");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -229,6 +232,7 @@ fn user_content_dir_is_kept_unless_asked() {
 
 #[test]
 fn keep_content_and_reuse() {
+    testkit::require!(containerd);
     let env = Env::new("cache-keep");
     env.ok(&["cache", "create", "k", "--path", "/c"]);
     let v = inspect(&env, "k");
@@ -257,6 +261,7 @@ fn keep_content_and_reuse() {
 
 #[test]
 fn bad_input_fails_with_one_clear_line() {
+    testkit::require!(containerd);
     let env = Env::new("cache-bad");
     let one_line = |err: &str| {
         assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
@@ -317,6 +322,7 @@ fn bad_input_fails_with_one_clear_line() {
 /// namespace, as in a pod without the host dir mounted at the same path).
 #[test]
 fn handshake_fails_when_paths_differ() {
+    testkit::require!(containerd);
     let env = Env::new("cache-hs");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -345,6 +351,7 @@ fn handshake_fails_when_paths_differ() {
 
 #[test]
 fn rm_and_gc_clean_half_created_caches() {
+    testkit::require!(containerd);
     let env = Env::new("cache-half");
     // A dead keeper: the cache is half-alive; gc removes it.
     let v = json(&env.ok(&["cache", "create", "dead", "--path", "/c", "--json"]));
@@ -458,6 +465,7 @@ fn rm_and_gc_clean_half_created_caches() {
 
 #[test]
 fn containerd_stopped_between_two_commands() {
+    testkit::require!(containerd);
     let ctd = PrivateContainerd::start();
     let mut env = Env::new("cache-down");
     env.address = ctd.address.clone();
@@ -482,6 +490,7 @@ fn containerd_stopped_between_two_commands() {
 
 #[test]
 fn rm_refuses_while_a_nested_container_runs_from_the_cache() {
+    testkit::require!(containerd);
     use nestcache::cache::spec::{keeper_spec, KeeperSpec};
     use nestcache::containerd::{Client, Mount, NewContainer, NewTask};
 
@@ -569,6 +578,7 @@ fn rm_refuses_while_a_nested_container_runs_from_the_cache() {
 /// nothing at all (no container, no content dir).
 #[test]
 fn interrupted_create_leaves_all_or_nothing() {
+    testkit::require!(containerd);
     let env = Env::new("cache-int");
     for (i, delay_ms) in [0u64, 20, 50, 100, 150, 200, 300, 500]
         .into_iter()

@@ -1,12 +1,10 @@
 //! Environment detection, address resolution and the embedded containerd.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{unique, Env};
 use serde_json::Value;
+use testkit::{unique, Env};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
@@ -14,6 +12,7 @@ fn json(s: &str) -> Value {
 
 #[test]
 fn env_reports_a_given_address() {
+    testkit::require!(containerd);
     let env = Env::new("env-given");
     let v = json(&env.ok(&["env", "--json"]));
     assert_eq!(v["address"], env.address.as_str());
@@ -33,6 +32,7 @@ fn env_reports_a_given_address() {
 
 #[test]
 fn a_dead_given_address_is_one_clear_line() {
+    testkit::require!(containerd);
     let mut env = Env::new("env-dead");
     let dir = tempfile::tempdir().unwrap();
     let dead = dir.path().join("none.sock");
@@ -50,6 +50,7 @@ fn a_dead_given_address_is_one_clear_line() {
 
 #[test]
 fn invalid_namespace_is_refused() {
+    testkit::require!(containerd);
     let mut env = Env::new("env-ns");
     env.namespace = "bad/ns".into();
     let err = env.fails(&["cache", "ls"]);
@@ -127,6 +128,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn embedded_containerd_starts_is_reused_and_stops() {
+    testkit::require!(root, tool "containerd", tool "runc");
     let local = Local::new();
     if Path::new("/var/run/secrets/kubernetes.io/serviceaccount").is_dir() {
         // Inside a pod nestcache must refuse instead (see the test below).

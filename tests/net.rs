@@ -4,15 +4,13 @@
 //! the test bridges' own addresses; subnets come from a pool of the tests' own, claimed
 //! host-wide, so parallel tests never share a bridge or a subnet.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{unique, Env, PrivateContainerd};
+use testkit::{unique, Env, PrivateContainerd};
 
 const POOL: &str = "10.213.0.0/16";
 
@@ -288,6 +286,7 @@ fn http_get(port: u16) -> String {
 
 #[test]
 fn published_port_answers_from_the_host_and_containers_find_each_other_by_name() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let n = Net::new("net-web");
     let port = free_port();
     let mapping = format!("127.0.0.1:{port}:80");
@@ -369,6 +368,7 @@ fn published_port_answers_from_the_host_and_containers_find_each_other_by_name()
 
 #[test]
 fn a_port_in_use_fails_in_one_line_before_anything_starts() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let n = Net::new("net-conflict");
     let port = free_port();
     let mapping = format!("127.0.0.1:{port}:80");
@@ -443,6 +443,7 @@ fn a_port_in_use_fails_in_one_line_before_anything_starts() {
 
 #[test]
 fn udp_and_publish_all() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let n = Net::new("net-udp");
     // -P: the image's 80/tcp and 9999/udp onto free host ports. busybox-static has no UDP
     // server, so the host's perl (Essential in Debian) answers UDP, from the host's /usr.
@@ -498,6 +499,7 @@ fn udp_and_publish_all() {
 
 #[test]
 fn ten_containers_with_ports_at_once() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let n = Net::new("net-ten");
     let vol = format!("{}:/www", n.www.path().display());
     // All at once: ten runs race for addresses, ports and the bridge.
@@ -546,6 +548,7 @@ fn ten_containers_with_ports_at_once() {
 
 #[test]
 fn every_way_out_releases_the_network() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let n = Net::new("net-cleanup");
     // --rm: the default is bridge when the plugins are installed.
     let addr = |args: &[&str]| {
@@ -615,6 +618,7 @@ fn every_way_out_releases_the_network() {
 
 #[test]
 fn a_containerd_restart_leaves_nothing_behind() {
+    testkit::require!(containerd, root, tool "iptables-save", tool "ip");
     let ctd = PrivateContainerd::start();
     let mut env = Env::new("net-restart");
     env.address = ctd.address.clone();

@@ -3,12 +3,10 @@
 //! the test's own loopback proxy. Every failure must be one clear line with the store
 //! left intact.
 
-mod registry_util;
-
 use std::path::Path;
 
-use registry_util::proxy::{Faults, Proxy};
-use registry_util::{
+use testkit::registry::proxy::{Faults, Proxy};
+use testkit::registry::{
     blob_names, ingest_leftovers, nestcache, output, ref_digest, Options, Registry, PASS, USER,
 };
 
@@ -40,6 +38,7 @@ fn assert_store_ok(home: &Path, store: &Path) {
 
 #[test]
 fn anonymous_pull_stages_unpacks_and_reuses() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), false);
     let reg = Registry::start(Options::default());
@@ -102,6 +101,7 @@ fn anonymous_pull_stages_unpacks_and_reuses() {
 
 #[test]
 fn basic_auth_from_flag_authfile_and_docker_config() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), false);
     let reg = Registry::start(Options {
@@ -172,6 +172,7 @@ fn basic_auth_from_flag_authfile_and_docker_config() {
 
 #[test]
 fn tls_with_a_self_signed_ca() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), false);
     let reg = Registry::start(Options {
@@ -201,6 +202,7 @@ fn tls_with_a_self_signed_ca() {
 
 #[test]
 fn by_digest_and_multi_platform_index() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), true);
     let reg = Registry::start(Options::default());
@@ -282,6 +284,7 @@ fn biggest_layer(built: &mkimage::Built) -> String {
 
 #[test]
 fn faults_recover_or_fail_cleanly() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), false);
     let reg = Registry::start(Options::default());
@@ -368,6 +371,7 @@ fn faults_recover_or_fail_cleanly() {
 
 #[test]
 fn bearer_token_and_redirect_without_leaking_auth() {
+    testkit::require!(tool "docker-registry", tool "skopeo", tool "openssl");
     let t = tempfile::tempdir().unwrap();
     let built = image(t.path(), false);
     let reg = Registry::start(Options::default());

@@ -1,15 +1,13 @@
 //! `nestcache run` and friends against a real containerd + runc: a cache container, an
 //! image made by mkimage and staged into the cache, nested containers run from it.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{unique, Env, PrivateContainerd};
+use testkit::{unique, Env, PrivateContainerd};
 
 /// A cache container with a staged image, in an environment of its own.
 struct Fixture {
@@ -154,6 +152,7 @@ fn lines(s: &str) -> Vec<&str> {
 
 #[test]
 fn image_entrypoint_cmd_env_workdir_user_and_their_overrides() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-config");
     let img = f.small("cfg", |c| {
         c.entrypoint = Some(vec![
@@ -187,6 +186,7 @@ fn image_entrypoint_cmd_env_workdir_user_and_their_overrides() {
 
 #[test]
 fn users_by_name_and_number_come_from_the_image() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-user");
     let img = f.small("users", |_| {});
     let id = |u: &str| f.ok(&["--rm", "-u", u, &img, "--", "sh", "-c", "id -u; id -g"]);
@@ -215,6 +215,7 @@ fn users_by_name_and_number_come_from_the_image() {
 
 #[test]
 fn stdin_pipe_reaches_the_process_with_i() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-stdin");
     let img = f.small("stdin", |_| {});
     let mut child = f
@@ -239,6 +240,7 @@ fn stdin_pipe_reaches_the_process_with_i() {
 
 #[test]
 fn exit_codes_0_1_and_137() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-exit");
     let img = f.small("exit", |_| {});
     assert_eq!(f.run(&["--rm", &img, "--", "true"]).status.code(), Some(0));
@@ -260,6 +262,7 @@ fn exit_codes_0_1_and_137() {
 
 #[test]
 fn sigterm_is_forwarded_to_the_task() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-signal");
     let img = f.small("signal", |_| {});
     let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
@@ -280,6 +283,7 @@ fn sigterm_is_forwarded_to_the_task() {
 
 #[test]
 fn the_cache_is_mounted_read_only_and_verified() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-cache");
     let img = f.small("cache", |_| {});
     let out = f.run(&["--rm", &img, "--", "ls", "/cache"]);
@@ -315,6 +319,7 @@ fn the_cache_is_mounted_read_only_and_verified() {
 
 #[test]
 fn verification_fails_when_the_mount_is_gone() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-verify");
     let img = f.small("verify", |_| {});
     assert_eq!(
@@ -365,6 +370,7 @@ fn verification_fails_when_the_mount_is_gone() {
 
 #[test]
 fn detached_logs_ps_stop_rm() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-detach");
     let img = f.small("detach", |_| {});
     let script = "echo out; echo err >&2; sleep 60";
@@ -418,6 +424,7 @@ fn detached_logs_ps_stop_rm() {
 
 #[test]
 fn rm_leaves_nothing_and_keep_leaves_the_container() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-rm");
     let img = f.small("rm", |_| {});
     f.ok(&["--rm", &img, "--", "sh", "-c", "echo x > /tmp/x"]);
@@ -449,6 +456,7 @@ fn rm_leaves_nothing_and_keep_leaves_the_container() {
 
 #[test]
 fn twenty_concurrent_runs_share_layers_with_own_upper_dirs() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-many");
     let mut spec = mkimage::preset("features").expect("preset");
     spec.ref_name = "many".into();
@@ -505,6 +513,7 @@ fn twenty_concurrent_runs_share_layers_with_own_upper_dirs() {
 
 #[test]
 fn a_120_layer_image_runs() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-layers");
     let mut spec = mkimage::preset("many-layers").expect("preset");
     spec.ref_name = "layers".into();
@@ -524,6 +533,7 @@ fn a_120_layer_image_runs() {
 
 #[test]
 fn clear_errors_unknown_image_cache_command() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-errors");
     let img = f.small("errs", |_| {});
     let e = f.env.fails(&f.args(&["--rm", "nosuchimage", "--", "true"]));
@@ -549,6 +559,7 @@ fn clear_errors_unknown_image_cache_command() {
 
 #[test]
 fn volumes_and_read_only_rootfs() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-vol");
     let img = f.small("vol", |_| {});
     let host = tempfile::tempdir().expect("tmp");
@@ -585,6 +596,7 @@ fn volumes_and_read_only_rootfs() {
 
 #[test]
 fn containerd_restarted_between_staging_and_running() {
+    testkit::require!(containerd);
     let ctd = PrivateContainerd::start();
     let mut env = Env::new("run-restart");
     env.address = ctd.address.clone();
@@ -601,6 +613,7 @@ fn containerd_restarted_between_staging_and_running() {
 /// `run --stage` stages first, under the image name given.
 #[test]
 fn run_with_stage() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-stage");
     let mut spec = mkimage::preset("small").expect("preset");
     spec.ref_name = "src".into();
@@ -620,10 +633,7 @@ fn run_with_stage() {
 
 #[test]
 fn tty_gets_a_terminal_of_our_size() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: script(1) (util-linux) is not installed");
-        return;
-    }
+    testkit::require!(containerd, tool "script");
     let f = Fixture::new("run-tty");
     let img = f.small("tty", |_| {});
     let cmd = format!(
@@ -649,6 +659,7 @@ fn tty_gets_a_terminal_of_our_size() {
 /// `--runtime shim`: nestcache's shim assembles the rootfs from the store annotations.
 #[test]
 fn shim_runtime_runs_from_the_store() {
+    testkit::require!(containerd);
     let on_path = std::env::var_os("PATH").is_some_and(|p| {
         std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
     });
@@ -695,6 +706,7 @@ fn shim_runtime_runs_from_the_store() {
 
 #[test]
 fn a_reader_that_goes_away_does_not_block_the_task() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-pipe");
     let img = f.small("pipe", |_| {});
     let script =
@@ -712,6 +724,7 @@ fn a_reader_that_goes_away_does_not_block_the_task() {
 
 #[test]
 fn rm_cache_removes_the_cache_afterwards() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-rmcache");
     let img = f.small("rmcache", |_| {});
     assert_eq!(
@@ -733,6 +746,7 @@ fn rm_cache_removes_the_cache_afterwards() {
 
 #[test]
 fn network_none_by_nestcache_net_host_on_request() {
+    testkit::require!(containerd);
     let f = Fixture::new("run-net");
     let img = f.small("net", |_| {});
     let host_ns = std::fs::read_link("/proc/self/ns/net").expect("host net ns");

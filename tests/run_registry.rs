@@ -1,14 +1,12 @@
 //! `nestcache run --stage docker://…`: the registry options reach the stage (an
 //! authenticating registry on 127.0.0.1), and the staged image runs under containerd.
 
-mod common;
-mod registry_util;
-
-use common::{unique, Env};
-use registry_util::{Options, Registry, PASS, USER};
+use testkit::registry::{Options, Registry, PASS, USER};
+use testkit::{unique, Env};
 
 #[test]
 fn run_stages_from_an_authenticating_registry_with_its_options() {
+    testkit::require!(containerd, tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let mut spec = mkimage::preset("small").unwrap();
     spec.ref_name = "small".into();

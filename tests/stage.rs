@@ -1,11 +1,9 @@
 //! Round trips: each source format staged into a store, read back by nestcache, skopeo
 //! and umoci; platform choice from an index; re-staging reuses every blob.
 
-mod stage_util;
-
 use std::process::Command;
 
-use stage_util::*;
+use testkit::images::*;
 
 fn layer_digests(img: &Image) -> Vec<String> {
     img.layers.iter().map(|l| l.digest().to_string()).collect()
@@ -13,6 +11,7 @@ fn layer_digests(img: &Image) -> Vec<String> {
 
 #[test]
 fn oci_dir_round_trip_and_dedupe() {
+    testkit::require!(tool "skopeo", tool "umoci");
     let d = Dirs::new();
     let img = image(1, 3, "amd64", 0);
     oci_dir(&d.path("src"), &[&img], &[("app:1", &img.manifest)]);
@@ -184,6 +183,7 @@ fn oci_archive_index_with_two_platforms() {
 
 #[test]
 fn docker_archive_becomes_an_oci_image() {
+    testkit::require!(tool "skopeo");
     let d = Dirs::new();
     let img = image(4, 3, "amd64", 0);
     docker_archive(&d.path("d.tar"), &img, &["example.com/app:7", "app:latest"]);

@@ -1,15 +1,13 @@
 //! `--cache NAME`: staging into a cache container's content dir (through containerd), next
 //! to files the cache's users keep there, and listing/checking it by name.
 
-mod common;
-mod stage_util;
-
-use common::Env;
 use serde_json::Value;
-use stage_util::*;
+use testkit::images::*;
+use testkit::Env;
 
 #[test]
 fn stage_into_a_cache_by_name() {
+    testkit::require!(containerd);
     let env = Env::new("stage-cache");
     let d = Dirs::new();
     let img = image(600, 2, "amd64", 0);

@@ -2,11 +2,9 @@
 //! hardlinks, xattrs, zstd and gzip, a two-platform index, 120 layers — staged from each
 //! source format, then read back by nestcache, skopeo and umoci.
 
-mod stage_util;
-
 use std::process::Command;
 
-use stage_util::*;
+use testkit::images::*;
 
 fn skopeo_digest(store: &str, reference: &str) -> String {
     let out = Command::new("skopeo")
@@ -24,6 +22,7 @@ fn skopeo_digest(store: &str, reference: &str) -> String {
 
 #[test]
 fn features_image_from_every_source_format() {
+    testkit::require!(tool "skopeo", tool "umoci");
     let d = Dirs::new();
     for (i, compression) in [mkimage::Compression::Zstd, mkimage::Compression::Gzip]
         .into_iter()
@@ -126,6 +125,7 @@ fn features_image_from_every_source_format() {
 
 #[test]
 fn many_layers_image_stages_and_unpacks() {
+    testkit::require!(tool "skopeo", tool "umoci");
     let d = Dirs::new();
     let built = mkimage::preset("many-layers")
         .unwrap()

@@ -1,14 +1,12 @@
 //! The store under stress: SIGKILL mid-stage, concurrent stagers, `store check` finding
 //! corruption.
 
-mod stage_util;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stage_util::*;
+use testkit::images::*;
 
 /// Size of everything in a directory's regular files.
 fn bytes_in(dir: &Path) -> u64 {

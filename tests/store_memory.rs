@@ -2,12 +2,10 @@
 //! (from wait4) includes whatever its parent held when it was spawned, so no other test
 //! may hold big buffers in this process meanwhile.
 
-mod stage_util;
-
 use std::fs;
 use std::process::{Command, Stdio};
 
-use stage_util::*;
+use testkit::images::*;
 
 #[test]
 #[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage

@@ -1,15 +1,13 @@
 //! The layer applier on its own: semantics of every entry kind, whiteouts, and hostile
 //! layers (each refused with an error naming the entry, and nothing left behind).
 
-mod unpack_util;
-
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nestcache::digest::Digest;
 use nestcache::unpack::{apply_layer, Limits, Outcome};
 use tar::EntryType;
-use unpack_util::*;
+use testkit::layers::*;
 
 fn apply(blob: &[u8], media: &str, diff_id: &Digest, dest: &Path) -> nestcache::Result<Outcome> {
     apply_layer(blob, media, diff_id, dest, Some(&[]), &Limits::default())
@@ -121,10 +119,7 @@ fn regular_files_dirs_links_devices_and_metadata() {
 /// owners other than ours.
 #[test]
 fn owners_and_modes_are_exact_under_a_setgid_parent_and_any_umask() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root (chown)");
-        return;
-    }
+    testkit::require!(root);
     let tar = LayerTar::new()
         .dir("./", 0o755)
         .file_with("a644", b"x", 0o644, 0, 0)

@@ -2,12 +2,10 @@
 //! already present, and a hostile layer fails the command with one line naming the entry.
 //! Plain `--store` directories: no containerd needed.
 
-mod unpack_util;
-
 use std::process::{Command, Output};
 
 use nestcache::layout::ContentLayout;
-use unpack_util::*;
+use testkit::layers::*;
 
 fn nestcache(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nestcache"))

@@ -1,14 +1,12 @@
 //! `ensure_layers`: parallel extraction, publishing by diff id or chain id, cheap lookup of
 //! what is already extracted, and cleanup of interrupted extractions.
 
-mod unpack_util;
-
 use std::os::unix::fs::MetadataExt;
 
 use nestcache::digest::chain_ids;
 use nestcache::layout::ContentLayout;
 use nestcache::unpack::{ensure_layers, Limits};
-use unpack_util::*;
+use testkit::layers::*;
 
 #[test]
 fn extracts_publishes_and_finds_again_without_blobs() {

@@ -3,8 +3,6 @@
 //! modes, owners, content hashes, link targets, device numbers, xattrs, hardlink groups.
 //! Needs root, overlayfs and umoci (all present on the test machines).
 
-mod unpack_util;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -14,7 +12,7 @@ use nestcache::digest::Digest;
 use nestcache::layout::ContentLayout;
 use nestcache::unpack::{ensure_layers, LayerBlob, Limits};
 use tar::EntryType;
-use unpack_util::*;
+use testkit::layers::*;
 
 /// One line per path describing everything the comparison covers.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
@@ -202,6 +200,7 @@ fn generated_image() -> Vec<Vec<u8>> {
 
 #[test]
 fn merged_overlay_matches_umoci_unpack() {
+    testkit::require!(root, tool "umoci");
     let work = tempfile::Builder::new()
         .prefix("nc-overlay-")
         .tempdir()
@@ -273,6 +272,7 @@ fn assert_same(ours: &BTreeMap<PathBuf, String>, theirs: &BTreeMap<PathBuf, Stri
 /// them in overlayfs (see above), and the handmade image checks them exactly.
 #[test]
 fn mkimage_images_match_umoci_unpack() {
+    testkit::require!(root, tool "umoci");
     for (preset, compression) in [("lower-hardlink", "gzip"), ("features", "none")] {
         let work = tempfile::Builder::new()
             .prefix("nc-overlay-mk-")

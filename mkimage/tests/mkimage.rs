@@ -11,14 +11,7 @@ use mkimage::{preset, Compression, ImageSpec};
 use sha2::{Digest as _, Sha256};
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::stdout(&testkit::run_ok(cmd))
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -59,6 +52,7 @@ fn same_spec_gives_same_bytes() {
 
 #[test]
 fn skopeo_reads_layout_and_archives_with_the_config() {
+    testkit::require!(tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let mut spec = preset("features").unwrap();
     spec.ref_name = "v1".into();
@@ -134,6 +128,7 @@ fn skopeo_reads_layout_and_archives_with_the_config() {
 
 #[test]
 fn umoci_unpacks_every_feature() {
+    testkit::require!(tool "umoci", tool "python3");
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
     preset("lower-hardlink")
@@ -228,6 +223,7 @@ fn libc_makedev(major: u64, minor: u64) -> u64 {
 
 #[test]
 fn compressions_and_platforms() {
+    testkit::require!(tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     for (c, mt) in [
         (Compression::None, "application/vnd.oci.image.layer.v1.tar"),
@@ -292,11 +288,10 @@ fn compressions_and_platforms() {
 /// containerd must accept the archives as they are (the benchmark's peer imports them).
 #[test]
 fn ctr_imports_the_archives() {
-    let address = std::env::var("CONTAINERD_ADDRESS").expect(
-        "CONTAINERD_ADDRESS is not set: run the tests with scripts/test.sh, which starts a private containerd",
-    );
+    testkit::require!(containerd, tool "ctr");
+    let address = testkit::containerd_address();
     let t = tempfile::tempdir().unwrap();
-    let ns = format!("mkimage-test-{}", std::process::id());
+    let ns = testkit::unique("mkimage-test");
     let mut spec = preset("features").unwrap();
     spec.ref_name = format!("docker.io/mkimage/{ns}:oci");
     spec.repo_tag = format!("docker.io/mkimage/{ns}:docker");

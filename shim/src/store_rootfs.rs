@@ -35,13 +35,8 @@ pub fn mount(wanted: &StoreImage, dir: &Path, target: &Path) -> Result<(), Strin
     let image = store
         .resolve(&wanted.image, None)
         .map_err(|e| format!("{what}: {e}"))?;
-    let layers = rootfs::layer_dirs_in(
-        store.layout(),
-        &wanted.image,
-        &image.diff_ids,
-        image.manifest.layers().len(),
-    )
-    .map_err(|e| format!("{what}: {e}"))?;
+    let layers = rootfs::layer_dirs_in(store.layout(), &wanted.image, image.layers())
+        .map_err(|e| format!("{what}: {e}"))?;
     // The upper dir lives in the bundle and goes with the task: never worth a sync.
     let overlay = Overlay::prepare(dir, &layers)
         .map_err(|e| format!("{what}: {e}"))?

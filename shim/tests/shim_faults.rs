@@ -1,13 +1,13 @@
 //! Faults: a shim killed with SIGKILL, containerd restarted under running tasks, and the
 //! `delete` subcommand cleaning up a bundle on its own.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::Message;
+use testkit::ctr::*;
+use testkit::rootfs::*;
+use testkit::{stderr, stdout, unique, PrivateContainerd};
 
 fn parent_of(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -58,6 +58,7 @@ fn kill_shim_and_check(ctr: &Ctr, id: &str) {
 
 #[test]
 fn killed_shim_leaves_no_task_and_no_mount_for_an_imported_image() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-kill-img");
     let work = tempfile::tempdir().unwrap();
     store_with_busybox(work.path(), &work.path().join("store"), "imp");
@@ -98,6 +99,7 @@ fn killed_shim_leaves_no_task_and_no_mount_for_an_imported_image() {
 
 #[test]
 fn killed_shim_leaves_no_mount_for_a_store_rootfs() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-kill-store");
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
@@ -128,6 +130,7 @@ fn killed_shim_leaves_no_mount_for_a_store_rootfs() {
 
 #[test]
 fn tasks_survive_a_containerd_restart() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let containerd = PrivateContainerd::start();
     let ctr = Ctr::at(&containerd.address, "shim-restart");
     let root = tempfile::tempdir().unwrap();
@@ -178,6 +181,7 @@ fn tasks_survive_a_containerd_restart() {
 
 #[test]
 fn delete_subcommand_unmounts_the_rootfs_and_reports_a_killed_task() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let bundle = tempfile::tempdir().unwrap();
     let rootfs = bundle.path().join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
@@ -192,7 +196,7 @@ fn delete_subcommand_unmounts_the_rootfs_and_reports_a_killed_task() {
     let needle = rootfs.to_str().unwrap().to_string();
     assert_eq!(mounts_containing(&needle).len(), 1);
     let id = unique("gone");
-    let out = Command::new(shim_binary())
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-nestcache-v2"))
         .args(["-namespace", "shim-delete", "-id", &id, "-address"])
         .arg("/nonexistent/containerd.sock")
         .args(["-publish-binary", "/bin/false", "-bundle"])

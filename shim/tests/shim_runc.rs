@@ -2,15 +2,16 @@
 //! `--runtime io.containerd.nestcache.v2` (rootfs laid out on disk) and sees the same
 //! stdio, exit codes, exec, signals, pids and events.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 
-use common::*;
+use testkit::ctr::*;
+use testkit::rootfs::*;
+use testkit::{stderr, stdout, unique};
 
 #[test]
 fn run_streams_stdout_and_stderr_and_returns_the_exit_code() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-run");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -33,6 +34,7 @@ fn run_streams_stdout_and_stderr_and_returns_the_exit_code() {
 
 #[test]
 fn stdin_reaches_the_process_and_eof_ends_it() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-stdin");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -60,6 +62,7 @@ fn stdin_reaches_the_process_and_eof_ends_it() {
 
 #[test]
 fn terminal_gives_the_process_a_tty() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-tty");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -82,6 +85,7 @@ fn terminal_gives_the_process_a_tty() {
 
 #[test]
 fn exec_pids_signals_and_exit_statuses() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-exec");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -134,6 +138,7 @@ fn exec_pids_signals_and_exit_statuses() {
 
 #[test]
 fn sigkill_reports_137_and_exec_into_a_stopped_task_fails() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-kill");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -157,6 +162,7 @@ fn sigkill_reports_137_and_exec_into_a_stopped_task_fails() {
 
 #[test]
 fn missing_command_fails_create_with_runc_reason() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-nocmd");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
@@ -169,6 +175,7 @@ fn missing_command_fails_create_with_runc_reason() {
 
 #[test]
 fn containerd_sees_task_events_in_order() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-events");
     let events = ctr.events();
     let root = tempfile::tempdir().unwrap();
@@ -242,6 +249,7 @@ fn shims_in(ns: &str) -> Vec<u32> {
 
 #[test]
 fn group_annotation_shares_one_shim_until_its_last_task_goes() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
     let ctr = Ctr::new("shim-group");
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());

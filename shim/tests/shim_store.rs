@@ -2,11 +2,11 @@
 //! `io.nestcache.image` gets its rootfs assembled by the shim from the store's extracted
 //! layers — an image containerd has never seen — and nothing stays mounted afterwards.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use testkit::ctr::*;
+use testkit::rootfs::*;
+use testkit::{stderr, stdout, unique};
 
 const STORE: &str = "io.nestcache.store";
 const IMAGE: &str = "io.nestcache.image";
@@ -57,6 +57,7 @@ fn run_annotated(
 
 #[test]
 fn runs_an_image_from_the_store_by_ref_and_by_digest() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-store");
     let f = fixture("marker-one");
     for image in ["marker-one", f.digest.as_str()] {
@@ -83,6 +84,7 @@ fn runs_an_image_from_the_store_by_ref_and_by_digest() {
 
 #[test]
 fn writes_go_to_the_container_upper_dir_not_the_store() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-store-rw");
     let f = fixture("rw");
     let id = unique("s");
@@ -144,6 +146,7 @@ fn assert_create_fails(ctr: &Ctr, f: &Fixture, store: &Path, image: &str, expect
 
 #[test]
 fn missing_store_unknown_image_and_unextracted_layer_fail_create_clearly() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-store-bad");
     let f = fixture("present");
     let nowhere = f.store.with_file_name("no-such-store");
@@ -172,6 +175,7 @@ fn missing_store_unknown_image_and_unextracted_layer_fail_create_clearly() {
 
 #[test]
 fn half_annotated_spec_is_refused() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
     let ctr = Ctr::new("shim-store-half");
     let f = fixture("half");
     let id = unique("s");

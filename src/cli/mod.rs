@@ -4,6 +4,7 @@
 mod cache;
 mod env;
 mod images;
+mod node;
 mod run;
 mod stage;
 mod store;
@@ -80,6 +81,9 @@ pub enum Command {
     Logs(run::LogsArgs),
     /// List a nested container's published ports
     Port(run::PortArgs),
+    /// Node setup for Kubernetes: install, uninstall, status
+    #[command(subcommand)]
+    Node(node::NodeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -98,6 +102,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(a) => run::rm(&g, a).await,
         Command::Logs(a) => run::logs(&g, a).await,
         Command::Port(a) => run::port(&g, a).await,
+        Command::Node(c) => node::run(&g, c).await,
     }
 }
 

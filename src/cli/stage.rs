@@ -6,7 +6,8 @@ use clap::Args;
 
 use nestcache::image::PlatformSpec;
 use nestcache::source;
-use nestcache::store::{self, StageOptions, Store};
+use nestcache::stage::{self, StageOptions};
+use nestcache::store::Store;
 
 use super::Globals;
 
@@ -125,7 +126,7 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         } else {
             Store::open(&dir)?
         };
-        Ok(store::stage(&store, src.as_ref(), &opts)?)
+        Ok(stage::stage(&store, src.as_ref(), &opts)?)
     })
     .await
     .context("stage worker")??;

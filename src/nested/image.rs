@@ -9,7 +9,8 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, LayerStack};
 use crate::source::SourceOptions;
-use crate::store::{stage, StageOptions, Store};
+use crate::stage::{stage, StageOptions};
+use crate::store::Store;
 use crate::unpack::Limits;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).

@@ -11,9 +11,8 @@ pub use view::LayerStack;
 
 use std::path::PathBuf;
 
-use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, Result};
-use crate::image::ResolvedImage;
+use crate::image::{Layer, ResolvedImage};
 use crate::layout::ContentLayout;
 use crate::store::Store;
 
@@ -22,37 +21,28 @@ pub fn layer_dirs(store: &Store, image: &ResolvedImage) -> Result<Vec<PathBuf>> 
     layer_dirs_in(
         store.layout(),
         &image.manifest_digest.to_string(),
-        &image.diff_ids,
-        image.manifest.layers().len(),
+        image.layers(),
     )
 }
 
-/// The extracted layer dirs of an image, bottom → top, given its diff_ids and how many
-/// layers its manifest lists. Refuses a config and manifest that disagree on the layer
-/// count, and any layer that is not extracted (a layer dir exists only once complete:
-/// the unpacker publishes it by rename). `image` names the image in messages.
+/// The extracted layer dirs of an image's `layers`, bottom → top. Refuses any layer that
+/// is not extracted (a layer dir exists only once complete: the unpacker publishes it by
+/// rename). `image` names the image in messages.
 pub fn layer_dirs_in(
     layout: &ContentLayout,
     image: &str,
-    diff_ids: &[Digest],
-    manifest_layers: usize,
+    layers: &[Layer],
 ) -> Result<Vec<PathBuf>> {
-    if manifest_layers != diff_ids.len() {
-        return Err(Error::Invalid(format!(
-            "image {image}: the manifest has {manifest_layers} layers but the config lists {} diff_ids",
-            diff_ids.len()
-        )));
-    }
-    let chains = chain_ids(diff_ids);
-    diff_ids
+    let count = layers.len();
+    layers
         .iter()
-        .zip(&chains)
         .enumerate()
-        .map(|(i, (diff_id, chain_id))| {
-            crate::unpack::existing_layer(layout, diff_id, chain_id).ok_or_else(|| {
+        .map(|(i, l)| {
+            crate::unpack::existing_layer(layout, &l.diff_id, &l.chain_id).ok_or_else(|| {
                 Error::NotFound(format!(
-                    "extracted layer {}/{manifest_layers} (diff_id {diff_id}) of image {image} in {}: extract it with `nestcache store unpack`",
+                    "extracted layer {}/{count} (diff_id {}) of image {image} in {}: extract it with `nestcache store unpack`",
                     i + 1,
+                    l.diff_id,
                     layout.root().display()
                 ))
             })
@@ -63,9 +53,11 @@ pub fn layer_dirs_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::{chain_ids, Digest};
+    use crate::image::{descriptor_for, OCI_LAYER};
 
     #[test]
-    fn layer_dirs_by_diff_id_or_chain_id_and_refusals() {
+    fn layer_dirs_by_diff_id_or_chain_id_and_refusal() {
         let t = tempfile::tempdir().unwrap();
         let layout = ContentLayout::new(t.path());
         let ids: Vec<Digest> = ["a", "b", "c"]
@@ -73,9 +65,19 @@ mod tests {
             .map(|s| Digest::of(s.as_bytes()))
             .collect();
         let chains = chain_ids(&ids);
+        let layers: Vec<Layer> = ids
+            .iter()
+            .zip(&chains)
+            .map(|(diff_id, chain_id)| Layer {
+                descriptor: descriptor_for(OCI_LAYER, diff_id.hex().as_bytes()),
+                digest: Digest::of(diff_id.hex().as_bytes()),
+                diff_id: diff_id.clone(),
+                chain_id: chain_id.clone(),
+            })
+            .collect();
         std::fs::create_dir_all(layout.layer_by_diff_id(&ids[0])).unwrap();
         std::fs::create_dir_all(layout.layer_by_chain_id(&chains[1])).unwrap();
-        let e = layer_dirs_in(&layout, "img", &ids, 3)
+        let e = layer_dirs_in(&layout, "img", &layers)
             .unwrap_err()
             .to_string();
         assert!(
@@ -83,7 +85,7 @@ mod tests {
             "{e}"
         );
         std::fs::create_dir_all(layout.layer_by_diff_id(&ids[2])).unwrap();
-        let dirs = layer_dirs_in(&layout, "img", &ids, 3).unwrap();
+        let dirs = layer_dirs_in(&layout, "img", &layers).unwrap();
         assert_eq!(
             dirs,
             vec![
@@ -92,13 +94,9 @@ mod tests {
                 layout.layer_by_diff_id(&ids[2]),
             ]
         );
-        let e = layer_dirs_in(&layout, "img", &ids, 2)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("2 layers but the config lists 3"), "{e}");
         // An in-progress extraction (tmp dir) does not count.
         std::fs::remove_dir(layout.layer_by_diff_id(&ids[2])).unwrap();
         std::fs::create_dir_all(layout.layers_tmp_dir().join("x")).unwrap();
-        assert!(layer_dirs_in(&layout, "img", &ids, 3).is_err());
+        assert!(layer_dirs_in(&layout, "img", &layers).is_err());
     }
 }

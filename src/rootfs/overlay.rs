@@ -354,10 +354,7 @@ mod tests {
 
     #[test]
     fn mounts_120_layers_for_real() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: mounting overlayfs needs root");
-            return;
-        }
+        testkit::require!(root);
         let t = tempfile::tempdir().unwrap();
         let l = layers(t.path(), 120);
         let dir = t.path().join("state/containers/nested-with-a-long-id");
@@ -402,8 +399,9 @@ mod tests {
 
     #[test]
     fn mounts_volatile_for_real() {
-        if !nix::unistd::geteuid().is_root() || !volatile_supported() {
-            eprintln!("skipped: needs root and overlayfs volatile (Linux 5.10+)");
+        testkit::require!(root);
+        if !volatile_supported() {
+            eprintln!("skipped mounts_volatile_for_real: this kernel's overlayfs has no volatile (Linux 5.10+)");
             return;
         }
         let t = tempfile::tempdir().unwrap();

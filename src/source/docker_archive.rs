@@ -179,7 +179,7 @@ fn layer_descriptor(archive: &TarIndex, name: &str, diff_id: &Digest) -> Result<
         // it has to be hashed here (a second read of this one layer).
         (None, _) => {
             let mut r = archive.open(name)?;
-            let (d, _) = crate::store::hash_stream(&mut r)
+            let (d, _) = crate::digest::hash_reader(&mut r)
                 .ctx(|| format!("read layer {name} in {}", archive.path().display()))?;
             d
         }

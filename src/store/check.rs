@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::{ingest::hash_reader, lock, Store};
-use crate::digest::{chain_ids, Digest};
+use super::{lock, Store};
+use crate::digest::{chain_ids, hash_reader, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, DocKind};
 
@@ -174,16 +174,34 @@ impl Store {
         })
     }
 
-    /// Walks from every index.json entry through indexes, manifests and configs. With
-    /// `good`, only blobs in it count as present (check); without, presence on disk does.
+    /// Walks from every index.json entry and every lease through indexes, manifests and
+    /// configs. With `good`, only blobs in it count as present (check); without, presence
+    /// on disk does.
     pub(crate) fn reach(&self, good: Option<&HashSet<Digest>>) -> Result<Reach> {
-        let mut reach = Reach::default();
-        let mut stack: Vec<(Descriptor, String)> = self
+        let mut roots = self.index_roots()?;
+        for lease in self.leases()? {
+            roots.push((lease.descriptor(), format!("lease {}", lease.id)));
+        }
+        self.reach_from(roots, good)
+    }
+
+    /// index.json's entries, as roots for [`Store::reach_from`].
+    pub(crate) fn index_roots(&self) -> Result<Vec<(Descriptor, String)>> {
+        Ok(self
             .read_index()?
             .manifests()
             .iter()
             .map(|d| (d.clone(), "index.json".to_string()))
-            .collect();
+            .collect())
+    }
+
+    /// Walks from `roots` (descriptor, who references it).
+    pub(crate) fn reach_from(
+        &self,
+        mut stack: Vec<(Descriptor, String)>,
+        good: Option<&HashSet<Digest>>,
+    ) -> Result<Reach> {
+        let mut reach = Reach::default();
         while let Some((desc, parent)) = stack.pop() {
             let media_type = desc.media_type().to_string();
             let problem = |why: String| MissingBlob {

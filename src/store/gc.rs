@@ -1,5 +1,5 @@
-//! `store gc`: removes blobs no ref reaches, extracted layers no reachable image uses,
-//! and temp files of interrupted writes. Holds the gc lock exclusively, so no stage or
+//! `store gc`: removes blobs no ref or lease reaches, extracted layers no reachable
+//! image uses, and temp files of interrupted writes. Holds the gc lock exclusively, so no stage or
 //! unpack is running meanwhile and everything in `ingest/` and `layers/tmp/` is stale.
 
 use std::fs;
@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{lock, sync_dir, Store};
+use super::{lock, sync_dir, Lease, Store};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
@@ -17,12 +17,36 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub layers_removed: u64,
     pub temp_files_removed: u64,
+    /// Leases kept as roots (their containers may still run).
+    pub leases_kept: u64,
+    /// Leases ended because their containers are gone.
+    pub leases_reclaimed: u64,
 }
 
 impl Store {
+    /// Collects what no ref and no lease reaches; every lease is kept.
     pub fn gc(&self) -> Result<GcReport> {
+        self.gc_reclaiming(&[])
+    }
+
+    /// Like [`Store::gc`], but first ends the leases in `stale` that are still recorded
+    /// exactly as given (same id, acquisition time and creator: a lease taken again
+    /// meanwhile is kept). The caller puts a lease there only once containerd confirmed
+    /// its container is gone and its creator has exited.
+    pub fn gc_reclaiming(&self, stale: &[Lease]) -> Result<GcReport> {
         let _gc = lock::lock(&self.layout().gc_lock_file(), true)?;
-        let reach = self.reach(None)?;
+        let mut report = GcReport::default();
+        let mut roots = self.index_roots()?;
+        for lease in self.leases()? {
+            if stale.contains(&lease) {
+                self.release_lease(&lease.id)?;
+                report.leases_reclaimed += 1;
+            } else {
+                roots.push((lease.descriptor(), format!("lease {}", lease.id)));
+                report.leases_kept += 1;
+            }
+        }
+        let reach = self.reach_from(roots, None)?;
         // A reachable document we cannot read might reach blobs we cannot see: deleting
         // anything then could delete what a ref needs, so refuse instead.
         let is_document = |t: &str| {
@@ -32,11 +56,10 @@ impl Store {
         };
         if let Some(p) = reach.problems.iter().find(|p| is_document(&p.media_type)) {
             return Err(Error::Invalid(format!(
-                "store gc refused: {}; fix or remove that ref first",
+                "store gc refused: {}; fix or remove that ref or lease first",
                 Error::from(p)
             )));
         }
-        let mut report = GcReport::default();
 
         let blobs_dir = self.layout().blobs_dir();
         for entry in fs::read_dir(&blobs_dir).ctx(|| format!("read {}", blobs_dir.display()))? {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{sync_dir, Store};
-use crate::digest::{Digest, Hasher};
+use crate::digest::{hash_reader, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
 /// Read/write chunk; big enough that syscalls don't dominate, small enough to stay flat.
@@ -120,21 +120,6 @@ impl Store {
             .ctx(|| format!("read {}", self.layout().blob(digest).display()))?;
         Ok(actual == *digest && actual_size == size)
     }
-}
-
-/// sha256 + length of a stream, in CHUNK-sized reads.
-pub fn hash_reader(r: &mut dyn Read) -> std::io::Result<(Digest, u64)> {
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(hasher.finish())
 }
 
 /// A temp path unique across processes and threads: pid + a process-wide counter, and

@@ -7,14 +7,16 @@
 //!   checked ([`ingest`]), so a crash leaves at most a stray temp file in `ingest/`;
 //! - `index.json` is replaced atomically under `.nestcache/lock` ([`refs`]) and a ref is
 //!   written only after every blob it reaches is present;
-//! - writers hold `.nestcache/gc.lock` shared, `store gc` holds it exclusively ([`lock`]).
+//! - writers hold `.nestcache/gc.lock` shared, `store gc` holds it exclusively ([`lock`]);
+//! - what a container runs on is leased (`.nestcache/leases/`) and gc treats leases as
+//!   roots ([`Lease`], [`Store::acquire_lease`]).
 
 mod check;
 mod gc;
 mod ingest;
+mod lease;
 pub mod lock;
 mod refs;
-mod stage;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -23,9 +25,9 @@ use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
-pub use ingest::{hash_reader as hash_stream, Ingested};
+pub use ingest::Ingested;
+pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
-pub use stage::{stage, LayerReport, StageOptions, StageReport};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};

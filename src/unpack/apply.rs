@@ -16,7 +16,8 @@ use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatF
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
-use super::entry::{copy_xattrs, Applier, Fail, Parents, Step, COPY_BUFFER};
+use super::entry::{copy_xattrs, Applier, Parents, Step, COPY_BUFFER};
+use super::error::Fail;
 use super::lower;
 use super::path::RelPath;
 use super::stream::{self, Limits};
@@ -65,7 +66,9 @@ pub fn apply_layer<R: Read + Send>(
     lowers: Option<&[PathBuf]>,
     limits: &Limits,
 ) -> Result<Outcome> {
-    stream::check_media_type(media_type)?;
+    // Refuses anything that is not a layer; the compression itself is then taken from
+    // the stream's magic bytes, as containerd does (`docker save` labels plain tars gzip).
+    crate::image::layer_compression(media_type)?;
     std::fs::create_dir(dest).ctx(|| format!("create layer directory {}", dest.display()))?;
     let result = std::thread::scope(|scope| {
         let (stream, tripped) = stream::spawn_decoder(scope, blob, limits);

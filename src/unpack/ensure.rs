@@ -45,26 +45,15 @@ pub fn ensure_unpacked(
     img: &ResolvedImage,
     limits: &Limits,
 ) -> Result<Vec<PathBuf>> {
-    let descriptors = img.manifest.layers();
-    if descriptors.len() != img.diff_ids.len() {
-        return Err(Error::Invalid(format!(
-            "image {}: the manifest has {} layers but the config lists {} diff_ids",
-            img.manifest_digest,
-            descriptors.len(),
-            img.diff_ids.len()
-        )));
-    }
-    let layers = descriptors
+    let layers: Vec<LayerBlob> = img
+        .layers()
         .iter()
-        .zip(&img.diff_ids)
-        .map(|(d, diff_id)| {
-            Ok(LayerBlob {
-                digest: d.digest().to_string().parse()?,
-                media_type: d.media_type().to_string(),
-                diff_id: diff_id.clone(),
-            })
+        .map(|l| LayerBlob {
+            digest: l.digest.clone(),
+            media_type: l.media_type(),
+            diff_id: l.diff_id.clone(),
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     let _gc = store.writer_lock()?;
     ensure_layers(store.layout(), &layers, limits)
 }

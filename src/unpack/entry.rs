@@ -23,11 +23,11 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
 use tar::EntryType;
 
+use super::error::{Fail, Res};
 use super::lower::{self, OPAQUE_XATTR};
 use super::meta::{read_meta, Meta};
 use super::path::RelPath;
 use super::tree::{io_err, kind, lstat_at, DirMeta, Tree, TreeError};
-use crate::error::Error;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
@@ -39,43 +39,6 @@ pub(super) enum Step {
     Next,
     NeedsLowers,
 }
-
-/// Why an entry failed, before it is given the layer and entry names.
-pub(super) enum Fail {
-    Unsafe(String),
-    Invalid(String),
-    Io(String, io::Error),
-    /// The byte stream itself failed (truncated, corrupt, guard tripped).
-    Stream(io::Error),
-}
-
-impl From<TreeError> for Fail {
-    fn from(e: TreeError) -> Self {
-        match e {
-            TreeError::Unsafe(why) => Fail::Unsafe(why),
-            TreeError::Io(what, e) => Fail::Io(what, e),
-        }
-    }
-}
-
-impl Fail {
-    pub(super) fn into_error(self, layer: &str, entry: PathBuf) -> Error {
-        match self {
-            Fail::Unsafe(why) => Error::UnsafePath {
-                layer: layer.to_string(),
-                entry,
-                why,
-            },
-            Fail::Invalid(why) => Error::Invalid(format!("{layer}: entry {entry:?}: {why}")),
-            Fail::Io(what, e) => Error::io(format!("{layer}: entry {entry:?}: {what}"), e),
-            Fail::Stream(e) => Error::Invalid(format!(
-                "{layer}: corrupt or truncated stream at entry {entry:?}: {e}"
-            )),
-        }
-    }
-}
-
-pub(super) type Res<T> = std::result::Result<T, Fail>;
 
 /// How missing parent directories are made, and what they cost in independence.
 pub(super) struct Parents<'a> {

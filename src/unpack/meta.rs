@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::time::TimeSpec;
 
-use super::entry::{Fail, Res};
+use super::error::{Fail, Res};
 
 /// Metadata of one entry, from its header and PAX records.
 pub(super) struct Meta {

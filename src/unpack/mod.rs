@@ -15,6 +15,7 @@
 mod apply;
 mod ensure;
 mod entry;
+mod error;
 mod lower;
 mod meta;
 mod path;
@@ -24,4 +25,4 @@ mod tree;
 pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 pub use ensure::{ensure_layers, ensure_unpacked, existing_layer, LayerBlob};
 pub use path::RelPath;
-pub use stream::{check_media_type, Limits};
+pub use stream::Limits;

@@ -7,35 +7,6 @@ use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
-
-/// Layer media types nestcache accepts (OCI and Docker, distributable or not).
-const LAYER_MEDIA_TYPES: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.zstd",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-];
-
-/// Refuses anything that is not a layer. The compression itself is then taken from the
-/// stream's magic bytes, as containerd does: `docker save` archives label plain tars as
-/// gzip, and trusting the label would fail those.
-pub fn check_media_type(media_type: &str) -> Result<()> {
-    if LAYER_MEDIA_TYPES.contains(&media_type) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "unsupported layer media type {media_type:?}: expected an OCI or Docker layer (tar, tar+gzip, tar+zstd)"
-        )))
-    }
-}
-
 /// Limits against decompression bombs and absurd archives.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -2,14 +2,16 @@
 //! `docker-registry`) on 127.0.0.1, started and stopped by PID, optionally with htpasswd
 //! auth and TLS from a throwaway CA; images seeded with `skopeo copy`; and a small
 //! fault-injecting proxy ([`proxy`]). Only ever 127.0.0.1.
-#![allow(dead_code)]
 
 pub mod proxy;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use crate::cmd::output;
+use crate::cmd::{cargo_bin, run_ok};
 
 pub const USER: &str = "tester";
 pub const PASS: &str = "nestcache-test-pw";
@@ -36,17 +38,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it; returns (ca, cert, key).
@@ -191,7 +182,7 @@ impl Drop for Registry {
 
 /// A nestcache command isolated from the machine's credentials and state.
 pub fn nestcache(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nestcache"));
+    let mut c = Command::new(cargo_bin("nestcache"));
     c.env("HOME", home)
         .env("NESTCACHE_STATE_DIR", home.join("state"))
         .env("NESTCACHE_REGISTRY_FAST_RETRY", "1")
@@ -201,15 +192,6 @@ pub fn nestcache(home: &Path) -> Command {
         .env_remove("NESTCACHE_CREDS")
         .env_remove("RUST_LOG");
     c
-}
-
-pub fn output(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The manifest digest index.json records for `name`.

@@ -1,6 +1,5 @@
 //! Layer tarballs built byte by byte for the unpack tests, hostile ones included (the tar
 //! crate's builder refuses `..` and absolute names, so names are written into raw headers).
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

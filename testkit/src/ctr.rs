@@ -1,41 +1,19 @@
-//! Helpers for the shim's tests: `ctr` against a real containerd whose PATH has
-//! containerd-shim-nestcache-v2 (scripts/test.sh arranges that, or a private containerd
-//! started here), a busybox-static rootfs laid out on disk, and a nestcache store with a
-//! one-layer busybox image staged and extracted.
-#![allow(dead_code)]
+//! `ctr` against a real containerd whose PATH has containerd-shim-nestcache-v2
+//! (scripts/test.sh arranges that, as [`crate::PrivateContainerd`] does), its events, and
+//! a guard that removes a task whatever the test's outcome.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
+
+use crate::containerd::{containerd_address, unique};
 
 pub const RUNTIME: &str = "io.containerd.nestcache.v2";
 
 /// How long a test waits for something containerd does asynchronously before failing.
 pub const PATIENCE: Duration = Duration::from_secs(30);
-
-pub fn shim_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_containerd-shim-nestcache-v2")
-}
-
-/// A name unique to this process and call, safe for containerd ids and namespaces.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// The test run's containerd (scripts/test.sh). Tests that need one fail loudly without.
-pub fn containerd_address() -> String {
-    std::env::var("CONTAINERD_ADDRESS").expect(
-        "CONTAINERD_ADDRESS is not set: run the tests with scripts/test.sh, which starts a private containerd with the shim on its PATH",
-    )
-}
 
 /// `ctr` bound to one containerd and one namespace of the test's own.
 pub struct Ctr {
@@ -207,92 +185,6 @@ impl Drop for Events {
     }
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn busybox() -> PathBuf {
-    for p in ["/bin/busybox", "/usr/bin/busybox"] {
-        if Path::new(p).is_file() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("busybox not found: apt-get install busybox-static (scripts/install-deps.sh does)")
-}
-
-/// Lays out a busybox-static root: /bin/busybox + applets, and the dirs runc mounts on.
-pub fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs dir");
-    }
-    std::fs::copy(busybox(), root.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "tty", "grep",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
-}
-
-/// A nestcache store holding `ref_name`: a one-layer busybox image (built with umoci),
-/// staged and extracted. Returns the image's manifest digest.
-pub fn store_with_busybox(work: &Path, store: &Path, ref_name: &str) -> String {
-    let rootfs = work.join("rootfs");
-    busybox_rootfs(&rootfs);
-    std::fs::write(rootfs.join("etc/nestcache-test"), format!("{ref_name}\n")).expect("marker");
-    let layout = work.join("layout");
-    let layer = work.join("layer.tar");
-    let image = format!("{}:{ref_name}", layout.display());
-    let sh = |args: &[&str]| {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e} (scripts/install-deps.sh installs it)", args[0]));
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh(&["umoci", "init", "--layout", layout.to_str().unwrap()]);
-    sh(&["umoci", "new", "--image", &image]);
-    sh(&[
-        "tar",
-        "-C",
-        rootfs.to_str().unwrap(),
-        "-cf",
-        layer.to_str().unwrap(),
-        ".",
-    ]);
-    sh(&[
-        "umoci",
-        "raw",
-        "add-layer",
-        "--image",
-        &image,
-        layer.to_str().unwrap(),
-    ]);
-    sh(&[
-        "umoci",
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "/bin/sh",
-        "--config.env",
-        "PATH=/bin",
-    ]);
-    let st = nestcache::store::Store::open(store).expect("open store");
-    let source = nestcache::source::parse(&format!("oci:{image}")).expect("parse source");
-    let report = nestcache::store::stage(&st, &*source, &Default::default()).expect("stage");
-    report.manifest_digest
-}
-
 /// Every mount point whose path contains `needle` (from /proc/self/mountinfo).
 pub fn mounts_containing(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -302,74 +194,6 @@ pub fn mounts_containing(needle: &str) -> Vec<String> {
         .filter(|m| m.contains(needle))
         .map(str::to_string)
         .collect()
-}
-
-/// A containerd of the test's own (for restarts), with the shim on its PATH.
-pub struct PrivateContainerd {
-    pub dir: PathBuf,
-    pub address: String,
-    path: String,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/containerd.sh")
-}
-
-impl PrivateContainerd {
-    pub fn start() -> PrivateContainerd {
-        let dir = tempfile::Builder::new()
-            .prefix("nc-shim-ctd-")
-            .tempdir_in("/tmp")
-            .expect("temp dir")
-            .keep();
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).expect("mkdir bin");
-        std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-nestcache-v2"))
-            .expect("link shim");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut c = PrivateContainerd {
-            dir,
-            address: String::new(),
-            path,
-        };
-        c.address = c.script("start").trim().to_string();
-        c
-    }
-
-    fn script(&self, action: &str) -> String {
-        let out = Command::new(script())
-            .arg(action)
-            .arg(&self.dir)
-            .env("PATH", &self.path)
-            .output()
-            .expect("run scripts/containerd.sh");
-        assert!(
-            out.status.success(),
-            "containerd.sh {action}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn stop(&self) {
-        self.script("stop");
-    }
-
-    pub fn restart(&self) {
-        self.stop();
-        self.script("start");
-    }
-}
-
-impl Drop for PrivateContainerd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Kills and deletes a task and its container when dropped, so a test that fails half-way

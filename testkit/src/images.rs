@@ -1,16 +1,16 @@
 //! Small hand-built images for the store and stage tests: OCI layout dirs, OCI archives
 //! and docker archives, with knobs to break them in specific ways. (The `mkimage` crate
 //! builds realistic images; these are deliberately tiny and tamperable.)
-#![allow(dead_code)]
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use flate2::write::GzEncoder;
 use nestcache::digest::Digest;
 use serde_json::{json, Value};
+
+use crate::cmd::cargo_bin;
+pub use crate::layers::gzip;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -70,12 +70,6 @@ pub fn layer_tar(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
         b.append_data(&mut h, path, &data[..]).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// One platform's image: layers (blob + diff_id), config, manifest.
@@ -246,7 +240,7 @@ pub fn docker_archive_styled(out: &Path, img: &Image, tags: &[&str], style: Dock
 
 /// Runs the nestcache binary (no containerd needed for --store commands).
 pub fn nc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nestcache"))
+    Command::new(cargo_bin("nestcache"))
         .args(args)
         .env_remove("RUST_LOG")
         .output()
@@ -284,6 +278,12 @@ pub fn json(args: &[&str]) -> Value {
 /// A store directory path in a fresh temp dir.
 pub struct Dirs {
     pub tmp: tempfile::TempDir,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Dirs {

@@ -14,11 +14,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
-use super::{lock, refs::validate_ref_name, Store};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, PlatformChoice, PlatformSpec, ResolvedImage};
 use crate::source::Source;
+use crate::store::{lock, validate_ref_name, Store};
+use crate::unpack::{ensure_unpacked, Limits};
 
 #[derive(Debug, Clone, Default)]
 pub struct StageOptions {
@@ -33,7 +34,7 @@ pub struct StageOptions {
     /// Per-layer progress bars on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Bomb guards for extraction.
-    pub limits: crate::unpack::Limits,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +124,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
 
     let unpacked = !opts.no_unpack;
     if unpacked {
-        crate::unpack::ensure_unpacked(store, &img, &opts.limits)?;
+        ensure_unpacked(store, &img, &opts.limits)?;
     }
 
     Ok(StageReport {
@@ -177,20 +178,23 @@ fn ingest_layers(
     opts: &StageOptions,
 ) -> Result<Vec<LayerReport>> {
     let layers = img.layers();
-    let digests = img.layer_digests()?;
     let mut reports = Vec::with_capacity(layers.len());
     let mut todo = Vec::new();
-    for (i, (desc, digest)) in layers.iter().zip(&digests).enumerate() {
-        let reused = ensure_present(store, digest, desc.size(), opts.verify_existing)?;
+    for (i, layer) in layers.iter().enumerate() {
+        let reused = ensure_present(store, &layer.digest, layer.size(), opts.verify_existing)?;
         reports.push(LayerReport {
-            digest: digest.to_string(),
-            diff_id: img.diff_ids[i].to_string(),
-            media_type: desc.media_type().to_string(),
-            size: desc.size(),
+            digest: layer.digest.to_string(),
+            diff_id: layer.diff_id.to_string(),
+            media_type: layer.media_type(),
+            size: layer.size(),
             reused,
         });
         // The same layer may appear twice in one image: ingest it once.
-        if !reused && !todo.iter().any(|&j: &usize| digests[j] == *digest) {
+        if !reused
+            && !todo
+                .iter()
+                .any(|&j: &usize| layers[j].digest == layer.digest)
+        {
             todo.push(i);
         }
     }
@@ -222,8 +226,8 @@ fn ingest_layers(
                 }
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&i) = todo.get(k) else { break };
-                let desc = &layers[i];
-                let digest = &digests[i];
+                let desc = &layers[i].descriptor;
+                let digest = &layers[i].digest;
                 let bar = multi.add(ProgressBar::new(desc.size()));
                 bar.set_style(style.clone());
                 bar.set_prefix(digest.short().to_string());

@@ -1,37 +1,18 @@
-//! Index / manifest / config parsing and platform choice.
-//!
-//! Resolution walks from a root descriptor (an index or a manifest) to one image manifest
+//! Resolution: from a root descriptor (an index or a manifest) down to one image manifest
 //! and its config, fetching each document through a caller-supplied function, so the same
 //! code serves the store (blobs on disk) and every source (archives, registries). Every
 //! document is size-bounded before it is read and digest-checked before it is used.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::io::Read;
-use std::str::FromStr;
 
-use oci_spec::image::{
-    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os, Platform,
-};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
-use crate::digest::Digest;
+use super::media::*;
+use super::platform::{pick_platform, PlatformChoice, PlatformSpec};
+use super::{descriptor_digest, Layer, ResolvedImage};
+use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, Result};
-
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
-
-/// The annotation that names a ref in an OCI layout's index.json.
-pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// Upper bound for an index or manifest (containerd uses the same order of magnitude); a
 /// descriptor declaring more is refused before a byte is read.
@@ -40,214 +21,6 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 /// How deep indexes may nest (index → index → manifest); real images use one level.
 const MAX_INDEX_DEPTH: usize = 4;
-
-/// What a JSON document is, by media type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DocKind {
-    Index,
-    Manifest,
-}
-
-impl DocKind {
-    pub fn of(media_type: &str) -> Option<DocKind> {
-        match media_type {
-            OCI_INDEX | DOCKER_MANIFEST_LIST => Some(DocKind::Index),
-            OCI_MANIFEST | DOCKER_MANIFEST => Some(DocKind::Manifest),
-            _ => None,
-        }
-    }
-}
-
-/// How a layer blob is compressed, from its media type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-/// The compression of a layer media type; unknown and non-distributable types are refused
-/// by name (a non-distributable layer's bytes are, by definition, not in the image).
-pub fn layer_compression(media_type: &str) -> Result<Compression> {
-    match media_type {
-        OCI_LAYER | DOCKER_LAYER => Ok(Compression::None),
-        OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
-        OCI_LAYER_ZSTD | DOCKER_LAYER_ZSTD => Ok(Compression::Zstd),
-        t if t.contains("nondistributable") || t.contains("foreign") => Err(Error::Invalid(
-            format!("non-distributable layer media type {t:?} is not supported"),
-        )),
-        t => Err(Error::Invalid(format!(
-            "unsupported layer media type {t:?}"
-        ))),
-    }
-}
-
-/// Our digest type from a descriptor's; refuses algorithms other than sha256.
-pub fn descriptor_digest(desc: &Descriptor) -> Result<Digest> {
-    desc.digest().to_string().parse()
-}
-
-/// An `os/arch[/variant]` platform, as given on the command line or read from an index.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PlatformSpec {
-    pub os: String,
-    pub architecture: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl PlatformSpec {
-    /// The platform this binary runs on, in Go's GOOS/GOARCH names.
-    pub fn host() -> Self {
-        let architecture = Arch::default().to_string();
-        let variant = match architecture.as_str() {
-            "arm64" => Some("v8".to_string()),
-            _ => None,
-        };
-        PlatformSpec {
-            os: Os::default().to_string(),
-            architecture,
-            variant,
-        }
-    }
-
-    pub fn of(p: &Platform) -> Self {
-        PlatformSpec {
-            os: p.os().to_string(),
-            architecture: p.architecture().to_string(),
-            variant: p.variant().clone().filter(|v| !v.is_empty()),
-        }
-    }
-
-    pub fn of_config(c: &ImageConfiguration) -> Self {
-        PlatformSpec {
-            os: c.os().to_string(),
-            architecture: c.architecture().to_string(),
-            variant: c.variant().clone().filter(|v| !v.is_empty()),
-        }
-    }
-
-    /// The variant, with the defaults containerd's platform matcher assumes filled in
-    /// (arm64 means v8), so that `linux/arm64` matches `linux/arm64/v8`.
-    fn normalized_variant(&self) -> Option<&str> {
-        match (self.architecture.as_str(), self.variant.as_deref()) {
-            ("arm64", None) => Some("v8"),
-            (_, v) => v,
-        }
-    }
-
-    /// Whether an available platform satisfies this wanted one. A wanted platform without a
-    /// variant accepts any variant of its architecture.
-    pub fn matches(&self, available: &PlatformSpec) -> bool {
-        self.os == available.os
-            && self.architecture == available.architecture
-            && (self.variant.is_none()
-                || self.normalized_variant() == available.normalized_variant())
-    }
-
-    pub fn to_oci(&self) -> Result<Platform> {
-        let mut b = oci_spec::image::PlatformBuilder::default()
-            .os(Os::from(self.os.as_str()))
-            .architecture(Arch::from(self.architecture.as_str()));
-        if let Some(v) = &self.variant {
-            b = b.variant(v.clone());
-        }
-        b.build()
-            .map_err(|e| Error::Invalid(format!("platform {self}: {e}")))
-    }
-}
-
-impl FromStr for PlatformSpec {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok = (2..=3).contains(&parts.len())
-            && parts.iter().all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            });
-        if !ok {
-            return Err(Error::Invalid(format!(
-                "invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64 or linux/arm/v7"
-            )));
-        }
-        Ok(PlatformSpec {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
-    }
-}
-
-impl fmt::Display for PlatformSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Which platform to pick from an index, and whether the user asked for it explicitly
-/// (then a single-platform image of another platform is refused too).
-#[derive(Debug, Clone)]
-pub struct PlatformChoice {
-    pub platform: PlatformSpec,
-    pub explicit: bool,
-}
-
-impl PlatformChoice {
-    pub fn new(platform: Option<PlatformSpec>) -> Self {
-        match platform {
-            Some(platform) => PlatformChoice {
-                platform,
-                explicit: true,
-            },
-            None => PlatformChoice {
-                platform: PlatformSpec::host(),
-                explicit: false,
-            },
-        }
-    }
-}
-
-/// One image, resolved down to its manifest and config; the documents' exact bytes are
-/// kept so that staging stores exactly what was verified.
-#[derive(Debug, Clone)]
-pub struct ResolvedImage {
-    /// The manifest's descriptor (with the platform it was chosen for, when known).
-    pub manifest_descriptor: Descriptor,
-    pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
-    pub manifest_bytes: Vec<u8>,
-    pub config_digest: Digest,
-    pub config: ImageConfiguration,
-    pub config_bytes: Vec<u8>,
-    /// The config's `rootfs.diff_ids`, one per layer, bottom to top.
-    pub diff_ids: Vec<Digest>,
-    /// The platform of the image (from its config).
-    pub platform: PlatformSpec,
-}
-
-impl ResolvedImage {
-    pub fn layers(&self) -> &[Descriptor] {
-        self.manifest.layers()
-    }
-
-    /// Layer digests, bottom to top.
-    pub fn layer_digests(&self) -> Result<Vec<Digest>> {
-        self.layers().iter().map(descriptor_digest).collect()
-    }
-
-    /// Sum of the manifest, config and layer sizes.
-    pub fn total_size(&self) -> u64 {
-        self.manifest_bytes.len() as u64
-            + self.config_bytes.len() as u64
-            + self.layers().iter().map(|l| l.size()).sum::<u64>()
-    }
-}
 
 /// Reads a small document (index, manifest, config) of declared size at most `limit`,
 /// never reading more than declared + 1 bytes so a lying source cannot make it grow.
@@ -345,53 +118,6 @@ fn choose_from_index(
     pick_platform(&what, index.manifests(), choice)
 }
 
-/// The first manifest or nested index whose platform matches. Entries without a platform
-/// are taken only when they are the only candidate. Attestation entries (`unknown/unknown`)
-/// are never candidates.
-pub fn pick_platform(
-    what: &str,
-    manifests: &[Descriptor],
-    choice: &PlatformChoice,
-) -> Result<Descriptor> {
-    let candidates: Vec<&Descriptor> = manifests
-        .iter()
-        .filter(|m| DocKind::of(m.media_type().as_ref()).is_some())
-        .filter(|m| {
-            m.platform()
-                .as_ref()
-                .map_or(true, |p| p.os().to_string() != "unknown")
-        })
-        .collect();
-    if let Some(found) = candidates.iter().find(|m| {
-        m.platform()
-            .as_ref()
-            .is_some_and(|p| choice.platform.matches(&PlatformSpec::of(p)))
-    }) {
-        return Ok((*found).clone());
-    }
-    if let [only] = candidates.as_slice() {
-        if only.platform().is_none() {
-            return Ok((*only).clone());
-        }
-    }
-    let available: Vec<String> = candidates
-        .iter()
-        .map(|m| match m.platform() {
-            Some(p) => PlatformSpec::of(p).to_string(),
-            None => format!("(unspecified: {})", m.digest()),
-        })
-        .collect();
-    Err(Error::NotFound(format!(
-        "{what} has no manifest for platform {}; available: {}",
-        choice.platform,
-        if available.is_empty() {
-            "none".to_string()
-        } else {
-            available.join(", ")
-        }
-    )))
-}
-
 fn resolve_manifest(
     desc: Descriptor,
     choice: &PlatformChoice,
@@ -411,10 +137,11 @@ fn resolve_manifest(
             "{what}: config media type {config_type:?} is not a container image config (an artifact?)"
         )));
     }
+    let mut layer_digests = Vec::with_capacity(manifest.layers().len());
     for layer in manifest.layers() {
         layer_compression(layer.media_type().as_ref())
             .map_err(|e| Error::Invalid(format!("{what}: layer {}: {e}", layer.digest())))?;
-        descriptor_digest(layer)?;
+        layer_digests.push(descriptor_digest(layer)?);
     }
 
     let config_what = format!("config {}", config_desc.digest());
@@ -435,6 +162,19 @@ fn resolve_manifest(
             diff_ids.len()
         )));
     }
+    let chains = chain_ids(&diff_ids);
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(layer_digests)
+        .zip(diff_ids.into_iter().zip(chains))
+        .map(|((descriptor, digest), (diff_id, chain_id))| Layer {
+            descriptor: descriptor.clone(),
+            digest,
+            diff_id,
+            chain_id,
+        })
+        .collect();
     let platform = PlatformSpec::of_config(&config);
     if choice.explicit && !choice.platform.matches(&platform) {
         return Err(Error::NotFound(format!(
@@ -449,12 +189,11 @@ fn resolve_manifest(
     Ok(ResolvedImage {
         manifest_descriptor,
         manifest_digest,
-        manifest,
         manifest_bytes,
         config_digest,
         config,
         config_bytes,
-        diff_ids,
+        layers,
         platform,
     })
 }
@@ -487,39 +226,11 @@ fn check_declared_type(what: &str, desc: &Descriptor, own: Option<&MediaType>) -
     Ok(())
 }
 
-/// A descriptor for content we hold the bytes of.
-pub fn descriptor_for(media_type: &str, data: &[u8]) -> Descriptor {
-    Descriptor::new(
-        MediaType::from(media_type),
-        data.len() as u64,
-        oci_digest(&Digest::of(data)),
-    )
-}
-
-/// Our digest as oci-spec's (always valid: ours is validated sha256).
-pub fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
-    oci_spec::image::Digest::from_str(&d.to_string())
-        .unwrap_or_else(|_| unreachable!("a validated sha256 digest is a valid OCI digest"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{descriptor_for, oci_digest};
     use std::collections::HashMap;
-
-    #[test]
-    fn platform_parse_and_match() {
-        let p: PlatformSpec = "linux/arm64".parse().unwrap();
-        assert!(p.matches(&"linux/arm64/v8".parse().unwrap()));
-        let v7: PlatformSpec = "linux/arm/v7".parse().unwrap();
-        assert!(!v7.matches(&"linux/arm/v6".parse().unwrap()));
-        assert!(!v7.matches(&"linux/arm64".parse().unwrap()));
-        for bad in ["", "linux", "linux/", "/amd64", "a/b/c/d", "linux/amd 64"] {
-            assert!(bad.parse::<PlatformSpec>().is_err(), "{bad}");
-        }
-        assert_eq!(v7.to_string(), "linux/arm/v7");
-        assert_eq!(PlatformSpec::host().os, "linux");
-    }
 
     fn entry(media_type: &str, data: &[u8], platform: Option<&str>) -> Descriptor {
         let mut d = descriptor_for(media_type, data);
@@ -576,7 +287,7 @@ mod tests {
         let img = resolve(&root, &choice, &mut fetcher(&blobs)).unwrap();
         assert_eq!(img.manifest_descriptor.digest(), arm.digest());
         assert_eq!(img.platform.architecture, "arm64");
-        assert_eq!(img.diff_ids.len(), 1);
+        assert_eq!(img.layers().len(), 1);
 
         let choice = PlatformChoice::new(Some("linux/s390x".parse().unwrap()));
         let err = resolve(&root, &choice, &mut fetcher(&blobs))
@@ -616,11 +327,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("digest mismatch"), "{err}");
-        assert!(
-            layer_compression("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
-                .unwrap_err()
-                .to_string()
-                .contains("non-distributable")
-        );
+
+        // A config listing two diff_ids for a manifest of one layer.
+        let layer = entry(OCI_LAYER, b"layer", None);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{0}","{0}"]}}}}"#,
+            Digest::of(b"layer")
+        )
+        .into_bytes();
+        let c = entry(OCI_CONFIG, &config, None);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": c, "layers": [layer]
+        })
+        .to_string()
+        .into_bytes();
+        let m = entry(OCI_MANIFEST, &manifest, None);
+        blobs.insert(c.digest().to_string(), config);
+        blobs.insert(m.digest().to_string(), manifest);
+        let err = resolve(&m, &PlatformChoice::new(None), &mut fetcher(&blobs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has 1 layers but its config"), "{err}");
     }
 }

@@ -1,13 +1,19 @@
-//! Shared test harness: every integration test talks to a real containerd (started by
-//! scripts/test.sh, address in CONTAINERD_ADDRESS) and isolates itself with a unique
-//! namespace and state dir, so tests run in parallel without shared global state.
-#![allow(dead_code)]
+//! The containerd side of the harness: every integration test talks to a real containerd
+//! (started by scripts/test.sh, address in CONTAINERD_ADDRESS) and isolates itself with a
+//! unique namespace and state dir, so tests run in parallel without shared global state.
+//! Tests that need it start with `testkit::require!(containerd)`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The containerd the test run started. Tests that need one fail loudly without it.
+use crate::cmd::cargo_bin;
+
+/// The shim binary's name, as containerd looks it up on its PATH.
+pub const SHIM_BINARY: &str = "containerd-shim-nestcache-v2";
+
+/// The containerd the test run started. A test that needs one says so first with
+/// `testkit::require!(containerd)`; without that this panics.
 pub fn containerd_address() -> String {
     std::env::var("CONTAINERD_ADDRESS").expect(
         "CONTAINERD_ADDRESS is not set: run the tests with scripts/test.sh, which starts a private containerd",
@@ -49,7 +55,7 @@ impl Env {
 
     /// A `nestcache` command bound to this environment.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nestcache"));
+        let mut c = Command::new(cargo_bin("nestcache"));
         c.env("CONTAINERD_ADDRESS", &self.address)
             .env("CONTAINERD_NAMESPACE", &self.namespace)
             .env("NESTCACHE_STATE_DIR", self.state.path())
@@ -90,54 +96,73 @@ impl Env {
     }
 }
 
-/// A containerd of the test's own, for tests that stop or restart it.
+/// A containerd of the test's own, for tests that stop or restart it. When the shim is
+/// built (scripts/test.sh builds it), its PATH has the shim, as the run's containerd has.
 pub struct PrivateContainerd {
     pub dir: PathBuf,
     pub address: String,
+    path: String,
 }
 
 impl PrivateContainerd {
-    pub fn start() -> Self {
+    pub fn start() -> PrivateContainerd {
         let dir = tempfile::Builder::new()
             .prefix("nc-ctd-")
             .tempdir_in("/tmp")
             .expect("temp dir")
             .keep();
-        let address = script(&["start", dir.to_str().expect("utf-8 temp dir")]);
-        PrivateContainerd {
-            dir,
-            address: address.trim().to_string(),
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(shim) = built_shim() {
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).expect("mkdir bin");
+            std::os::unix::fs::symlink(shim, bin.join(SHIM_BINARY)).expect("link shim");
+            path = format!("{}:{path}", bin.display());
         }
+        let mut c = PrivateContainerd {
+            dir,
+            address: String::new(),
+            path,
+        };
+        c.address = c.script("start").trim().to_string();
+        c
+    }
+
+    fn script(&self, action: &str) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/containerd.sh");
+        let out = Command::new(script)
+            .arg(action)
+            .arg(&self.dir)
+            .env("PATH", &self.path)
+            .output()
+            .expect("run scripts/containerd.sh");
+        assert!(
+            out.status.success(),
+            "scripts/containerd.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn stop(&self) {
-        script(&["stop", self.dir.to_str().expect("utf-8 temp dir")]);
+        self.script("stop");
     }
 
     pub fn restart(&self) {
         self.stop();
-        script(&["start", self.dir.to_str().expect("utf-8 temp dir")]);
+        self.script("start");
     }
 }
 
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn script(args: &[&str]) -> String {
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/containerd.sh"
-    ))
-    .args(args)
-    .output()
-    .expect("run scripts/containerd.sh");
-    assert!(
-        out.status.success(),
-        "scripts/containerd.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The shim binary beside the test binary, if it is built.
+fn built_shim() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let shim = exe.parent()?.parent()?.join(SHIM_BINARY);
+    shim.is_file().then_some(shim)
 }
