@@ -38,6 +38,8 @@ pub enum Error {
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
+    Ingest(#[from] crate::store::IngestError),
+    #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),

@@ -7,8 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::containerd::{labels, Client, Mount, NewContainer, NewTask};
+use crate::containerd::{Client, Mount, NewContainer, NewTask};
 use crate::error::IoContext;
+use crate::labels;
 use crate::layout::{ContentLayout, StateLayout};
 use crate::{Error, Result};
 
@@ -75,6 +76,7 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             spec,
             // The keeper needs nothing but runc, whatever runtime the client defaults to.
             runtime: Some(labels::DEFAULT_RUNTIME.to_string()),
+            runtime_options: None,
         })
         .await;
     if let Err(e) = created {
