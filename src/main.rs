@@ -9,7 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_tracing();
-    if !matches!(args.command, cli::Command::Run(_)) {
+    if !matches!(args.command, cli::Command::Run(_) | cli::Command::Exec(_)) {
         restore_default_sigpipe();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

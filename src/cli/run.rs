@@ -1,10 +1,7 @@
-//! `run`, `verify`, `ps`, `stop`, `rm`, `logs`: nested containers.
+//! `run` and `verify`: nested containers (the rest of their lifecycle is in `container.rs`).
 
-use std::process::ExitCode;
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::Args;
+use std::process::ExitCode;
 
 use nestcache::layout::StateLayout;
 use nestcache::nested::{self, manage, spec::SpecOptions};
@@ -86,36 +83,6 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct PsArgs {
-    #[arg(long)]
-    pub json: bool,
-    #[arg(short = 'a', long)]
-    pub all: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct StopArgs {
-    pub container: String,
-    /// How long to wait after SIGTERM before SIGKILL
-    #[arg(long, default_value = "10s")]
-    pub timeout: String,
-}
-
-#[derive(Debug, Args)]
-pub struct RmArgs {
-    pub container: String,
-    #[arg(short = 'f', long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    pub container: String,
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-}
-
 pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.no_mount_cache && a.cache_rw {
         anyhow::bail!("--cache-rw and --no-mount-cache contradict each other");
@@ -188,60 +155,4 @@ pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let list = manage::list(&client, a.all).await?;
-    if a.json {
-        super::print_json(&list)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
-        "ID", "IMAGE", "CACHE", "STATUS", "PID", "CREATED"
-    );
-    for n in list {
-        let status = match n.exit_code {
-            Some(c) => format!("{} ({c})", n.status),
-            None => n.status.clone(),
-        };
-        println!(
-            "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
-            n.id,
-            n.image,
-            n.cache,
-            status,
-            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            n.created.unwrap_or_default()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
-    let grace: Duration = humantime::parse_duration(&a.timeout)
-        .with_context(|| format!("invalid --timeout {:?} (e.g. 10s)", a.timeout))?;
-    let client = super::connect(g).await?;
-    match manage::stop(&client, &a.container, grace).await? {
-        Some(e) => println!("{} exited with code {}", a.container, e.code),
-        None => println!("{} was not running", a.container),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let state = StateLayout::new(&g.state_dir);
-    manage::remove(&client, &state, &a.container, a.force).await?;
-    println!("{}", a.container);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn logs(g: &Globals, a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let state = StateLayout::new(&g.state_dir);
-    let mut out = std::io::stdout();
-    manage::logs(&client, &state, &a.container, a.follow, &mut out).await?;
-    Ok(ExitCode::SUCCESS)
 }
