@@ -35,6 +35,9 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    /// The nested container's command could not be invoked (`run` exits 126/127).
+    #[error(transparent)]
+    Exec(#[from] crate::nested::exec_error::ExecError),
     #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
     #[error(transparent)]
