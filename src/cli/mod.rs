@@ -4,10 +4,12 @@
 mod cache;
 mod container;
 mod env;
+pub mod exit;
 mod images;
 mod node;
 mod output;
 mod run;
+mod run_flags;
 mod stage;
 mod store;
 mod system;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
 use super::network::{self as net, Plan};
 use super::phases::Phases;
@@ -123,19 +124,29 @@ pub async fn run(
     // Ports are claimed here: one in use fails the run before anything of it exists.
     let mut plan = plan_network(client, state, &cache, &id, &image, &opts).await?;
     phases.mark("plan network");
+    let mut argv0 = String::new();
     let created = match build_spec(client, &cache, &id, &image, &opts, &plan) {
         // Creating the container record claims the id (containerd refuses a second one);
         // only then is the container dir ours to make, and to remove on failure.
-        Ok(spec) => client
-            .create_container(NewContainer {
-                id: id.clone(),
-                labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
-                spec,
-                runtime: Some(opts.runtime.containerd_name().to_string()),
-                runtime_options: shim_options(&opts.runtime, &cache),
-            })
-            .await
-            .map(drop),
+        Ok(spec) => {
+            argv0 = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().as_ref())
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_default();
+            phases.mark("build spec");
+            client
+                .create_container(NewContainer {
+                    id: id.clone(),
+                    labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
+                    spec,
+                    runtime: Some(opts.runtime.containerd_name().to_string()),
+                    runtime_options: shim_options(&opts.runtime, &cache),
+                })
+                .await
+                .map(drop)
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = created {
@@ -153,6 +164,7 @@ pub async fn run(
         id: &id,
         paths: &paths,
         image: &image,
+        argv0: &argv0,
     };
     let result = create_and_run(
         &target,
@@ -289,6 +301,8 @@ struct Target<'a> {
     id: &'a str,
     paths: &'a ContainerPaths,
     image: &'a PreparedImage,
+    /// The command's first word, for the error when it cannot be invoked.
+    argv0: &'a str,
 }
 
 async fn create_and_run(
@@ -305,6 +319,7 @@ async fn create_and_run(
         id,
         paths,
         image,
+        argv0,
     } = *t;
     // A leftover dir under an id containerd did not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -343,7 +358,7 @@ async fn create_and_run(
             terminal: stdio.terminal,
         })
         .await
-        .map_err(|e| Error::Other(format!("nested container {id} could not be created: {e}")))?;
+        .map_err(|e| start_error(id, argv0, "could not be created", e))?;
     phases.mark("create task");
 
     let verification = if opts.mount_cache {
@@ -387,9 +402,7 @@ async fn create_and_run(
     }
     if let Err(e) = client.start_task(id).await {
         drop(raw);
-        return Err(Error::Other(format!(
-            "nested container {id} could not start: {e}"
-        )));
+        return Err(start_error(id, argv0, "could not start", e));
     }
     phases.mark("start task");
     let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
@@ -418,6 +431,22 @@ async fn create_and_run(
         }
     }
     Ok(report)
+}
+
+/// A failed task create or start: [`ExecError`] when runc could not invoke the command
+/// (so `run` exits 126/127 as Docker does), else the error with what failed.
+fn start_error(id: &str, argv0: &str, what: &str, e: Error) -> Error {
+    let message = e.to_string();
+    match classify(&message) {
+        Some(failure) => ExecError {
+            id: id.to_string(),
+            command: argv0.to_string(),
+            failure,
+            message,
+        }
+        .into(),
+        None => Error::Other(format!("nested container {id} {what}: {message}")),
+    }
 }
 
 /// The signals nestcache handles while it runs a container.
