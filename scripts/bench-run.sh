@@ -13,6 +13,7 @@
 # everything it made when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 n=${1:-20}
 profile=${BUILD:-debug}
@@ -20,8 +21,8 @@ cargo_flags=()
 [ "$profile" = release ] && cargo_flags=(--release)
 cargo build --quiet "${cargo_flags[@]}" --bin nestcache -p nestcache
 cargo build --quiet "${cargo_flags[@]}" --bin nestcache-mkimage -p mkimage
-nc="$PWD/target/$profile/nestcache"
-mkimage="$PWD/target/$profile/nestcache-mkimage"
+nc=$(nc_bin "$profile" nestcache)
+mkimage=$(nc_bin "$profile" nestcache-mkimage)
 
 work=$(mktemp -d /tmp/nc-bench.XXXXXX)
 ctd="$work/containerd"
