@@ -39,11 +39,15 @@ pub enum Error {
     #[error(transparent)]
     Exec(#[from] crate::nested::exec_error::ExecError),
     #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
@@ -65,6 +69,7 @@ impl Error {
         match self {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
+            Error::Registry(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

@@ -1,6 +1,7 @@
 //! Removing a nested container completely: task (the shim unmounts the rootfs when it is
-//! deleted), container record, its dir (overlay links, upper, work, FIFOs, log), then its
-//! store lease (last: while anything of it may still use the layers, they stay).
+//! deleted), its network (CNI DEL, namespace, ports, /etc files), container record, its
+//! dir (overlay links, upper, work, FIFOs, log), then its store lease (last: while
+//! anything of it may still use the layers, they stay).
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub async fn remove(
         Ok(_) | Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
+    // Before the record goes: a DEL that keeps failing leaves the container for `rm`
+    // (or the reaper) to try again.
+    crate::network::detach(&crate::network::NetLayout::new(&paths.state_root), id).await?;
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {
         Ok(()) => {}

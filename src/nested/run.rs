@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
+use super::network::{self as net, Plan};
 use super::phases::Phases;
 use super::spec::{self, CacheMount, SpecOptions};
 use super::verify::{verify_mount, Verification};
@@ -23,6 +24,7 @@ use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
 use crate::labels;
 use crate::layout::StateLayout;
+use crate::network::{self, NetLayout, NetworkOptions, Prepared};
 use crate::rootfs::Overlay;
 
 /// Everything `run` is asked for.
@@ -45,6 +47,8 @@ pub struct RunOptions {
     pub mount_cache: bool,
     pub cache_rw: bool,
     pub runtime: Runtime,
+    /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
+    pub network: NetworkOptions,
 }
 
 /// How a run ended.
@@ -120,21 +124,57 @@ pub async fn run(
         r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, &lease) => r,
         s = signals.recv() => Err(interrupted(s)),
     };
-    let created = match prepared {
-        Ok(image) => create_container(client, &cache, &id, &image, &opts, &mut phases)
-            .await
-            .map(|argv0| (image, argv0)),
-        Err(e) => Err(e),
-    };
-    let (image, argv0) = match created {
-        Ok(created) => created,
+    let image = match prepared {
+        Ok(image) => image,
         Err(e) => {
-            if let Err(r) = super::release_lease(client, &id, &cache.content_dir) {
-                tracing::warn!("releasing the lease of {id} after a failed run: {r}");
-            }
+            release_lease_after_failure(client, &id, &cache);
             return Err(e);
         }
     };
+    phases.mark("check id, prepare image");
+    // Ports are claimed here: one in use fails the run before anything of it exists.
+    let mut plan = match plan_network(client, state, &cache, &id, &image, &opts).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            release_lease_after_failure(client, &id, &cache);
+            return Err(e);
+        }
+    };
+    phases.mark("plan network");
+    let mut argv0 = String::new();
+    let created = match build_spec(client, &cache, &id, &image, &opts, &plan) {
+        // Creating the container record claims the id (containerd refuses a second one);
+        // only then is the container dir ours to make, and to remove on failure.
+        Ok(spec) => {
+            argv0 = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().as_ref())
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_default();
+            phases.mark("build spec");
+            client
+                .create_container(NewContainer {
+                    id: id.clone(),
+                    labels: labels_for(&cache, &opts.image, &image, &opts),
+                    spec,
+                    runtime: Some(opts.runtime.containerd_name().to_string()),
+                    runtime_options: shim_options(&opts.runtime, &cache),
+                })
+                .await
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = created {
+        drop(plan.prepared.take());
+        if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
+            tracing::warn!("releasing the network of {id}: {c}");
+        }
+        release_lease_after_failure(client, &id, &cache);
+        return Err(e);
+    }
+    phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
     let target = Target {
         client,
@@ -144,7 +184,15 @@ pub async fn run(
         image: &image,
         argv0: &argv0,
     };
-    let result = create_and_run(&target, &opts, &mut signals, &mut phases, on_verified).await;
+    let result = create_and_run(
+        &target,
+        &opts,
+        plan.prepared.take(),
+        &mut signals,
+        &mut phases,
+        on_verified,
+    )
+    .await;
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
@@ -155,6 +203,12 @@ pub async fn run(
             }
             if opts.rm_cache && report.exit_code.is_some() {
                 cache::remove(client, &cache, cache::RemoveOptions::default()).await?;
+                network::remove_network(
+                    &NetLayout::new(state.root()),
+                    client.namespace(),
+                    &cache.name,
+                )
+                .await?;
                 report.cache_removed = true;
             }
             Ok(report)
@@ -170,37 +224,11 @@ pub async fn run(
     }
 }
 
-/// Builds the spec and creates the container record; returns the command's argv[0] (for
-/// errors). The record claims the id (containerd refuses a second one); only then is the
-/// container dir ours to make, and to remove on failure.
-async fn create_container(
-    client: &Client,
-    cache: &cache::CacheInfo,
-    id: &str,
-    image: &PreparedImage,
-    opts: &RunOptions,
-    phases: &mut Phases,
-) -> Result<String> {
-    phases.mark("check id, prepare image");
-    let spec = build_spec(client, cache, id, image, opts)?;
-    let argv0 = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.args().as_ref())
-        .and_then(|a| a.first().cloned())
-        .unwrap_or_default();
-    phases.mark("build spec");
-    client
-        .create_container(NewContainer {
-            id: id.to_string(),
-            labels: labels_for(cache, &opts.image, image, opts),
-            spec,
-            runtime: Some(opts.runtime.containerd_name().to_string()),
-            runtime_options: shim_options(&opts.runtime, cache),
-        })
-        .await?;
-    phases.mark("create container");
-    Ok(argv0)
+/// A run that failed before its container existed leaves no lease behind.
+fn release_lease_after_failure(client: &Client, id: &str, cache: &cache::CacheInfo) {
+    if let Err(r) = super::release_lease(client, id, &cache.content_dir) {
+        tracing::warn!("releasing the lease of {id} after a failed run: {r}");
+    }
 }
 
 /// nestcache's shim assembles the rootfs from the store an annotation names, and only
@@ -222,9 +250,12 @@ fn build_spec(
     id: &str,
     image: &PreparedImage,
     opts: &RunOptions,
+    plan: &Plan,
 ) -> Result<oci_spec::runtime::Spec> {
     let mut spec_opts = opts.spec.clone();
     spec_opts.id = id.to_string();
+    spec_opts.netns_path = plan.netns.clone();
+    spec_opts.etc_mounts = plan.etc_mounts.clone();
     spec_opts.namespace = client.namespace().to_string();
     spec_opts.cache_mount = opts.mount_cache.then(|| CacheMount {
         content_dir: cache.content_dir.clone(),
@@ -255,6 +286,41 @@ fn build_spec(
     spec::build(image.config.as_ref(), &image.users, &spec_opts)
 }
 
+/// The network plan of `id`: its hostname as the spec will set it, `-P`'s ports from the
+/// image config.
+async fn plan_network(
+    client: &Client,
+    state: &StateLayout,
+    cache: &cache::CacheInfo,
+    id: &str,
+    image: &PreparedImage,
+    opts: &RunOptions,
+) -> Result<Plan> {
+    let hostname = opts
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| spec::short_hostname(id));
+    let mut exposed = image
+        .config
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default();
+    // A map in the config: the same order every run.
+    exposed.sort();
+    net::plan(
+        client,
+        state,
+        cache,
+        id,
+        &hostname,
+        &opts.spec.net,
+        &opts.network,
+        &exposed,
+    )
+    .await
+}
+
 /// What one run works on.
 struct Target<'a> {
     client: &'a Client,
@@ -269,6 +335,7 @@ struct Target<'a> {
 async fn create_and_run(
     t: &Target<'_>,
     opts: &RunOptions,
+    mut network: Option<Prepared>,
     signals: &mut Signals,
     phases: &mut Phases,
     on_verified: impl FnOnce(&Verification),
@@ -304,6 +371,10 @@ async fn create_and_run(
         (fifos.stdio(), Some((fifos, open)))
     };
     phases.mark("overlay dirs, fifos");
+    if let Some(n) = network.as_mut() {
+        n.attach().await?;
+        phases.mark("attach network (CNI ADD)");
+    }
     let pid = client
         .create_task(NewTask {
             container_id: id.to_string(),
@@ -344,6 +415,8 @@ async fn create_and_run(
         client.start_task(id).await?;
         return Ok(report);
     };
+    // Running now: the reaper leaves it alone by its task from here on.
+    drop(network);
 
     let mut copies = open.start();
     let stdin_closed = copies.stdin_closed.take();
@@ -373,6 +446,8 @@ async fn create_and_run(
         // Like `ctr run`: the exited task goes (and its shim with it), the container stays
         // (with its upper dir) until `nestcache rm`; its exit code is kept as a label.
         client.delete_task(id).await?;
+        // Like `docker run`: an exited container keeps no address, namespace or ports.
+        network::detach(&NetLayout::new(&paths.state_root), id).await?;
         match client
             .update_labels(id, &[(labels::EXIT_CODE, &exit.code.to_string())])
             .await
