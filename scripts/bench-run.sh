@@ -12,6 +12,7 @@
 # everything it made when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 n=${1:-20}
 profile=${BUILD:-debug}
@@ -19,8 +20,8 @@ cargo_flags=()
 [ "$profile" = release ] && cargo_flags=(--release)
 cargo build --quiet "${cargo_flags[@]}" --bin nestcache -p nestcache
 cargo build --quiet "${cargo_flags[@]}" --bin nestcache-mkimage -p mkimage
-nc="$PWD/target/$profile/nestcache"
-mkimage="$PWD/target/$profile/nestcache-mkimage"
+nc=$(nc_bin "$profile" nestcache)
+mkimage=$(nc_bin "$profile" nestcache-mkimage)
 
 work=$(mktemp -d /tmp/nc-bench.XXXXXX)
 ctd="$work/containerd"

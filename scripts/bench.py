@@ -20,7 +20,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+REL = os.path.join(os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target")), "release")
 NESTCACHE = os.path.join(REL, "nestcache")
 MKIMAGE = os.path.join(REL, "nestcache-mkimage")
 
