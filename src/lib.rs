@@ -1,13 +1,22 @@
 //! nestcache: start a nested container from a file cache container, through containerd's
-//! gRPC API and OCI, with no Docker daemon. See DESIGN.md for the four steps.
+//! gRPC API and OCI, with no Docker daemon.
+//!
+//! The module map — which module sits on which floor, what each may import, and the
+//! invariants each one owns — is `docs/ARCHITECTURE.md` in the repository;
+//! `tests/architecture.rs` holds the code to it. In short, from the ground up:
+//! [`error`], [`digest`], [`process`], [`labels`]; [`layout`], [`image`]; [`store`],
+//! [`source`], [`containerd`]; [`unpack`]; [`stage`], [`rootfs`], [`cache`], [`env`];
+//! [`nested`], [`node`]; the CLI on top.
 //!
 //! One module per concern:
 //! - [`digest`]: the `sha256:<hex>` digest type and streaming hashing.
 //! - [`layout`]: where everything lives inside a content directory and the state dir.
 //! - [`store`]: the OCI image layout content store (verified ingest, refs, gc, locking).
+//! - [`stage`]: copying an image from a source into the store, then extracting it.
 //! - [`source`]: where images come from (oci dir, oci-archive, docker-archive, registry).
 //! - [`image`]: index / manifest / config parsing and platform choice.
 //! - [`unpack`]: layer application (tar + gzip/zstd, whiteouts, path safety).
+//! - [`labels`]: every containerd label and annotation name nestcache uses.
 //! - [`containerd`]: the containerd connection, containers, tasks, io, wait.
 //! - [`cache`]: the cache container lifecycle, TTL and reaping.
 //! - [`rootfs`]: overlay rootfs from a store's extracted layers (shared with the shim).
@@ -22,6 +31,7 @@ pub mod digest;
 pub mod env;
 pub mod error;
 pub mod image;
+pub mod labels;
 pub mod layout;
 pub mod nested;
 pub mod node;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::runc::Runc;
 
 /// The annotations naming the store and the image in it (shared with the CLI).
-pub use nestcache::containerd::labels::{ANNOTATION_IMAGE, ANNOTATION_STORE};
+pub use nestcache::labels::{ANNOTATION_IMAGE, ANNOTATION_STORE};
 /// CRI marks its pause container with this; pod annotations must not turn it into the
 /// nestcache image.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";

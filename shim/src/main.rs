@@ -17,6 +17,6 @@ mod task;
 
 fn main() {
     // The runtime name containerd maps to this binary's name.
-    let runtime = nestcache::containerd::labels::NESTCACHE_RUNTIME;
+    let runtime = nestcache::labels::NESTCACHE_RUNTIME;
     containerd_shim::run::<service::Service>(runtime, None);
 }

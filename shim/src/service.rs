@@ -14,7 +14,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::{socket_address, spawn, Config, Error, ExitSignal, Flags, Shim, StartOpts};
 use log::warn;
-use nestcache::containerd::labels::NESTCACHE_SHIM_GROUP;
+use nestcache::labels::NESTCACHE_SHIM_GROUP;
 
 use crate::bundle::{Record, Spec};
 use crate::events::Events;

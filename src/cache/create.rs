@@ -7,8 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::containerd::{labels, Client, Mount, NewContainer, NewTask};
+use crate::containerd::{Client, Mount, NewContainer, NewTask};
 use crate::error::IoContext;
+use crate::labels;
 use crate::layout::{ContentLayout, StateLayout};
 use crate::{Error, Result};
 

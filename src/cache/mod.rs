@@ -25,8 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::containerd::{labels, Client, Container, TaskStatus};
+use crate::containerd::{Client, Container, TaskStatus};
 use crate::error::IoContext;
+use crate::labels;
 use crate::layout::ContentLayout;
 use crate::{Error, Result};
 

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::containerd::{labels, Client, TaskStatus};
+use crate::containerd::{Client, TaskStatus};
+use crate::labels;
 use crate::layout::ContentLayout;
 use crate::{Error, Result};
 

@@ -3,8 +3,9 @@
 use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::containerd::{labels, Client};
+use crate::containerd::Client;
 use crate::error::IoContext;
+use crate::labels;
 use crate::{Error, Result};
 
 use super::*;

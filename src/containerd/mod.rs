@@ -10,7 +10,9 @@
 
 mod containers;
 pub mod io;
-pub mod labels;
+/// The label names, a ground-floor module of their own (the shim uses them without the
+/// client); re-exported so `containerd::labels::X` keeps working.
+pub use crate::labels;
 mod tasks;
 
 pub use tasks::Mount;

@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use super::verify::{verify_mount, Verification};
 use super::{cleanup, ContainerPaths};
-use crate::containerd::{labels, Client, Container, ExitStatus, TaskStatus};
+use crate::containerd::{Client, Container, ExitStatus, TaskStatus};
 use crate::error::{Error, IoContext, Result};
+use crate::labels;
 use crate::layout::StateLayout;
 
 /// A nested container as `ps` shows it.

@@ -21,8 +21,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use crate::cache::CacheInfo;
-use crate::containerd::labels;
 use crate::error::{IoContext, Result};
+use crate::labels;
 use crate::layout::StateLayout;
 
 pub use manage::NestedInfo;

@@ -18,8 +18,9 @@ use super::verify::{verify_mount, Verification};
 use super::{cleanup, generate_id, labels_for, ContainerPaths, Runtime};
 use crate::cache;
 use crate::containerd::io::{Fifos, RawTerminal, Stdio};
-use crate::containerd::{labels, validate_id, Client, NewContainer, NewTask};
+use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
+use crate::labels;
 use crate::layout::StateLayout;
 use crate::rootfs::Overlay;
 
