@@ -7,6 +7,7 @@ mod bundle;
 mod command;
 mod events;
 mod exits;
+mod image_config;
 mod mounts;
 mod process;
 mod runc;

@@ -41,7 +41,7 @@ fn images(cri: &CriContainerd) -> Images {
         &app,
         "localhost/nc-app:1",
         "store",
-        json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["sleep 1000"], "Env": ["PATH=/bin:/sbin", "FOO=store", "STORE_ONLY=1"], "WorkingDir": "/srv/app", "User": "app"}),
+        json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["sleep 1000; exit 0"], "Env": ["PATH=/bin:/sbin", "FOO=store", "STORE_ONLY=1"], "WorkingDir": "/srv/app", "User": "app"}),
     );
     let store = work.path().join("store");
     testkit::images::ok(&[
@@ -90,9 +90,17 @@ async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (i32, String, String) {
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: 10,
         })
-        .await
-        .expect("ExecSync")
-        .into_inner();
+        .await;
+    let r = match r {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            let st = c
+                .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+                .await
+                .map(|s| format!("{:?}", s.into_inner().status));
+            panic!("ExecSync {cmd:?}: {e:?}; container: {st:?}");
+        }
+    };
     (
         r.exit_code,
         String::from_utf8_lossy(&r.stdout).into_owned(),
@@ -114,6 +122,19 @@ async fn state(c: &mut Client, id: &str) -> i32 {
         .status
         .expect("status")
         .state
+}
+
+/// A container whose execs may read PID 1's environ and cwd when PID 1 runs as another
+/// user (as the store image's User makes it): CAP_SYS_PTRACE.
+fn inspectable(name: &str) -> ContainerConfig {
+    let mut c = cri::container_config(name, DECLARED);
+    if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.capabilities = Some(Capability {
+            add_capabilities: vec!["SYS_PTRACE".into()],
+            ..Default::default()
+        });
+    }
+    c
 }
 
 /// What PID 1 of the container runs with: argv, env, cwd, uid.
@@ -182,10 +203,11 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
         let pod_id = run_pod(&mut c, &pod).await;
 
         // Sets nothing: all of it from the store image.
-        let a = start(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
+        let a = start(&mut c, &pod_id, &pod, inspectable("a")).await;
         let i = init(&mut c, &a).await;
-        assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1000"], "store Entrypoint + Cmd");
-        assert_eq!(i.env.get("FOO").map(String::as_str), Some("store"));
+        // (busybox sh would exec a lone command; the `exit` keeps it PID 1)
+        assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1000; exit 0"], "store Entrypoint + Cmd");
+        assert_eq!(i.env.get("FOO").map(String::as_str), Some("store"), "{:?}", i.env);
         assert_eq!(i.env.get("STORE_ONLY").map(String::as_str), Some("1"));
         assert_eq!(i.env.get("PATH").map(String::as_str), Some("/bin:/sbin"));
         assert!(!i.env.contains_key("DECLARED_ONLY"), "declared image env dropped: {:?}", i.env);
@@ -195,27 +217,28 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
         assert_eq!(sh(&mut c, &a, "cat /etc/nestcache-test").await, "store\n");
 
         // Sets command, env and working dir: those win, the rest from the store.
-        let mut b = cri::container_config("b", DECLARED);
-        b.command = vec!["/bin/sleep".into(), "1001".into()];
+        let mut b = inspectable("b");
+        // (A command that began with the declared Entrypoint would read as args alone.)
+        b.command = vec!["/bin/busybox".into(), "sleep".into(), "1001".into()];
         b.envs = cri::env(&[("FOO", "pod")]);
         b.working_dir = "/etc".into();
         let b = start(&mut c, &pod_id, &pod, b).await;
         let i = init(&mut c, &b).await;
-        assert_eq!(i.argv, ["/bin/sleep", "1001"]);
+        assert_eq!(i.argv, ["/bin/busybox", "sleep", "1001"]);
         assert_eq!(i.env.get("FOO").map(String::as_str), Some("pod"));
         assert_eq!(i.env.get("STORE_ONLY").map(String::as_str), Some("1"));
         assert_eq!(i.cwd, "/etc");
 
         // Sets args only: the store image's Entrypoint runs them.
-        let mut d = cri::container_config("d", DECLARED);
-        d.args = vec!["sleep 1002".into()];
+        let mut d = inspectable("d");
+        d.args = vec!["sleep 1002; exit 0".into()];
         if let Some(sc) = d.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
-            sc.run_as_user = Some(Int64Value { value: 0 });
+            sc.run_as_user = Some(Int64Value { value: 1000 });
         }
         let d = start(&mut c, &pod_id, &pod, d).await;
         let i = init(&mut c, &d).await;
-        assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1002"]);
-        assert_eq!(i.uid, "0", "runAsUser set by the pod wins");
+        assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1002; exit 0"]);
+        assert_eq!(i.uid, "1000", "runAsUser set by the pod wins");
 
         remove_pod(&mut c, &pod_id).await;
     });

@@ -226,8 +226,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 }
 
+impl CriContainerd {
+    /// Stops and removes every pod, as kubelet would before the node goes: a test that
+    /// failed half-way leaves no shim, container, mount or netns behind.
+    fn remove_all_pods(&self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut c) = self.client().await else { return };
+            let Ok(pods) = c.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await else {
+                return;
+            };
+            for p in pods.into_inner().items {
+                let _ = c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await;
+                let _ = c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
+            }
+        });
+    }
+}
+
 impl Drop for CriContainerd {
     fn drop(&mut self) {
+        self.remove_all_pods();
         if self.pid != 0 {
             // SAFETY: kill/waitpid on the child this kit started.
             unsafe {
@@ -245,7 +266,9 @@ impl Drop for CriContainerd {
         }
         // The bridge is the kit's own, by its unique name; pods' veths went with them.
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("NC_KEEP_CRI").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
