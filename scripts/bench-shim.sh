@@ -43,6 +43,9 @@ ctr images import --base-name bench.local/bb "$dir/image.tar" >/dev/null
 image=bench.local/bb:bb
 "$target_dir/release/nestcache" stage --store "$dir/store" "oci:$dir/layout:bb" >/dev/null
 mkdir -p "$dir/empty"
+# The shim takes stores only under the roots its options allow (default: nestcache's
+# state dir); this one is in the bench's temp dir.
+printf '{"store_roots": ["%s"]}\n' "$dir" >"$dir/shim.json"
 
 now() { date +%s%N; }
 ms() { awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1e6 }'; }
@@ -52,7 +55,7 @@ for rt in runc nestcache store; do detach_ns[$rt]=""; cycle_ns[$rt]=""; done
 runtime_of() { case $1 in runc) echo io.containerd.runc.v2 ;; *) echo io.containerd.nestcache.v2 ;; esac; }
 run_args() {
   case $1 in
-    store) echo "--annotation io.nestcache.store=$dir/store --annotation io.nestcache.image=bb --rootfs $dir/empty" ;;
+    store) echo "--runtime-config-path $dir/shim.json --annotation io.nestcache.store=$dir/store --annotation io.nestcache.image=bb --rootfs $dir/empty" ;;
     *) echo "$image" ;;
   esac
 }

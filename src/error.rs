@@ -36,6 +36,8 @@ pub enum Error {
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
     #[error(transparent)]
+    Ingest(#[from] crate::store::IngestError),
+    #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),

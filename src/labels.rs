@@ -43,6 +43,10 @@ pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 /// nestcache's own shim (see `shim/`).
 pub const NESTCACHE_RUNTIME: &str = "io.containerd.nestcache.v2";
 
+/// Runtime options for nestcache's shim (the container's `runtime.options`): JSON,
+/// `{"store_roots": ["/abs/dir", ...]}`, the directories `io.nestcache.store` may name.
+pub const SHIM_OPTIONS_TYPE_URL: &str = "io.nestcache.shim.v1.Options";
+
 /// The type URL containerd expects for an OCI runtime spec carried as `Any` (JSON).
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 

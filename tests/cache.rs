@@ -394,6 +394,7 @@ fn rm_and_gc_clean_half_created_caches() {
                 labels,
                 spec: oci_spec::runtime::Spec::default(),
                 runtime: None,
+                runtime_options: None,
             })
             .await
             .unwrap();
@@ -433,6 +434,7 @@ fn rm_and_gc_clean_half_created_caches() {
                 labels,
                 spec,
                 runtime: None,
+                runtime_options: None,
             })
             .await
             .unwrap();
@@ -537,6 +539,7 @@ fn rm_refuses_while_a_nested_container_runs_from_the_cache() {
                 labels,
                 spec,
                 runtime: None,
+                runtime_options: None,
             })
             .await
             .unwrap();

@@ -80,7 +80,7 @@ fn wrong_digest_wrong_size_and_missing_blobs() {
 }
 
 #[test]
-fn huge_declared_size_is_a_bound_not_a_promise() {
+fn huge_declared_size_is_refused_before_reading() {
     let d = Dirs::new();
     let store = store_with_good_image(&d);
     let img = image(102, 1, "amd64", 0);
@@ -88,13 +88,27 @@ fn huge_declared_size_is_a_bound_not_a_promise() {
         m["layers"][0]["size"] = json!(1u64 << 60);
     });
     oci_dir(&d.path("huge"), &[&huge], &[("x", &huge.manifest)]);
-    let err = assert_refused(
-        &d,
-        &store,
-        &format!("oci:{}", d.s("huge")),
-        "digest mismatch",
-    );
+    let src = format!("oci:{}", d.s("huge"));
+    // Above the layer size limit (default 32 GiB)...
+    let err = assert_refused(&d, &store, &src, "is above the limit of 34359738368 bytes");
     assert!(err.contains(&(1u64 << 60).to_string()), "{err}");
+    // ...and, with the limit raised, more than the disk has: refused before writing.
+    let err = fails(&[
+        "stage",
+        &src,
+        "--store",
+        &store,
+        "--ref",
+        "bad",
+        "--max-layer-size",
+        "1048576TiB",
+    ]);
+    assert!(
+        err.contains("bytes free") && err.contains(&(1u64 << 60).to_string()),
+        "{err}"
+    );
+    assert_intact(&store);
+    assert_eq!(refs(&store), ["good"]);
 
     // A manifest declaring a huge size is refused before being read.
     let mut entry = huge.manifest.clone();
@@ -293,7 +307,9 @@ fn disk_full_mid_stage_leaves_the_store_intact() {
         &store,
         "--no-unpack",
     ]);
-    assert!(err.contains("No space left"), "{err}");
+    // Refused before anything is written: the layers declare more than the disk has.
+    assert!(err.contains("bytes free"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert_intact(&store);
     assert_eq!(refs(&store), ["good"]);
 }

@@ -248,10 +248,34 @@ fn sigkill_at_many_moments_always_leaves_a_consistent_store() {
         // Remove the ref between rounds so each round has work to do.
         let _ = nc(&["images", "rm", "x", "--store", &store]);
     }
+    // The re-stage reclaims what the killed ones left (their locks died with them) and
+    // resumes their partial ingests: no temp file or extraction dir is left anywhere.
     ok(&["stage", &format!("oci:{}", d.s("src")), "--store", &store]);
+    assert_eq!(temp_leftovers(Path::new(&store)), Vec::<String>::new());
     ok(&["store", "unpack", "x", "--store", &store]);
     ok(&["store", "gc", "--store", &store]);
     assert_intact(&store);
+}
+
+/// Temp files and work dirs in a store: `ingest/*`, `layers/tmp/*`, `.nestcache/*.tmp`.
+fn temp_leftovers(store: &Path) -> Vec<String> {
+    let list = |dir: &str| -> Vec<String> {
+        fs::read_dir(store.join(dir))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut left = list("ingest");
+    left.extend(list("layers/tmp"));
+    left.extend(
+        list(".nestcache")
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp")),
+    );
+    left
 }
 
 #[test]

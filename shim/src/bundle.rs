@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use log::warn;
 use serde::{Deserialize, Serialize};
 
+use crate::error::ShimError;
 use crate::runc::Runc;
 
 /// The annotations naming the store and the image in it (shared with the CLI).
@@ -99,9 +101,28 @@ pub fn set_root_to_bundle_rootfs(bundle: &Path) -> Result<(), String> {
         root.insert("path".into(), serde_json::Value::String("rootfs".into()));
     }
     let out = serde_json::to_vec(&v).map_err(|e| format!("serialize spec: {e}"))?;
-    let tmp = bundle.join(".config.json.tmp");
-    std::fs::write(&tmp, out).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("replace {}: {e}", path.display()))
+    write_durably(&path, &out).map_err(|e| e.to_string())
+}
+
+/// Writes `data` to `path` as the store writes: a temp file beside it, fsync, rename,
+/// fsync of the directory. After a crash `path` holds the old or the new bytes, whole.
+pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), ShimError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let step = |what: &str, p: &Path| {
+        let what = format!("{what} {}", p.display());
+        move |e| ShimError::io(what, e)
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(step("create", &tmp))?;
+    f.write_all(data).map_err(step("write", &tmp))?;
+    f.sync_all().map_err(step("fsync", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(step("rename onto", path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(step("fsync", dir))
 }
 
 /// What the shim set up for the container, written before it is set up.
@@ -115,17 +136,29 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn save(&self, bundle: &Path) -> Result<(), String> {
-        let path = bundle.join(RECORD_FILE);
-        let tmp = bundle.join(format!(".{RECORD_FILE}.tmp"));
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, text).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("write {}: {e}", path.display()))
+    pub fn save(&self, bundle: &Path) -> Result<(), ShimError> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| ShimError::Bundle {
+            bundle: bundle.to_path_buf(),
+            reason: format!("serialize {RECORD_FILE}: {e}"),
+        })?;
+        write_durably(&bundle.join(RECORD_FILE), &text)
     }
 
+    /// The record, if the shim wrote one. A record that exists but cannot be read is
+    /// logged: cleanup then goes on with what it can find (the rootfs mount point).
     pub fn load(bundle: &Path) -> Option<Record> {
-        let text = std::fs::read(bundle.join(RECORD_FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
+        let path = bundle.join(RECORD_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!("read {}: {e}; cleaning up without it", path.display());
+                return None;
+            }
+        };
+        serde_json::from_slice(&text)
+            .inspect_err(|e| warn!("parse {}: {e}; cleaning up without it", path.display()))
+            .ok()
     }
 }
 
@@ -175,6 +208,30 @@ mod tests {
             (CRI_CONTAINER_TYPE, "sandbox"),
         ]);
         assert_eq!(s.store_image(), Ok(None));
+    }
+
+    #[test]
+    fn records_round_trip_and_a_corrupt_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Record::load(dir.path()), None);
+        let record = Record {
+            runc: Runc::new(None, None, "ns", dir.path()),
+            rootfs_mounted: true,
+            store_dir: Some(dir.path().join("nestcache")),
+        };
+        record.save(dir.path()).unwrap();
+        assert_eq!(Record::load(dir.path()), Some(record));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(RECORD_FILE)],
+            "no temp file left"
+        );
+        std::fs::write(dir.path().join(RECORD_FILE), b"{ half").unwrap();
+        assert_eq!(Record::load(dir.path()), None);
     }
 
     #[test]

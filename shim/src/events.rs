@@ -4,6 +4,7 @@
 //! binary would do, minus a process per event). One thread sends them in the order they
 //! were queued; when containerd is restarting the connection is re-dialled and the event
 //! retried for a while, so an exit that happens while containerd is down still arrives.
+//! The Task service publishes through `EventSink`, so its tests can record events instead.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
@@ -22,6 +23,11 @@ struct Event {
     message: Box<dyn MessageDyn>,
 }
 
+/// Where the Task service sends its events (in the order it sends them).
+pub trait EventSink: Send + Sync {
+    fn publish(&self, topic: &'static str, message: Box<dyn MessageDyn>);
+}
+
 /// A handle for queueing events; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
@@ -38,13 +44,11 @@ impl Events {
             .expect("spawn the events thread");
         Events { tx }
     }
+}
 
-    pub fn publish(&self, topic: &'static str, message: impl MessageDyn) {
-        let event = Event {
-            topic,
-            message: Box::new(message),
-        };
-        if self.tx.send(event).is_err() {
+impl EventSink for Events {
+    fn publish(&self, topic: &'static str, message: Box<dyn MessageDyn>) {
+        if self.tx.send(Event { topic, message }).is_err() {
             warn!("events thread gone; dropping {topic}");
         }
     }

@@ -1,23 +1,8 @@
-//! containerd-shim-nestcache-v2: the containerd runtime v2 shim for
-//! `io.containerd.nestcache.v2`. It runs tasks with runc like containerd's runc shim, and
-//! when a container's spec carries `io.nestcache.store` + `io.nestcache.image` it
-//! assembles the rootfs itself from that nestcache store's extracted layers.
-
-mod bundle;
-mod command;
-mod events;
-mod exits;
-mod image_config;
-mod mounts;
-mod process;
-mod runc;
-mod service;
-mod stdio;
-mod store_rootfs;
-mod task;
+//! containerd-shim-nestcache-v2: the binary containerd runs for
+//! `io.containerd.nestcache.v2` (see the library, `containerd_shim_nestcache`).
 
 fn main() {
     // The runtime name containerd maps to this binary's name.
     let runtime = nestcache::labels::NESTCACHE_RUNTIME;
-    containerd_shim::run::<service::Service>(runtime, None);
+    containerd_shim::run::<containerd_shim_nestcache::service::Service>(runtime, None);
 }

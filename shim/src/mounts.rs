@@ -37,7 +37,7 @@ pub fn setup(
         let dir = store_rootfs::container_dir(bundle);
         record.rootfs_mounted = true;
         record.store_dir = Some(dir.clone());
-        record.save(bundle)?;
+        record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
         store_rootfs::mount(&wanted, &dir, &target)?;
         image_config::apply(bundle, &spec.annotations, &wanted)?;
@@ -47,7 +47,7 @@ pub fn setup(
         return Ok(());
     }
     record.rootfs_mounted = true;
-    record.save(bundle)?;
+    record.save(bundle).map_err(|e| e.to_string())?;
     mkdir_rootfs(&target)?;
     for m in mounts {
         containerd_shim::mount::mount_rootfs(
@@ -102,8 +102,11 @@ pub fn unmount_all(target: &Path) -> Result<(), String> {
 /// per-container dir. Safe to call twice and after a crash.
 pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
     // containerd's contract: delete must leave bundle/rootfs unmounted, whatever the
-    // record says (it may be missing when the shim died early).
-    unmount_all(&rootfs_dir(bundle))?;
+    // record says (it may be missing when the shim died early). No dir, no mount.
+    let target = rootfs_dir(bundle);
+    if target.exists() {
+        unmount_all(&target)?;
+    }
     if let Some(dir) = record.and_then(|r| r.store_dir.as_deref()) {
         store_rootfs::cleanup(dir)?;
     }

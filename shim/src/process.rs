@@ -1,18 +1,33 @@
-//! One process of the container (its init, or an exec): status, pid, exit, stdio.
+//! One process of a container (its init, or an exec): state, pid, exit, stdio, and the
+//! lifecycle strategy (`Lifecycle`) that runs it: `init::InitLifecycle` or
+//! `exec::ExecLifecycle`, the way containerd's runc shim separates them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 
-use crate::stdio::{Io, StdioPaths};
+use crate::error::{Result, ShimError};
+use crate::runc::{RuncError, RuncIo};
+use crate::state::{State, Step};
+use crate::stdio::{Io, Prepared, StdioPaths};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
+/// What Wait reports for a process deleted before it ever ran (it has no exit status).
+pub const NEVER_RAN_STATUS: u32 = 255;
+
+/// How one kind of process is started, signalled and cleaned up.
+pub trait Lifecycle: Send + Sync {
+    /// Runs the process (`runc start` for init, `runc exec` for an exec); its pid.
+    fn start(&self, p: &Process) -> Result<u32>;
+    /// The event that says it started (TaskStart / TaskExecStarted).
+    fn started_event(&self, p: &Process, pid: u32) -> (&'static str, Box<dyn MessageDyn>);
+    /// The step after a failed start: init stays created, an exec that never ran stops.
+    fn failed_start(&self, p: &Process);
+    /// Signals the process; only called for a state that may have a live pid.
+    fn kill(&self, p: &Process, signal: u32, all: bool) -> Result<()>;
+    /// Removes what the process left behind (files; for init the runc state and rootfs).
+    fn delete(&self, p: &Process) -> Result<()>;
 }
 
 #[derive(Debug, Clone)]
@@ -24,7 +39,7 @@ pub struct Exit {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub pid: u32,
-    pub status: Status,
+    pub state: State,
     pub exit: Option<Exit>,
 }
 
@@ -33,37 +48,47 @@ pub struct Process {
     /// Empty for the container's init process.
     pub exec_id: String,
     pub stdio: StdioPaths,
-    state: Mutex<Snapshot>,
-    exited: Condvar,
+    inner: Mutex<Snapshot>,
+    changed: Condvar,
     /// Held while a start is being published, so a fast exit's TaskExit cannot overtake
     /// the TaskStart/TaskExecStarted event (runtime v2 event ordering).
     gate: Mutex<()>,
     io: Mutex<Option<Io>>,
+    /// How many Wait calls block on this process (for tests and debugging).
+    waiters: AtomicUsize,
+    pub(crate) lifecycle: Box<dyn Lifecycle>,
 }
 
-fn now() -> Timestamp {
+pub fn now() -> Timestamp {
     containerd_shim::util::timestamp().unwrap_or_default()
 }
 
 impl Process {
-    pub fn new(container_id: &str, exec_id: &str, stdio: StdioPaths) -> Self {
+    pub fn new(
+        container_id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        lifecycle: Box<dyn Lifecycle>,
+    ) -> Self {
         Process {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
             stdio,
-            state: Mutex::new(Snapshot {
+            inner: Mutex::new(Snapshot {
                 pid: 0,
-                status: Status::Created,
+                state: State::Created,
                 exit: None,
             }),
-            exited: Condvar::new(),
+            changed: Condvar::new(),
             gate: Mutex::new(()),
             io: Mutex::new(None),
+            waiters: AtomicUsize::new(0),
+            lifecycle,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Snapshot> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The id events and containerd use for this process: the exec id, or the
@@ -76,12 +101,25 @@ impl Process {
         }
     }
 
+    /// "task C" or "exec E of C", for messages.
+    pub fn describe(&self) -> String {
+        if self.exec_id.is_empty() {
+            format!("task {}", self.container_id)
+        } else {
+            format!("exec {} of {}", self.exec_id, self.container_id)
+        }
+    }
+
     pub fn gate(&self) -> MutexGuard<'_, ()> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn snapshot(&self) -> Snapshot {
         self.lock().clone()
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
     }
 
     pub fn pid(&self) -> u32 {
@@ -92,38 +130,82 @@ impl Process {
         self.lock().pid = pid;
     }
 
-    /// Moves to `status` unless the process already stopped.
-    pub fn set_status(&self, status: Status) {
+    /// Takes `step`, or says why the current state does not allow it.
+    pub fn step(&self, step: Step) -> Result<State> {
         let mut s = self.lock();
-        if s.status != Status::Stopped {
-            s.status = status;
+        self.apply(&mut s, step)
+    }
+
+    fn apply(&self, s: &mut Snapshot, step: Step) -> Result<State> {
+        let next = s
+            .state
+            .next(step)
+            .ok_or_else(|| ShimError::IllegalTransition {
+                process: self.describe(),
+                state: s.state,
+                action: step.action(),
+            })?;
+        s.state = next;
+        if next.is_final() {
+            self.changed.notify_all();
+        }
+        Ok(next)
+    }
+
+    /// Checks that `step` is allowed now, without taking it.
+    pub fn check(&self, step: Step) -> Result<()> {
+        let s = self.lock();
+        match s.state.next(step) {
+            Some(_) => Ok(()),
+            None => Err(ShimError::IllegalTransition {
+                process: self.describe(),
+                state: s.state,
+                action: step.action(),
+            }),
         }
     }
 
-    /// Records the exit once; returns it, or None when it was already recorded.
+    /// Records the exit once; returns it, or None when the process was already over.
     pub fn set_exited(&self, code: i32) -> Option<Exit> {
         let mut s = self.lock();
-        if s.status == Status::Stopped {
-            return None;
-        }
+        s.state.next(Step::Exit)?;
         let exit = Exit {
             code: code as u32,
             at: now(),
         };
-        s.status = Status::Stopped;
         s.exit = Some(exit.clone());
-        self.exited.notify_all();
+        self.apply(&mut s, Step::Exit).ok()?;
         Some(exit)
     }
 
-    /// Blocks until the process exited.
+    /// Deletes a process whatever its state (its container is being deleted, which
+    /// kills everything in it): waiters wake.
+    pub fn force_deleted(&self) {
+        let mut s = self.lock();
+        s.state = State::Deleted;
+        self.changed.notify_all();
+    }
+
+    pub fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until the process stopped or was deleted.
     pub fn wait(&self) -> Exit {
         let mut s = self.lock();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _done = WaiterGone(&self.waiters);
         loop {
             if let Some(exit) = &s.exit {
                 return exit.clone();
             }
-            s = self.exited.wait(s).unwrap_or_else(|e| e.into_inner());
+            if s.state == State::Deleted {
+                return Exit {
+                    code: NEVER_RAN_STATUS,
+                    at: now(),
+                };
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -145,9 +227,35 @@ impl Process {
     }
 }
 
+struct WaiterGone<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub fn timestamp_field(exit: &Option<Exit>) -> MessageField<Timestamp> {
     match exit {
         Some(e) => MessageField::some(e.at.clone()),
         None => MessageField::none(),
     }
+}
+
+/// Runs the runc command that creates `p` (`create` for init, `exec` for the others):
+/// its stdio prepared first (FIFOs opened, or a console socket), handed to runc, then
+/// kept as the process's io. Returns the pid runc reported.
+pub fn launch(
+    p: &Process,
+    run: impl FnOnce(RuncIo) -> std::result::Result<u32, RuncError>,
+) -> Result<u32> {
+    let stdio_err = |e| ShimError::io(format!("stdio of {}", p.describe()), e);
+    let mut prepared = Prepared::new(&p.stdio).map_err(stdio_err)?;
+    let stdio = prepared.take_pass().map_err(stdio_err)?;
+    let pid = run(RuncIo {
+        console_socket: prepared.console_socket.as_deref(),
+        stdio,
+    })?;
+    p.set_io(prepared.finish().map_err(stdio_err)?);
+    Ok(pid)
 }

@@ -1,8 +1,10 @@
-//! The `runc` command line, as the shim drives it.
+//! The `runc` command line, as the shim drives it, behind the `Runtime` trait (so the
+//! Task service is tested with a fake, without root or runc).
 //!
 //! Global flags: `--root` (runc's state dir for this namespace), `--log` + `--log-format
 //! json` (runc create/exec pass their own stdio to the container, so their errors must go
-//! to a log file, not stderr), `--systemd-cgroup` when asked for.
+//! to a log file, not stderr: one log per process, so that concurrent execs never read
+//! each other's errors), `--systemd-cgroup` when asked for.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -22,8 +24,129 @@ pub struct Runc {
     pub binary: String,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
-    /// runc's JSON log of the last create/exec, inside the bundle.
+    /// runc's JSON log for the container's own commands (create, start, kill...), inside
+    /// the bundle; each exec has a log of its own (`ProcessFiles`).
     pub log: PathBuf,
+}
+
+/// The files of one runc create/exec: where runc writes the pid and its JSON log.
+#[derive(Debug, Clone)]
+pub struct ProcessFiles {
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Stdio handed to runc for a create/exec: the fds, or a console socket for a terminal.
+pub struct RuncIo<'a> {
+    pub console_socket: Option<&'a Path>,
+    pub stdio: PassStdio,
+}
+
+/// Every runc operation the shim uses. `RuncCli` runs the real binary; tests use fakes.
+pub trait Runtime: Send + Sync {
+    /// `runc create`; returns the init's pid.
+    fn create(
+        &self,
+        runc: &Runc,
+        id: &str,
+        bundle: &Path,
+        files: &ProcessFiles,
+        io: RuncIo,
+    ) -> Result<u32, RuncError>;
+    /// `runc exec --detach` of the process spec at `process_json`; returns its pid.
+    fn exec(
+        &self,
+        runc: &Runc,
+        id: &str,
+        process_json: &Path,
+        files: &ProcessFiles,
+        io: RuncIo,
+    ) -> Result<u32, RuncError>;
+    fn start(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
+    fn kill(&self, runc: &Runc, id: &str, signal: u32, all: bool) -> Result<(), RuncError>;
+    fn delete(&self, runc: &Runc, id: &str, force: bool) -> Result<(), RuncError>;
+    fn pause(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
+    fn resume(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
+    fn ps(&self, runc: &Runc, id: &str) -> Result<Vec<u32>, RuncError>;
+    /// `runc update --resources FILE`: FILE holds an OCI LinuxResources (JSON).
+    fn update(&self, runc: &Runc, id: &str, resources: &Path) -> Result<(), RuncError>;
+}
+
+/// The real runc.
+pub struct RuncCli;
+
+impl Runtime for RuncCli {
+    fn create(
+        &self,
+        runc: &Runc,
+        id: &str,
+        bundle: &Path,
+        files: &ProcessFiles,
+        io: RuncIo,
+    ) -> Result<u32, RuncError> {
+        runc.create(id, bundle, files, io)?;
+        read_pid(&files.pid_file, "create", id)
+    }
+
+    fn exec(
+        &self,
+        runc: &Runc,
+        id: &str,
+        process_json: &Path,
+        files: &ProcessFiles,
+        io: RuncIo,
+    ) -> Result<u32, RuncError> {
+        runc.exec(id, process_json, files, io)?;
+        read_pid(&files.pid_file, "exec", id)
+    }
+
+    fn start(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
+        runc.start(id)
+    }
+
+    fn kill(&self, runc: &Runc, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
+        runc.kill(id, signal, all)
+    }
+
+    fn delete(&self, runc: &Runc, id: &str, force: bool) -> Result<(), RuncError> {
+        runc.delete(id, force)
+    }
+
+    fn pause(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
+        runc.pause(id)
+    }
+
+    fn resume(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
+        runc.resume(id)
+    }
+
+    fn ps(&self, runc: &Runc, id: &str) -> Result<Vec<u32>, RuncError> {
+        runc.ps(id)
+    }
+
+    fn update(&self, runc: &Runc, id: &str, resources: &Path) -> Result<(), RuncError> {
+        runc.update(id, resources)
+    }
+}
+
+/// The pid runc wrote for a process it created.
+fn read_pid(path: &Path, action: &str, id: &str) -> Result<u32, RuncError> {
+    let unreadable = |message: String| RuncError::Failed {
+        action: action.into(),
+        id: id.into(),
+        code: 0,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| unreadable(format!("pid file {}: {e}", path.display())))?;
+    match text.trim().parse::<u32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(unreadable(format!(
+            "pid file {}: expected a pid, found {:?}",
+            path.display(),
+            text.trim()
+        ))),
+    }
 }
 
 /// The container's stdio as runc should hand it over (runc passes these fds on).
@@ -84,11 +207,15 @@ impl Runc {
     }
 
     fn command(&self) -> Command {
+        self.command_logging_to(&self.log)
+    }
+
+    fn command_logging_to(&self, log: &Path) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--log")
-            .arg(&self.log)
+            .arg(log)
             .arg("--log-format")
             .arg("json");
         if self.systemd_cgroup {
@@ -102,21 +229,20 @@ impl Runc {
         &self,
         id: &str,
         bundle: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        stdio: PassStdio,
+        files: &ProcessFiles,
+        io: RuncIo,
     ) -> Result<(), RuncError> {
-        let mut cmd = self.command();
+        let mut cmd = self.command_logging_to(&files.log);
         cmd.arg("create")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file);
-        if let Some(sock) = console_socket {
+            .arg(&files.pid_file);
+        if let Some(sock) = io.console_socket {
             cmd.arg("--console-socket").arg(sock);
         }
         cmd.arg(id);
-        self.run_passing(cmd, "create", id, stdio)
+        self.run_passing(cmd, "create", id, &files.log, io.stdio)
     }
 
     /// `runc exec --detach`: an extra process described by a process.json.
@@ -124,22 +250,27 @@ impl Runc {
         &self,
         id: &str,
         process_json: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        stdio: PassStdio,
+        files: &ProcessFiles,
+        io: RuncIo,
     ) -> Result<(), RuncError> {
-        let mut cmd = self.command();
+        let mut cmd = self.command_logging_to(&files.log);
         cmd.arg("exec")
             .arg("--detach")
             .arg("--process")
             .arg(process_json)
             .arg("--pid-file")
-            .arg(pid_file);
-        if let Some(sock) = console_socket {
+            .arg(&files.pid_file);
+        if let Some(sock) = io.console_socket {
             cmd.arg("--console-socket").arg(sock);
         }
         cmd.arg(id);
-        self.run_passing(cmd, "exec", id, stdio)
+        self.run_passing(cmd, "exec", id, &files.log, io.stdio)
+    }
+
+    pub fn update(&self, id: &str, resources: &Path) -> Result<(), RuncError> {
+        let file = resources.to_string_lossy();
+        self.simple(&["update", "--resources", &file, id], "update", id)
+            .map(|_| ())
     }
 
     pub fn start(&self, id: &str) -> Result<(), RuncError> {
@@ -198,7 +329,7 @@ impl Runc {
         } else {
             let mut message = out.stderr_line();
             if message.is_empty() {
-                message = self.last_log_error();
+                message = last_log_error(&self.log);
             }
             Err(RuncError::Failed {
                 action: action.into(),
@@ -214,10 +345,11 @@ impl Runc {
         mut cmd: Command,
         action: &str,
         id: &str,
+        log: &Path,
         stdio: PassStdio,
     ) -> Result<(), RuncError> {
         // A fresh log per call, so an error read afterwards belongs to this call.
-        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(log);
         cmd.stdin(Stdio::from(stdio.stdin))
             .stdout(Stdio::from(stdio.stdout))
             .stderr(Stdio::from(stdio.stderr));
@@ -232,24 +364,24 @@ impl Runc {
                 action: action.into(),
                 id: id.into(),
                 code: out.code,
-                message: self.last_log_error(),
+                message: last_log_error(log),
             })
         }
     }
+}
 
-    /// The last error runc wrote to its JSON log (`{"level":"error","msg":...}`).
-    pub fn last_log_error(&self) -> String {
-        #[derive(Deserialize)]
-        struct Line {
-            level: Option<String>,
-            msg: Option<String>,
-        }
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<Line>(l).ok())
-            .find(|l| l.level.as_deref() == Some("error") || l.level.as_deref() == Some("fatal"))
-            .and_then(|l| l.msg)
-            .unwrap_or_else(|| "no error message (see runc log)".to_string())
+/// The last error runc wrote to its JSON log (`{"level":"error","msg":...}`).
+fn last_log_error(log: &Path) -> String {
+    #[derive(Deserialize)]
+    struct Line {
+        level: Option<String>,
+        msg: Option<String>,
     }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .find(|l| l.level.as_deref() == Some("error") || l.level.as_deref() == Some("fatal"))
+        .and_then(|l| l.msg)
+        .unwrap_or_else(|| format!("no error message (see {})", log.display()))
 }

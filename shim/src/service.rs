@@ -19,7 +19,7 @@ use nestcache::labels::NESTCACHE_SHIM_GROUP;
 use crate::bundle::{Record, Spec};
 use crate::events::Events;
 use crate::mounts;
-use crate::runc::Runc;
+use crate::runc::{Runc, RuncCli};
 use crate::task::TaskService;
 
 /// CRI puts every container of a pod in the pod's sandbox: one shim per pod.
@@ -143,7 +143,13 @@ impl Shim for Service {
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::start(publisher, ttrpc_address, self.namespace.clone());
-        match TaskService::new(&self.namespace, events, self.exit.clone()) {
+        let service = TaskService::new(
+            &self.namespace,
+            Arc::new(RuncCli),
+            Arc::new(events),
+            self.exit.clone(),
+        );
+        match service {
             Ok(t) => t,
             Err(e) => {
                 // Without the exit monitor the shim could never report an exit.

@@ -43,7 +43,7 @@ fn images(cri: &CriContainerd) -> Images {
         "store",
         json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["sleep 1000; exit 0"], "Env": ["PATH=/bin:/sbin", "FOO=store", "STORE_ONLY=1"], "WorkingDir": "/srv/app", "User": "app"}),
     );
-    let store = work.path().join("store");
+    let store = cri.store_dir("store");
     testkit::images::ok(&[
         "stage",
         &format!("docker-archive:{}", app.display()),

@@ -112,10 +112,13 @@ fn killed_shim_leaves_no_mount_for_a_store_rootfs() {
         id: id.clone(),
     };
     let ann_store = format!("io.nestcache.store={}", store.display());
+    let config = shim_config(work.path(), &[work.path()]);
     let out = ctr.run_rootfs(
         &empty,
         &[
             "-d",
+            "--runtime-config-path",
+            config.to_str().unwrap(),
             "--annotation",
             &ann_store,
             "--annotation",

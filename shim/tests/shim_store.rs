@@ -13,6 +13,8 @@ const IMAGE: &str = "io.nestcache.image";
 
 struct Fixture {
     _work: tempfile::TempDir,
+    /// The shim's config (`ctr run --runtime-config-path`): stores under the work dir.
+    config: std::path::PathBuf,
     store: std::path::PathBuf,
     empty: std::path::PathBuf,
     digest: String,
@@ -24,16 +26,20 @@ fn fixture(ref_name: &str) -> Fixture {
     let digest = store_with_busybox(&work.path().join("build"), &store, ref_name);
     let empty = work.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
+    let config = shim_config(work.path(), &[work.path()]);
     Fixture {
         _work: work,
+        config,
         store,
         empty,
         digest,
     }
 }
 
-fn annotations(store: &Path, image: &str) -> Vec<String> {
+fn annotations(config: &Path, store: &Path, image: &str) -> Vec<String> {
     vec![
+        "--runtime-config-path".into(),
+        config.display().to_string(),
         "--annotation".into(),
         format!("{STORE}={}", store.display()),
         "--annotation".into(),
@@ -49,7 +55,7 @@ fn run_annotated(
     id: &str,
     cmd: &[&str],
 ) -> std::process::Output {
-    let ann = annotations(&f.store, image);
+    let ann = annotations(&f.config, &f.store, image);
     let mut args: Vec<&str> = ann.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     ctr.run_rootfs(&f.empty, &args, id, cmd)
@@ -124,8 +130,19 @@ fn writes_go_to_the_container_upper_dir_not_the_store() {
 }
 
 fn assert_create_fails(ctr: &Ctr, f: &Fixture, store: &Path, image: &str, expect: &[&str]) {
+    assert_create_fails_with(ctr, f, &f.config, store, image, expect)
+}
+
+fn assert_create_fails_with(
+    ctr: &Ctr,
+    f: &Fixture,
+    config: &Path,
+    store: &Path,
+    image: &str,
+    expect: &[&str],
+) {
     let id = unique("bad");
-    let ann = annotations(store, image);
+    let ann = annotations(config, store, image);
     let mut args: Vec<&str> = ann.iter().map(String::as_str).collect();
     args.push("--rm");
     let out = ctr.run_rootfs(&f.empty, &args, &id, &["/bin/true"]);
@@ -171,6 +188,33 @@ fn missing_store_unknown_image_and_unextracted_layer_fail_create_clearly() {
         "present",
         &["extracted layer", "present"],
     );
+}
+
+#[test]
+fn a_store_outside_the_allowed_roots_is_refused() {
+    let ctr = Ctr::new("shim-store-roots");
+    let f = fixture("roots");
+    let elsewhere = tempfile::tempdir().unwrap();
+    // Allowed: another dir, and a symlink inside it that points at the real store.
+    let link = elsewhere.path().join("link");
+    std::os::unix::fs::symlink(&f.store, &link).unwrap();
+    let config = shim_config(elsewhere.path(), &[elsewhere.path()]);
+    let expect = ["not under an allowed store root", "store_roots"];
+    assert_create_fails_with(&ctr, &f, &config, &f.store, "roots", &expect);
+    assert_create_fails_with(&ctr, &f, &config, &link, "roots", &expect);
+    // No options at all: only nestcache's state dir is allowed, not a temp dir.
+    let id = unique("noopts");
+    let ann = format!("{STORE}={}", f.store.display());
+    let img = format!("{IMAGE}=roots");
+    let args = ["--rm", "--annotation", &ann, "--annotation", &img];
+    let out = ctr.run_rootfs(&f.empty, &args, &id, &["/bin/true"]);
+    assert!(!out.status.success(), "ran from a store outside the roots");
+    assert!(
+        stderr(&out).contains("not under an allowed store root"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = ctr.run(&["container", "rm", &id]);
 }
 
 #[test]

@@ -76,6 +76,7 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             spec,
             // The keeper needs nothing but runc, whatever runtime the client defaults to.
             runtime: Some(labels::DEFAULT_RUNTIME.to_string()),
+            runtime_options: None,
         })
         .await;
     if let Err(e) = created {

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -48,6 +49,19 @@ impl Target {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(super::parse_size("32GiB"), Ok(32 << 30));
+        assert_eq!(super::parse_size("500M"), Ok(500 << 20));
+        assert_eq!(super::parse_size("1000"), Ok(1000));
+        assert!(super::parse_size("12 parsecs").is_err());
+        assert!(super::parse_size("-1").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StageArgs {
     /// oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF], docker://HOST/REPO[:TAG|@DIGEST], or a bare path
@@ -68,8 +82,35 @@ pub struct StageArgs {
     pub no_unpack: bool,
     #[arg(long)]
     pub json: bool,
+    /// Refuse a layer whose descriptor declares more bytes than this (e.g. 32GiB, 500MiB, 1000000)
+    #[arg(long, env = "NESTCACHE_MAX_LAYER_SIZE", value_parser = parse_size, default_value = "32GiB")]
+    pub max_layer_size: u64,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// A byte count: a number, optionally with a binary unit (KiB, MiB, GiB, TiB; K/M/G/T).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number, optionally with KiB/MiB/GiB/TiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// docker:// source options (registry engineer).
@@ -87,6 +128,15 @@ pub struct RegistryArgs {
     /// Talk plain http to the registry (loopback test registries)
     #[arg(long)]
     pub insecure: bool,
+    /// Longest a manifest or token fetch may take in all (retries and redirects included)
+    #[arg(long, env = "NESTCACHE_REGISTRY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub registry_timeout: Duration,
+    /// A blob download must average --registry-min-rate over every window this long; also the longest wait for any read or for an answer's headers
+    #[arg(long, env = "NESTCACHE_REGISTRY_STALL_WINDOW", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub registry_stall_window: Duration,
+    /// Bytes per second a blob download must average over each stall window
+    #[arg(long, env = "NESTCACHE_REGISTRY_MIN_RATE", default_value_t = 1024)]
+    pub registry_min_rate: u64,
 }
 
 impl RegistryArgs {
@@ -96,7 +146,29 @@ impl RegistryArgs {
             authfile: self.authfile.clone(),
             tls_ca: self.tls_ca.clone(),
             insecure: self.insecure,
+            deadlines: source::registry::Deadlines {
+                document: self.registry_timeout,
+                stall_window: self.registry_stall_window,
+                min_rate: self.registry_min_rate,
+                ..Default::default()
+            },
         }
+    }
+}
+
+/// Resolves with the exit code a shell would report for the first SIGINT (130) or SIGTERM
+/// (143); never, if the handlers cannot be installed (the defaults then apply).
+async fn interrupted() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
     }
 }
 
@@ -114,11 +186,12 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         verify_existing: a.verify_existing,
         no_unpack: a.no_unpack,
         progress: !a.json,
+        max_layer_size: Some(a.max_layer_size),
         ..Default::default()
     };
     let spec = a.source.clone();
     let source_opts = a.registry.source_options();
-    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let work = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The source first: a bad source must not leave a new empty store behind.
         let src = source::parse_with(&spec, &source_opts)?;
         let store = if is_cache {
@@ -127,9 +200,19 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
             Store::open(&dir)?
         };
         Ok(stage::stage(&store, src.as_ref(), &opts)?)
-    })
-    .await
-    .context("stage worker")??;
+    });
+    let report = tokio::select! {
+        r = work => r.context("stage worker")??,
+        code = interrupted() => {
+            // The worker is still writing: its temp files go now, and the process with it.
+            let n = nestcache::store::temp::remove_live();
+            eprintln!(
+                "nestcache: stage interrupted by {}: removed {n} temp files; nothing was half-written",
+                if code == 130 { "SIGINT" } else { "SIGTERM" }
+            );
+            std::process::exit(code);
+        }
+    };
     if a.json {
         super::print_json(&report)?;
     } else {

@@ -23,6 +23,8 @@ pub struct NewContainer {
     pub spec: Spec,
     /// Overrides the client's runtime (default `io.containerd.runc.v2`).
     pub runtime: Option<String>,
+    /// The runtime's options, passed by containerd to the shim at task create.
+    pub runtime_options: Option<prost_types::Any>,
 }
 
 /// A container as containerd holds it.
@@ -81,7 +83,7 @@ impl Client {
             labels: new.labels,
             runtime: Some(Runtime {
                 name: new.runtime.unwrap_or_else(|| self.runtime.clone()),
-                options: None,
+                options: new.runtime_options,
             }),
             spec: Some(prost_types::Any {
                 type_url: labels::SPEC_TYPE_URL.to_string(),

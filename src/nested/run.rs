@@ -126,6 +126,7 @@ pub async fn run(
             labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
             spec,
             runtime: Some(opts.runtime.containerd_name().to_string()),
+            runtime_options: shim_options(&opts.runtime, &cache),
         })
         .await?;
     phases.mark("create container");
@@ -159,6 +160,17 @@ pub async fn run(
             Err(e)
         }
     }
+}
+
+/// nestcache's shim assembles the rootfs from the store an annotation names, and only
+/// from stores under the roots its options allow: this run's is the cache's content dir.
+fn shim_options(runtime: &Runtime, cache: &cache::CacheInfo) -> Option<prost_types::Any> {
+    (*runtime == Runtime::Shim).then(|| prost_types::Any {
+        type_url: labels::SHIM_OPTIONS_TYPE_URL.to_string(),
+        value: serde_json::json!({ "store_roots": [&cache.content_dir] })
+            .to_string()
+            .into_bytes(),
+    })
 }
 
 /// The runtime spec: image config + flags + the cache mount, and for the shim runtime the

@@ -44,6 +44,28 @@ pub trait Source: Send + Sync {
     /// harm than a refused blob.
     fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader<'_>>;
 
+    /// The blob's bytes from byte `offset` on, to resume a partial ingest. The default
+    /// reads and drops the first `offset` bytes; sources that can seek (a file, an HTTP
+    /// Range request) override it.
+    fn open_blob_at(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader<'_>> {
+        let mut r = self.open_blob(desc)?;
+        let skipped =
+            std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|e| {
+                Error::io(
+                    format!("{}: read blob {}", self.describe(), desc.digest()),
+                    e,
+                )
+            })?;
+        if skipped != offset {
+            return Err(Error::Invalid(format!(
+                "{}: blob {} ends at byte {skipped}, before offset {offset}",
+                self.describe(),
+                desc.digest()
+            )));
+        }
+        Ok(r)
+    }
+
     /// How many blobs to fetch at once (a registry may want more than a local file).
     fn parallelism(&self) -> usize {
         2
@@ -61,6 +83,8 @@ pub struct SourceOptions {
     pub tls_ca: Option<PathBuf>,
     /// Plain http (loopback test registries).
     pub insecure: bool,
+    /// Progress bounds on every registry request.
+    pub deadlines: registry::Deadlines,
 }
 
 /// Parses a source string with default options.

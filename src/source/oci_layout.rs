@@ -2,6 +2,7 @@
 //! inside a tar (read by offset through a [`TarIndex`]).
 
 use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -29,8 +30,13 @@ impl Files {
     /// Opens `rel` (e.g. `blobs/sha256/<hex>`). In a directory, a symlink is refused
     /// rather than followed: the layout must not make us read outside it.
     fn open(&self, rel: &str) -> Result<BlobReader<'_>> {
+        self.open_at(rel, 0)
+    }
+
+    /// `rel` from byte `from` on (to resume a partial ingest).
+    fn open_at(&self, rel: &str, from: u64) -> Result<BlobReader<'_>> {
         match self {
-            Files::Archive(t) => t.open(rel),
+            Files::Archive(t) => t.open_at(rel, from),
             Files::Dir(dir) => {
                 let path = dir.join(rel);
                 let file = OpenOptions::new()
@@ -54,6 +60,9 @@ impl Files {
                         path.display()
                     )));
                 }
+                let mut file = file;
+                file.seek(SeekFrom::Start(from))
+                    .ctx(|| format!("seek {}", path.display()))?;
                 Ok(Box::new(file))
             }
         }
@@ -215,10 +224,17 @@ impl Source for OciLayoutSource {
     }
 
     fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader<'_>> {
-        if let Some(r) = self.synthesized.get(desc) {
+        self.open_blob_at(desc, 0)
+    }
+
+    fn open_blob_at(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader<'_>> {
+        if let Some(mut r) = self.synthesized.get(desc) {
+            std::io::copy(&mut Read::by_ref(&mut r).take(offset), &mut std::io::sink())
+                .ctx(|| format!("read synthesized {}", desc.digest()))?;
             return Ok(r);
         }
         let digest = image::descriptor_digest(desc)?;
-        self.files.open(&format!("blobs/sha256/{}", digest.hex()))
+        self.files
+            .open_at(&format!("blobs/sha256/{}", digest.hex()), offset)
     }
 }

@@ -91,12 +91,18 @@ impl TarIndex {
 
     /// A stream of a regular-file entry's bytes, on its own file handle.
     pub fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        self.open_at(name, 0)
+    }
+
+    /// The entry's bytes from byte `from` on (nothing when it is shorter).
+    pub fn open_at(&self, name: &str, from: u64) -> Result<Box<dyn Read + Send>> {
         let e = self.regular(name)?;
+        let from = from.min(e.size);
         let mut f =
             File::open(&self.path).ctx(|| format!("open archive {}", self.path.display()))?;
-        f.seek(SeekFrom::Start(e.offset))
+        f.seek(SeekFrom::Start(e.offset + from))
             .ctx(|| format!("seek in {}", self.path.display()))?;
-        Ok(Box::new(f.take(e.size)))
+        Ok(Box::new(f.take(e.size - from)))
     }
 
     /// Reads a small entry whole, refusing one larger than `limit`.

@@ -4,6 +4,10 @@
 //! manifest, then the ref in index.json last — so a stage killed at any moment leaves
 //! either no ref or a ref whose every blob is present and verified, and a re-run reuses
 //! every blob that made it. The whole run holds the gc lock shared.
+//!
+//! Before anything is read: every layer's declared size is checked against a limit and
+//! the disk's free space against what is still to come; temp files of dead stagers are
+//! reclaimed, except partial ingests of this image's blobs, which are resumed.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,8 +22,12 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, PlatformChoice, PlatformSpec, ResolvedImage};
 use crate::source::Source;
-use crate::store::{lock, validate_ref_name, Store};
-use crate::unpack::{ensure_unpacked, Limits};
+use crate::store::{check_declared_size, lock, validate_ref_name, Ingested, Present, Store};
+use crate::unpack::{clean_stale_tmp, ensure_unpacked, Limits};
+
+/// Default for [`StageOptions::max_layer_size`]: above the largest layers real images
+/// carry (CUDA and ML images have single layers of 10+ GiB), far below "fill the disk".
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 32 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub struct StageOptions {
@@ -35,6 +43,8 @@ pub struct StageOptions {
     pub progress: bool,
     /// Bomb guards for extraction.
     pub limits: Limits,
+    /// Largest declared layer size accepted (default [`DEFAULT_MAX_LAYER_SIZE`]).
+    pub max_layer_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,8 +53,10 @@ pub struct LayerReport {
     pub diff_id: String,
     pub media_type: String,
     pub size: u64,
-    /// Already in the store (not rewritten).
+    /// Already in the store, or written meanwhile by a concurrent stager (not rewritten).
     pub reused: bool,
+    /// Bytes of a killed stager's partial ingest that were kept (resumed, not re-read).
+    pub resumed_from: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,8 +70,11 @@ pub struct StageReport {
     pub layers: Vec<LayerReport>,
     /// Bytes written into blobs/ by this run.
     pub bytes_written: u64,
-    /// Bytes found already present.
+    /// Bytes found already present (or in a resumed partial ingest).
     pub bytes_reused: u64,
+    /// Temp files of dead stagers removed before staging, and their bytes.
+    pub reclaimed_temp_files: u64,
+    pub reclaimed_temp_bytes: u64,
     pub unpacked: bool,
     pub seconds: f64,
 }
@@ -89,37 +104,36 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
     })
     .map_err(|e| Error::Other(format!("{}: {e}", source.describe())))?;
 
-    let mut bytes_written = 0;
-    let mut bytes_reused = 0;
-    let config_size = img.config_bytes.len() as u64;
-    if ensure_present(store, &img.config_digest, config_size, opts.verify_existing)? {
-        bytes_reused += config_size;
-    } else {
-        store.ingest_bytes("config", &img.config_digest, &img.config_bytes)?;
-        bytes_written += config_size;
+    let limit = opts.max_layer_size.unwrap_or(DEFAULT_MAX_LAYER_SIZE);
+    for l in img.layers() {
+        check_declared_size("layer", &l.digest, l.size(), limit)?;
     }
+    let reclaimed = reclaim(store, &img)?;
 
+    let mut total = Written::default();
+    total.add(ingest_doc(
+        store,
+        "config",
+        &img.config_digest,
+        &img.config_bytes,
+        opts.verify_existing,
+    )?);
     let layers = ingest_layers(store, source, &img, opts)?;
     for l in &layers {
         if l.reused {
-            bytes_reused += l.size;
+            total.reused += l.size;
         } else {
-            bytes_written += l.size;
+            total.reused += l.resumed_from;
+            total.written += l.size - l.resumed_from;
         }
     }
-
-    let manifest_size = img.manifest_bytes.len() as u64;
-    if ensure_present(
+    total.add(ingest_doc(
         store,
+        "manifest",
         &img.manifest_digest,
-        manifest_size,
+        &img.manifest_bytes,
         opts.verify_existing,
-    )? {
-        bytes_reused += manifest_size;
-    } else {
-        store.ingest_bytes("manifest", &img.manifest_digest, &img.manifest_bytes)?;
-        bytes_written += manifest_size;
-    }
+    )?);
     store.set_ref(&reference, &ref_descriptor(&img))?;
 
     let unpacked = !opts.no_unpack;
@@ -135,8 +149,10 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
         manifest_digest: img.manifest_digest.to_string(),
         config_digest: img.config_digest.to_string(),
         layers,
-        bytes_written,
-        bytes_reused,
+        bytes_written: total.written,
+        bytes_reused: total.reused,
+        reclaimed_temp_files: reclaimed.entries,
+        reclaimed_temp_bytes: reclaimed.bytes,
         unpacked,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -152,6 +168,106 @@ fn ref_descriptor(img: &ResolvedImage) -> Descriptor {
     );
     d.set_platform(img.platform.to_oci().ok());
     d
+}
+
+/// Bytes written and reused by a run.
+#[derive(Debug, Default)]
+struct Written {
+    written: u64,
+    reused: u64,
+}
+
+impl Written {
+    fn add(&mut self, o: Written) {
+        self.written += o.written;
+        self.reused += o.reused;
+    }
+}
+
+/// Removes what dead stagers left in `ingest/`, `.nestcache/` and `layers/tmp/` (their
+/// locks are gone), keeping partial ingests of this image's blobs to resume them.
+fn reclaim(store: &Store, img: &ResolvedImage) -> Result<crate::store::temp::Reclaimed> {
+    let mut mine: Vec<Digest> = img.layers().iter().map(|l| l.digest.clone()).collect();
+    mine.push(img.config_digest.clone());
+    mine.push(img.manifest_digest.clone());
+    let mut r = store.reclaim_temp(&mine)?;
+    r.add(clean_stale_tmp(store.layout()));
+    if r.entries > 0 {
+        tracing::info!(
+            "reclaimed {} temp files of dead stagers ({} bytes)",
+            r.entries,
+            r.bytes
+        );
+    }
+    Ok(r)
+}
+
+/// How a blob found present with the right size is treated: with `verify`, it is there
+/// because it failed verification, and is replaced.
+fn present_policy(verify: bool) -> Present {
+    if verify {
+        Present::Replace
+    } else {
+        Present::Reuse
+    }
+}
+
+/// Ingests a document held in memory unless present (and verified, with `verify`).
+fn ingest_doc(
+    store: &Store,
+    what: &str,
+    digest: &Digest,
+    bytes: &[u8],
+    verify: bool,
+) -> Result<Written> {
+    let size = bytes.len() as u64;
+    if ensure_present(store, digest, size, verify)? {
+        return Ok(Written {
+            written: 0,
+            reused: size,
+        });
+    }
+    let got = store.ingest_from(
+        what,
+        digest,
+        size,
+        present_policy(verify),
+        &mut |off| Ok(Box::new(&bytes[off.min(size) as usize..])),
+        &mut |_| {},
+    )?;
+    Ok(if got.by_other {
+        Written {
+            written: 0,
+            reused: size,
+        }
+    } else {
+        Written {
+            written: size - got.resumed_from,
+            reused: got.resumed_from,
+        }
+    })
+}
+
+/// Refuses to start when the store's disk has less room than the layers still to come
+/// (a partial ingest's bytes already count).
+fn check_room(store: &Store, img: &ResolvedImage, todo: &[usize]) -> Result<()> {
+    let layers = img.layers();
+    let needed: u64 = todo
+        .iter()
+        .map(|&i| {
+            let l = &layers[i];
+            l.size() - store.partial_len(&l.digest).min(l.size())
+        })
+        .sum();
+    store.check_space(
+        &format!(
+            "{} layers of image {} ({} bytes declared)",
+            todo.len(),
+            img.manifest_digest,
+            todo.iter().map(|&i| layers[i].size()).sum::<u64>()
+        ),
+        needed,
+    )
 }
 
 /// Whether a blob is already present and can be trusted. A present blob of the wrong size
@@ -188,6 +304,7 @@ fn ingest_layers(
             media_type: layer.media_type(),
             size: layer.size(),
             reused,
+            resumed_from: 0,
         });
         // The same layer may appear twice in one image: ingest it once.
         if !reused
@@ -201,6 +318,7 @@ fn ingest_layers(
     if todo.is_empty() {
         return Ok(reports);
     }
+    check_room(store, img, &todo)?;
 
     let multi =
         MultiProgress::with_draw_target(if opts.progress && std::io::stderr().is_terminal() {
@@ -217,6 +335,8 @@ fn ingest_layers(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let done: Mutex<Vec<(usize, Ingested)>> = Mutex::new(Vec::new());
+    let present = present_policy(opts.verify_existing);
     let workers = source.parallelism().clamp(1, 8).min(todo.len());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -231,21 +351,40 @@ fn ingest_layers(
                 let bar = multi.add(ProgressBar::new(desc.size()));
                 bar.set_style(style.clone());
                 bar.set_prefix(digest.short().to_string());
-                let res = source.open_blob(desc).and_then(|mut r| {
-                    store.ingest("layer", digest, desc.size(), &mut r, &mut |n| bar.inc(n))
-                });
+                let res = store.ingest_from(
+                    "layer",
+                    digest,
+                    desc.size(),
+                    present,
+                    &mut |off| Ok(source.open_blob_at(desc, off)? as Box<dyn std::io::Read>),
+                    &mut |n| bar.inc(n),
+                );
                 bar.finish_and_clear();
-                if let Err(e) = res {
-                    failed.store(true, Ordering::SeqCst);
-                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert(e);
-                    break;
+                match res {
+                    Ok(got) => done
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, got)),
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                        slot.get_or_insert(e);
+                        break;
+                    }
                 }
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(Error::Other(format!("{}: {e}", source.describe()))),
-        None => Ok(reports),
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // Typed refusals (size, space) keep their type; the rest gets the source's name.
+        return Err(match e {
+            e @ Error::Ingest(_) => e,
+            e => Error::Other(format!("{}: {e}", source.describe())),
+        });
     }
+    for (i, got) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        reports[i].reused = got.by_other;
+        reports[i].resumed_from = got.resumed_from;
+    }
+    Ok(reports)
 }

@@ -1,16 +1,16 @@
-//! Verified ingest: a blob streams from any `Read` through sha256 and a byte count into a
-//! temp file in `ingest/`; only when digest and size match is it fsynced and renamed into
-//! `blobs/sha256/<hex>`. The declared size is only ever an upper bound to stop at — never
+//! Verified ingest: a blob streams from any `Read` through sha256 and a byte count into its
+//! temp file `ingest/<hex>.tmp` (locked by its writer, see [`super::temp`]); only when
+//! digest and size match is it fsynced and renamed into `blobs/sha256/<hex>`. The declared size is only ever an upper bound to stop at — never
 //! preallocated or trusted — so a lying descriptor cannot make the store grow past it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{sync_dir, Store};
+use super::{sync_dir, temp, Store};
 use crate::digest::{hash_reader, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
@@ -37,14 +37,69 @@ fn start_write_back(file: &File, from: u64, to: u64) {
 /// What one ingest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
+    /// Bytes received from the source and written by this call.
     pub bytes: u64,
+    /// Bytes of a dead stager's partial ingest that were re-hashed and kept.
+    pub resumed_from: u64,
+    /// Another stager wrote the blob while this one waited for it: nothing was written.
+    pub by_other: bool,
+}
+
+/// Blob ingest refusals the user can meet (the descriptor or the disk, not the bytes).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{what} {digest}: declared size {size} bytes is above the limit of {limit} bytes (raise it with --max-layer-size or NESTCACHE_MAX_LAYER_SIZE)")]
+    TooLarge {
+        what: String,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{what}: needs {needed} bytes but {dir} has only {available} bytes free")]
+    NoSpace {
+        what: String,
+        needed: u64,
+        available: u64,
+        dir: PathBuf,
+    },
+    #[error("{what} {digest}: source sent more than the {size} bytes its descriptor declares")]
+    Overflow {
+        what: String,
+        digest: Digest,
+        size: u64,
+    },
+}
+
+/// What to do with a blob of the right size already in `blobs/` when the ingest starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Present {
+    /// Trust it (it was verified when it was ingested): write nothing.
+    Reuse,
+    /// It failed verification: replace it.
+    Replace,
+}
+
+/// Opens a blob's byte stream from an offset (0 for the whole blob).
+pub type Opener<'a, 'r> = dyn FnMut(u64) -> Result<Box<dyn Read + 'r>> + 'a;
+
+/// Refuses a declared size above `limit` before anything is read.
+pub fn check_declared_size(what: &str, digest: &Digest, size: u64, limit: u64) -> Result<()> {
+    if size > limit {
+        return Err(IngestError::TooLarge {
+            what: what.to_string(),
+            digest: digest.clone(),
+            size,
+            limit,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 impl Store {
-    /// Streams `reader` into the store as blob `expected` of exactly `size` bytes. Refuses
-    /// as soon as more than `size` bytes arrive; a short or wrong stream is refused at the
-    /// end. On any failure the temp file is removed and nothing appears in `blobs/`.
-    /// `progress` is called with the byte count of each chunk written.
+    /// Streams `reader` into the store as blob `expected` of exactly `size` bytes (see
+    /// [`Store::ingest_from`]; a partial ingest is resumed by skipping that many bytes
+    /// of `reader`, which cannot be restarted).
     pub fn ingest(
         &self,
         what: &str,
@@ -53,35 +108,102 @@ impl Store {
         reader: &mut dyn Read,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Ingested> {
-        let tmp_path = unique_temp_path(&self.layout().ingest_dir(), expected.hex());
-        let mut tmp = TempFile::create(&tmp_path)?;
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut kicked = 0;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
-            };
-            if hasher.len() + n as u64 > size {
-                return Err(Error::Invalid(format!(
-                    "{what} {expected}: source sent more than the {size} bytes its descriptor declares"
-                )));
-            }
-            hasher.update(&buf[..n]);
-            tmp.file()
-                .write_all(&buf[..n])
-                .ctx(|| format!("write {} (ingesting {what} {expected})", tmp_path.display()))?;
-            if hasher.len() - kicked >= WRITE_BACK_EVERY {
-                start_write_back(tmp.file(), kicked, hasher.len());
-                kicked = hasher.len();
-            }
-            progress(n as u64);
+        let mut reader = Some(reader);
+        self.ingest_from(
+            what,
+            expected,
+            size,
+            Present::Reuse,
+            &mut |offset| {
+                let r = reader.take().ok_or_else(|| {
+                    Error::Other(format!("{what} {expected}: the stream cannot be restarted"))
+                })?;
+                let skipped = std::io::copy(&mut r.take(offset), &mut std::io::sink())
+                    .map_err(|e| Error::io(format!("read {what} {expected}"), e))?;
+                if skipped != offset {
+                    return Err(Error::Other(format!(
+                        "{what} {expected}: the stream ends at byte {skipped}, before the {offset} bytes already ingested"
+                    )));
+                }
+                Ok(Box::new(r))
+            },
+            progress,
+        )
+    }
+
+    /// Streams blob `expected` of exactly `size` bytes into the store. One ingest per
+    /// digest at a time: its temp file `ingest/<hex>.tmp` is held by an flock, so a second
+    /// stager of the same blob waits and then reuses the blob the first one verified
+    /// (any blob of the right size found once the lock is held is, unless `present` says
+    /// it is known to be corrupt and must be replaced). A
+    /// temp file left by a dead stager is resumed: its bytes are re-hashed and only the
+    /// rest is asked of `open(offset)` (once more from 0 if the whole does not verify).
+    /// Refuses as soon as more than `size` bytes arrive, and before writing when the disk
+    /// has less than the bytes still to come; a short or wrong stream is refused at the
+    /// end. On any failure the temp file is removed and nothing appears in `blobs/`.
+    /// `progress` is called with the byte count of each chunk written.
+    pub fn ingest_from(
+        &self,
+        what: &str,
+        expected: &Digest,
+        size: u64,
+        present: Present,
+        open: &mut Opener<'_, '_>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Ingested> {
+        let bad = match present {
+            Present::Reuse => None,
+            Present::Replace => self.blob_identity(expected),
+        };
+        let path = self.ingest_path(expected);
+        let locked = temp::lock_file(&path, true, &mut || {
+            tracing::info!("{what} {expected}: another stager is writing it; waiting for it");
+        })?
+        .ok_or_else(|| Error::Other(format!("lock {}", path.display())))?;
+        let _live = temp::Registered::new(&path, temp::Kind::File);
+        let mut tmp = RemoveOnDrop(Some(path.clone()));
+        let now = self.blob_identity(expected);
+        if now.is_some() && now != bad && self.blob_size(expected) == Some(size) {
+            // Written (and verified) by the stager we waited for, or one before it.
+            return Ok(Ingested {
+                bytes: 0,
+                resumed_from: 0,
+                by_other: true,
+            });
         }
-        let (actual, actual_size) = hasher.finish();
-        if actual != *expected || actual_size != size {
+        let mut file = locked.file();
+        let (mut hasher, resumed_from) = self.resume(what, expected, size, &path, file)?;
+        if resumed_from > 0 {
+            tracing::info!("{what} {expected}: resuming at byte {resumed_from} of {size}");
+            progress(resumed_from);
+        }
+        self.check_space(&format!("{what} {expected}"), size - resumed_from)?;
+        let mut offset = resumed_from;
+        let mut bytes = 0;
+        loop {
+            let mut reader = open(offset)?;
+            bytes += copy_verified(
+                what,
+                expected,
+                size,
+                &mut *reader,
+                &mut file,
+                &path,
+                &mut hasher,
+                progress,
+            )?;
+            let (actual, actual_size) = std::mem::replace(&mut hasher, Hasher::new()).finish();
+            if actual == *expected && actual_size == size {
+                break;
+            }
+            if offset > 0 {
+                tracing::warn!(
+                    "{what} {expected}: the resumed ingest does not verify; starting over"
+                );
+                restart(file, &path)?;
+                offset = 0;
+                continue;
+            }
             return Err(Error::DigestMismatch {
                 what: what.to_string(),
                 expected: expected.to_string(),
@@ -90,23 +212,141 @@ impl Store {
                 actual_size,
             });
         }
-        tmp.file()
-            .sync_all()
-            .ctx(|| format!("fsync {} (ingesting {what} {expected})", tmp_path.display()))?;
-        tmp.persist(&self.layout().blob(expected))?;
+        file.sync_all()
+            .ctx(|| format!("fsync {} (ingesting {what} {expected})", path.display()))?;
+        // Renamed while still locked: a waiter then finds the path gone and the blob there.
+        let dest = self.layout().blob(expected);
+        fs::rename(&path, &dest)
+            .ctx(|| format!("rename {} to {}", path.display(), dest.display()))?;
+        tmp.0 = None;
         sync_dir(&self.layout().blobs_dir())?;
-        Ok(Ingested { bytes: size })
+        Ok(Ingested {
+            bytes,
+            resumed_from,
+            by_other: false,
+        })
+    }
+
+    /// Bytes of a partial ingest of `digest` waiting to be resumed (0 when none).
+    pub fn partial_len(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.ingest_path(digest)).map_or(0, |m| m.len())
+    }
+
+    /// The temp file of blob `digest`'s ingest (one per digest).
+    fn ingest_path(&self, digest: &Digest) -> PathBuf {
+        self.layout()
+            .ingest_dir()
+            .join(format!("{}{INGEST_SUFFIX}", digest.hex()))
+    }
+
+    /// Which file `blobs/sha256/<hex>` is now (device, inode), if any.
+    fn blob_identity(&self, digest: &Digest) -> Option<(u64, u64)> {
+        fs::symlink_metadata(self.layout().blob(digest))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Re-hashes what a dead stager left in the (locked) temp file; returns the hasher and
+    /// the offset to continue at. A file longer than the blob, or unreadable, starts over.
+    fn resume(
+        &self,
+        what: &str,
+        expected: &Digest,
+        size: u64,
+        path: &Path,
+        mut file: &File,
+    ) -> Result<(Hasher, u64)> {
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        let mut hasher = Hasher::new();
+        if len == 0 {
+            return Ok((hasher, 0));
+        }
+        if len <= size {
+            file.seek(SeekFrom::Start(0))
+                .ctx(|| format!("seek {}", path.display()))?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut prefix = file.take(len);
+            let read = loop {
+                match prefix.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => hasher.update(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            match read {
+                Ok(()) if hasher.len() == len => return Ok((hasher, len)),
+                Ok(()) => {}
+                Err(e) => tracing::warn!("{what} {expected}: re-reading {}: {e}", path.display()),
+            }
+        }
+        restart(file, path)?;
+        Ok((Hasher::new(), 0))
+    }
+
+    /// Refuses to start writing `needed` more bytes into `ingest/` when its filesystem
+    /// has fewer free (a declared size is exact, so this is what the blob will take).
+    pub fn check_space(&self, what: &str, needed: u64) -> Result<()> {
+        let dir = self.layout().ingest_dir();
+        let st = nix::sys::statvfs::statvfs(&dir)
+            .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e.into()))?;
+        #[allow(clippy::useless_conversion)] // u32 or u64 depending on the target
+        let available =
+            u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+        if needed > available {
+            return Err(IngestError::NoSpace {
+                what: what.to_string(),
+                needed,
+                available,
+                dir,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Ingests a document held in memory (manifest, config) whose digest is `expected`.
     pub fn ingest_bytes(&self, what: &str, expected: &Digest, data: &[u8]) -> Result<Ingested> {
-        self.ingest(
+        let len = data.len() as u64;
+        self.ingest_from(
             what,
             expected,
-            data.len() as u64,
-            &mut &data[..],
+            len,
+            Present::Reuse,
+            &mut |offset| Ok(Box::new(&data[offset.min(len) as usize..])),
             &mut |_| {},
         )
+    }
+
+    /// Removes the temp files of dead writers in `ingest/` and `.nestcache/`, except
+    /// partial ingests of the digests in `resume` (the caller is about to continue them).
+    pub fn reclaim_temp(&self, resume: &[Digest]) -> Result<temp::Reclaimed> {
+        let keep: Vec<String> = resume
+            .iter()
+            .map(|d| format!("{}{INGEST_SUFFIX}", d.hex()))
+            .collect();
+        let mut total = temp::Reclaimed::default();
+        for dir in [self.layout().ingest_dir(), self.layout().meta_dir()] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("read directory {}", dir.display()), e)),
+            };
+            for entry in entries {
+                let entry = entry.ctx(|| format!("read directory {}", dir.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(INGEST_SUFFIX) || keep.contains(&name) {
+                    continue;
+                }
+                if let Some(r) = temp::if_dead(&entry.path(), temp::remove_dead)? {
+                    total.add(r);
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Re-hashes a present blob; Ok(false) when it is missing, the wrong size or corrupt.
@@ -122,6 +362,71 @@ impl Store {
     }
 }
 
+/// Suffix of every temp file the store writes (ingest/<hex>.tmp, .nestcache/*.tmp).
+const INGEST_SUFFIX: &str = ".tmp";
+
+/// Copies `reader` to the end of `file`, hashing; refuses more than `size` bytes in all.
+/// Returns the bytes copied.
+#[allow(clippy::too_many_arguments)]
+fn copy_verified(
+    what: &str,
+    expected: &Digest,
+    size: u64,
+    reader: &mut dyn Read,
+    file: &mut &File,
+    path: &Path,
+    hasher: &mut Hasher,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    let start = hasher.len();
+    file.seek(SeekFrom::Start(start))
+        .ctx(|| format!("seek {}", path.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut kicked = start;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
+        };
+        if hasher.len() + n as u64 > size {
+            return Err(IngestError::Overflow {
+                what: what.to_string(),
+                digest: expected.clone(),
+                size,
+            }
+            .into());
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .ctx(|| format!("write {} (ingesting {what} {expected})", path.display()))?;
+        if hasher.len() - kicked >= WRITE_BACK_EVERY {
+            start_write_back(file, kicked, hasher.len());
+            kicked = hasher.len();
+        }
+        progress(n as u64);
+    }
+    Ok(hasher.len() - start)
+}
+
+/// Empties a temp file to write it again from byte 0.
+fn restart(file: &File, path: &Path) -> Result<()> {
+    file.set_len(0)
+        .ctx(|| format!("truncate {}", path.display()))
+}
+
+/// Removes a (still locked) temp file unless disarmed by setting it to `None`.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 /// A temp path unique across processes and threads: pid + a process-wide counter, and
 /// `create_new` refuses any leftover of a dead process that had the same pid.
 pub(crate) fn unique_temp_path(dir: &Path, tag: &str) -> PathBuf {
@@ -134,52 +439,52 @@ pub(crate) fn unique_temp_path(dir: &Path, tag: &str) -> PathBuf {
     dir.join(format!("{}-{n}-{nanos}-{tag}.tmp", std::process::id()))
 }
 
-/// A temp file removed on drop unless persisted by rename.
+/// A temp file removed on drop unless persisted by rename; held by an flock meanwhile,
+/// so [`Store::reclaim_temp`] can tell it from a dead process's.
 pub(crate) struct TempFile {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<temp::LockedFile>,
+    _live: temp::Registered,
 }
 
 impl TempFile {
     pub(crate) fn create(path: &Path) -> Result<TempFile> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .ctx(|| format!("create {}", path.display()))?;
+        let file = temp::lock_file(path, false, &mut || {})?.ok_or_else(|| {
+            Error::Other(format!("{} is in use by another process", path.display()))
+        })?;
         Ok(TempFile {
             path: path.to_path_buf(),
             file: Some(file),
+            _live: temp::Registered::new(path, temp::Kind::File),
         })
     }
 
-    pub(crate) fn file(&mut self) -> &mut File {
+    pub(crate) fn file(&mut self) -> &File {
         self.file
-            .as_mut()
+            .as_ref()
+            .map(temp::LockedFile::file)
             .unwrap_or_else(|| unreachable!("file taken only by persist, which consumes self"))
     }
 
-    /// Renames over `dest` (atomic; an identical blob written concurrently is replaced by
+    /// Renames over `dest` (atomic; an identical file written concurrently is replaced by
     /// identical bytes).
     pub(crate) fn persist(mut self, dest: &Path) -> Result<()> {
-        self.file.take();
         let res = fs::rename(&self.path, dest)
             .ctx(|| format!("rename {} to {}", self.path.display(), dest.display()));
         if res.is_ok() {
             self.path = PathBuf::new();
         }
+        self.file.take();
         res
     }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        self.file.take();
         if !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
         }
+        self.file.take();
     }
 }
 
@@ -227,18 +532,167 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than the 4 bytes"), "{err}");
+        let err = check_declared_size("layer", &d, 33, 32).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Ingest(IngestError::TooLarge {
+                    size: 33,
+                    limit: 32,
+                    ..
+                })
+            ),
+            "{err}"
+        );
         let err = s
             .ingest("layer", &d, 6, &mut &b"hello"[..], &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(err.contains("6 bytes") && err.contains("5 bytes"), "{err}");
-        // A huge declared size is only a bound: a short stream is refused, nothing allocated.
+        // A declared size is what the blob will take: more than the disk has is refused
+        // before anything is read or written.
         let err = s
             .ingest("layer", &d, u64::MAX, &mut &b"hello"[..], &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("digest mismatch"), "{err}");
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Ingest(IngestError::NoSpace {
+                    needed: u64::MAX,
+                    ..
+                })
+            ),
+            "{err}"
+        );
         assert!(!s.has_blob(&d));
         assert!(ingest_dir_is_empty(&s));
+    }
+
+    /// A blob of `n` bytes and an opener that records the offsets asked for.
+    fn blob(n: usize) -> (Vec<u8>, Digest) {
+        let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+        let d = Digest::of(&data);
+        (data, d)
+    }
+
+    #[test]
+    fn a_dead_stagers_partial_ingest_is_resumed_from_its_offset() {
+        let (_t, s) = store();
+        let (data, d) = blob(3 << 20);
+        let partial = s.layout().ingest_dir().join(format!("{}.tmp", d.hex()));
+        fs::write(&partial, &data[..(1 << 20) + 5]).unwrap();
+        let mut asked = Vec::new();
+        let got = s
+            .ingest_from(
+                "layer",
+                &d,
+                data.len() as u64,
+                Present::Reuse,
+                &mut |off| {
+                    asked.push(off);
+                    Ok(Box::new(&data[off as usize..]))
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(asked, [(1 << 20) + 5]);
+        assert_eq!(got.resumed_from, (1 << 20) + 5);
+        assert_eq!(got.bytes, data.len() as u64 - got.resumed_from);
+        assert!(s.verify_blob(&d, data.len() as u64).unwrap());
+        assert!(ingest_dir_is_empty(&s));
+    }
+
+    #[test]
+    fn a_partial_ingest_that_does_not_verify_starts_over() {
+        let (_t, s) = store();
+        let (data, d) = blob(100_000);
+        let partial = s.layout().ingest_dir().join(format!("{}.tmp", d.hex()));
+        let mut bad = data[..5000].to_vec();
+        bad[10] ^= 1;
+        fs::write(&partial, &bad).unwrap();
+        let mut asked = Vec::new();
+        s.ingest_from(
+            "layer",
+            &d,
+            data.len() as u64,
+            Present::Reuse,
+            &mut |off| {
+                asked.push(off);
+                Ok(Box::new(&data[off as usize..]))
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(asked, [5000, 0]);
+        assert!(s.verify_blob(&d, data.len() as u64).unwrap());
+    }
+
+    #[test]
+    fn a_second_stager_of_a_blob_waits_and_reuses_it() {
+        let (_t, s) = store();
+        let (data, d) = blob(200_000);
+        let size = data.len() as u64;
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (st, dg, bytes) = (&s, &d, &data);
+        std::thread::scope(|scope| {
+            let first = scope.spawn(move || {
+                st.ingest_from(
+                    "layer",
+                    dg,
+                    size,
+                    Present::Reuse,
+                    &mut |off| {
+                        opened_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok(Box::new(&bytes[off as usize..]))
+                    },
+                    &mut |_| {},
+                )
+                .unwrap()
+            });
+            opened_rx.recv().unwrap();
+            // The first holds the blob's lock while its source is open.
+            let path = s.layout().ingest_dir().join(format!("{}.tmp", d.hex()));
+            assert!(temp::lock_file(&path, false, &mut || {}).unwrap().is_none());
+            let second = scope.spawn(move || {
+                st.ingest_from(
+                    "layer",
+                    dg,
+                    size,
+                    Present::Reuse,
+                    &mut |_| panic!("the second stager must not read the source"),
+                    &mut |_| {},
+                )
+                .unwrap()
+            });
+            go_tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap().bytes, size);
+            assert!(second.join().unwrap().by_other);
+        });
+        assert!(s.verify_blob(&d, size).unwrap());
+        assert!(ingest_dir_is_empty(&s));
+    }
+
+    #[test]
+    fn reclaim_removes_dead_temp_files_but_not_live_or_resumable_ones() {
+        let (_t, s) = store();
+        let ingest = s.layout().ingest_dir();
+        let dead = ingest.join("1-2-3-old.tmp");
+        fs::write(&dead, b"dead").unwrap();
+        let (_, keep) = blob(10);
+        let resumable = ingest.join(format!("{}.tmp", keep.hex()));
+        fs::write(&resumable, b"part").unwrap();
+        let live = ingest.join("live.tmp");
+        let _held = temp::lock_file(&live, false, &mut || {}).unwrap().unwrap();
+        let r = s.reclaim_temp(std::slice::from_ref(&keep)).unwrap();
+        assert_eq!(
+            r,
+            temp::Reclaimed {
+                entries: 1,
+                bytes: 4
+            }
+        );
+        assert!(!dead.exists() && resumable.exists() && live.exists());
     }
 }

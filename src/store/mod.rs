@@ -17,6 +17,7 @@ mod ingest;
 mod lease;
 pub mod lock;
 mod refs;
+pub mod temp;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -25,7 +26,7 @@ use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use gc::GcReport;
-pub use ingest::Ingested;
+pub use ingest::{check_declared_size, IngestError, Ingested, Opener, Present};
 pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
 

@@ -8,9 +8,9 @@
 //! layers beneath are finished (or re-extracted, for hardlinks into lower layers) against
 //! the now-published lowers and published under `layers/chain/<chain_id>`.
 //!
-//! Each extraction works in its own `layers/tmp/<random>/` directory holding an flock for
-//! its lifetime; a tmp directory whose lock can be taken belongs to a dead process and is
-//! removed. A concurrent process that published the same layer first wins; ours is dropped.
+//! Each extraction works in its own `layers/tmp/unpack-<random>/` directory holding an
+//! flock for its lifetime ([`crate::store::temp`]); a tmp directory whose lock can be
+//! taken belongs to a dead process and is removed, however young. A concurrent process that published the same layer first wins; ours is dropped.
 
 use std::fs::File;
 use std::io;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use super::apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 use super::stream::Limits;
@@ -27,7 +27,7 @@ use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image::ResolvedImage;
 use crate::layout::ContentLayout;
-use crate::store::Store;
+use crate::store::{temp, Store};
 
 /// One layer of an image: its blob and the diff_id the image config gives it.
 #[derive(Debug, Clone)]
@@ -266,23 +266,23 @@ fn apply_one(
     )
 }
 
-/// `layers/tmp/<random>/`, locked while this process works in it, removed on drop.
+/// `layers/tmp/unpack-<random>/`, locked while this process works in it, removed on drop
+/// (or by a SIGINT/SIGTERM handler through [`temp::remove_live`]).
 struct WorkDir {
     dir: tempfile::TempDir,
     _lock: Flock<File>,
+    _live: temp::Registered,
 }
 
 impl WorkDir {
     fn new(layout: &ContentLayout) -> Result<WorkDir> {
-        let tmp = layout.layers_tmp_dir();
-        let dir = tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(&tmp)
-            .ctx(|| format!("create a directory in {}", tmp.display()))?;
-        let lock = File::open(dir.path()).ctx(|| format!("open {}", dir.path().display()))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| Error::io(format!("lock {}", dir.path().display()), e.into()))?;
-        Ok(WorkDir { dir, _lock: lock })
+        let (dir, lock) = temp::locked_dir(&layout.layers_tmp_dir(), "unpack-")?;
+        let live = temp::Registered::new(dir.path(), temp::Kind::Dir);
+        Ok(WorkDir {
+            dir,
+            _lock: lock,
+            _live: live,
+        })
     }
 
     /// Where the layer's tree is extracted (created by `apply_layer`).
@@ -321,33 +321,23 @@ fn prepare_dirs(layout: &ContentLayout) -> Result<()> {
     Ok(())
 }
 
-/// Removes work dirs left by processes that died mid-extraction (their flock is gone).
-/// Very young ones are left alone: their owner may be between creating and locking them.
-pub fn clean_stale_tmp(layout: &ContentLayout) {
-    let tmp = layout.layers_tmp_dir();
-    let Ok(entries) = std::fs::read_dir(&tmp) else {
-        return;
+/// Removes work dirs left by processes that died mid-extraction (their flock is gone);
+/// a creator re-checks its dir once locked, so even a brand-new one is never taken from a
+/// live process. Failures are logged: what is left is retried next time.
+pub fn clean_stale_tmp(layout: &ContentLayout) -> temp::Reclaimed {
+    let mut total = temp::Reclaimed::default();
+    let Ok(entries) = std::fs::read_dir(layout.layers_tmp_dir()) else {
+        return total;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        let young = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .map_or(true, |age| age < STALE_AFTER);
-        if young {
-            continue;
-        }
-        let Ok(f) = File::open(&path) else { continue };
-        if let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            tracing::info!("removing stale extraction {}", path.display());
-            discard(&path);
+        match temp::if_dead(&entry.path(), temp::remove_dead) {
+            Ok(Some(r)) => total.add(r),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
         }
     }
+    total
 }
-
-const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often the disk is asked to start writing what extraction has written so far.
 const WRITE_BACK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);

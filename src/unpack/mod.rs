@@ -23,6 +23,6 @@ mod stream;
 mod tree;
 
 pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
-pub use ensure::{ensure_layers, ensure_unpacked, existing_layer, LayerBlob};
+pub use ensure::{clean_stale_tmp, ensure_layers, ensure_unpacked, existing_layer, LayerBlob};
 pub use path::RelPath;
 pub use stream::Limits;

@@ -135,7 +135,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let mut cfg = nestcache::node::Config::parse("cri config", &base, nestcache::node::Layout::V2)
             .expect("parse the test's containerd config");
         cfg.add_runtime().expect("add runtime nestcache");
-        std::fs::write(self.dir.join("config.toml"), cfg.render()).unwrap();
+        // The shim may use stores under this kit's dir (see `store_dir`), as a node's
+        // /etc/nestcache/shim.json would allow its own.
+        let shim_config = self.dir.join("shim.json");
+        let roots = json!({ "store_roots": [self.dir.join("stores")] });
+        std::fs::write(&shim_config, roots.to_string()).unwrap();
+        let text = format!(
+            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nestcache.options]\n  ConfigPath = \"{}\"\n",
+            cfg.render(),
+            shim_config.display()
+        );
+        std::fs::write(self.dir.join("config.toml"), text).unwrap();
         std::fs::create_dir_all(self.dir.join("cni")).unwrap();
         let cni = json!({
             "cniVersion": "0.4.0",
@@ -192,6 +202,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 })
             })
         })
+    }
+
+    /// A fresh store dir the shim is allowed to use.
+    pub fn store_dir(&self, name: &str) -> PathBuf {
+        let d = self.dir.join("stores").join(name);
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+        d
     }
 
     pub fn log_tail(&self) -> String {

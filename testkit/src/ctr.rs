@@ -3,7 +3,7 @@
 //! a guard that removes a task whatever the test's outcome.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
@@ -183,6 +183,16 @@ impl Drop for Events {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A config file for nestcache's shim (`ctr run --runtime-config-path FILE`) allowing
+/// `io.nestcache.store` under `roots` only.
+pub fn shim_config(dir: &Path, roots: &[&Path]) -> PathBuf {
+    let path = dir.join(format!("{}.json", unique("shim-config")));
+    let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    let text = serde_json::json!({ "store_roots": roots }).to_string();
+    std::fs::write(&path, text).expect("write shim config");
+    path
 }
 
 /// Every mount point whose path contains `needle` (from /proc/self/mountinfo).

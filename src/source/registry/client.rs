@@ -2,9 +2,14 @@
 //! Authorization is only ever sent to the registry's own host), the auth dance (basic or
 //! bearer token on a 401 challenge), retry with backoff on connection errors, 429 and 5xx,
 //! and 401/403/404 turned into one clear line naming the repository and what was refused.
+//!
+//! Every request is bounded by progress ([`Deadlines`]): documents (manifests, tokens) by
+//! a total deadline across retries and redirects, blobs by a minimum rate over a window
+//! (checked by the blob stream) and a per-read stall of the same window, and every
+//! answer's headers by that window too, so a registry sending 1 byte/s never hangs a stage.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ureq::http::{Response, StatusCode, Uri};
 use ureq::Body;
@@ -23,6 +28,34 @@ pub struct Transport {
     pub insecure: bool,
     /// PEM CA certificates to trust in addition to the system's.
     pub tls_ca: Option<std::path::PathBuf>,
+    pub deadlines: Deadlines,
+}
+
+/// How long a registry may take, by progress: a slow but moving download is fine, a
+/// stalled or trickling one is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Whole fetch of a manifest or token (connect, headers, body; retries and redirects
+    /// included).
+    pub document: Duration,
+    /// The window over which a blob must average `min_rate`; also the longest wait for
+    /// any single read or for an answer's headers.
+    pub stall_window: Duration,
+    /// Bytes per second a blob download must average over each `stall_window`.
+    pub min_rate: u64,
+    /// TCP connect + TLS handshake.
+    pub connect: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            document: Duration::from_secs(60),
+            stall_window: Duration::from_secs(30),
+            min_rate: 1024,
+            connect: Duration::from_secs(30),
+        }
+    }
 }
 
 pub struct Client {
@@ -36,6 +69,7 @@ pub struct Client {
     authorization: Mutex<Option<String>>,
     /// Shortened waits for tests (env `NESTCACHE_REGISTRY_FAST_RETRY`).
     backoff_unit: Duration,
+    deadlines: Deadlines,
 }
 
 impl std::fmt::Debug for Client {
@@ -63,8 +97,9 @@ impl Client {
             .max_redirects(0)
             .https_only(!transport.insecure)
             .tls_config(tls.build())
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(transport.deadlines.connect))
+            .timeout_per_read(Some(transport.deadlines.stall_window))
+            .timeout_recv_response(Some(transport.deadlines.stall_window))
             .user_agent(concat!("nestcache/", env!("CARGO_PKG_VERSION")))
             .build();
         let backoff_unit = if std::env::var_os("NESTCACHE_REGISTRY_FAST_RETRY").is_some() {
@@ -80,11 +115,12 @@ impl Client {
             creds,
             authorization: Mutex::new(None),
             backoff_unit,
+            deadlines: transport.deadlines,
         })
     }
 
-    pub fn repository(&self) -> &str {
-        &self.repository
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
     }
 
     /// Waits before retry number `attempt` (1-based): 250 ms, 500 ms, 1 s, 2 s…
@@ -92,15 +128,30 @@ impl Client {
         std::thread::sleep(self.backoff_unit * (1 << attempt.min(5)) / 2);
     }
 
+    /// GET a document (manifest) under `/v2/<repo>/`: the whole exchange, body included,
+    /// must end within the document deadline.
+    pub fn get_document(&self, path: &str, what: &str, accept: &str) -> Result<Response<Body>> {
+        let deadline = Instant::now() + self.deadlines.document;
+        self.get(path, what, Some(accept), None, Some(deadline))
+    }
+
+    /// GET a blob from byte `from` (a Range request when > 0); its body is bounded by the
+    /// caller's rate check and the per-read stall window.
+    pub fn get_blob(&self, path: &str, what: &str, from: u64) -> Result<Response<Body>> {
+        self.get(path, what, None, Some(from), None)
+    }
+
     /// GET `/v2/<repo>/<path>`, following redirects, authenticating on a 401 challenge and
-    /// retrying transient failures. Returns a 200 or 206 response; every other outcome is
-    /// an error whose message says `what` was refused and why.
-    pub fn get(
+    /// retrying transient failures, all before `deadline` when there is one. Returns a
+    /// 200 or 206 response; every other outcome is an error whose message says `what` was
+    /// refused and why.
+    fn get(
         &self,
         path: &str,
         what: &str,
         accept: Option<&str>,
         range_from: Option<u64>,
+        deadline: Option<Instant>,
     ) -> Result<Response<Body>> {
         let mut url = format!("{}/v2/{}/{path}", self.base, self.repository);
         let mut attempt = 0;
@@ -120,9 +171,19 @@ impl Client {
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
+            let req = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(self.past_deadline(what));
+                    }
+                    req.config().timeout_global(Some(left)).build()
+                }
+                None => req,
+            };
             let resp = match req.call() {
                 Ok(r) => r,
-                Err(e) if attempt + 1 < ATTEMPTS && transient(&e) => {
+                Err(e) if attempt + 1 < ATTEMPTS && transient(&e) && !past(deadline) => {
                     attempt += 1;
                     tracing::debug!("{what}: {e}; retry {attempt}");
                     self.backoff(attempt);
@@ -132,7 +193,7 @@ impl Client {
                     return Err(Error::Other(format!(
                         "{what} from {}: {}",
                         self.where_(),
-                        describe_transport_error(&e)
+                        self.describe_transport_error(&e)
                     )))
                 }
             };
@@ -170,7 +231,7 @@ impl Client {
                         None => return Err(self.refused(status, what, auth.is_some())),
                     }
                 }
-                429 | 500..=599 if attempt + 1 < ATTEMPTS => {
+                429 | 500..=599 if attempt + 1 < ATTEMPTS && !past(deadline) => {
                     attempt += 1;
                     tracing::debug!("{what}: HTTP {status}; retry {attempt}");
                     self.backoff(attempt);
@@ -193,8 +254,49 @@ impl Client {
     }
 
     /// `registry/repository`, for messages.
-    fn where_(&self) -> String {
+    pub fn where_(&self) -> String {
         format!("{}/{}", self.authority, self.repository)
+    }
+
+    fn past_deadline(&self, what: &str) -> Error {
+        Error::Other(format!(
+            "{what} from {}: no complete answer within {} (document deadline; --registry-timeout, NESTCACHE_REGISTRY_TIMEOUT)",
+            self.where_(),
+            humantime::format_duration(self.deadlines.document)
+        ))
+    }
+
+    /// An I/O error reading a body as one line (ureq wraps its own errors, timeouts
+    /// included, in io::Error).
+    pub fn describe_io_error(&self, e: &std::io::Error) -> String {
+        match e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+            Some(u) => self.describe_transport_error(u),
+            None => e.to_string(),
+        }
+    }
+
+    /// A transport failure as one line; timeouts say which bound tripped and how to
+    /// change it.
+    pub fn describe_transport_error(&self, e: &ureq::Error) -> String {
+        let d = &self.deadlines;
+        let window = humantime::format_duration(d.stall_window);
+        match e {
+            ureq::Error::Timeout(ureq::Timeout::Global) => format!(
+                "no complete answer within {} (document deadline; --registry-timeout, NESTCACHE_REGISTRY_TIMEOUT)",
+                humantime::format_duration(d.document)
+            ),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => format!(
+                "the answer's headers did not arrive within {window} (stall window; --registry-stall-window, NESTCACHE_REGISTRY_STALL_WINDOW)"
+            ),
+            ureq::Error::Timeout(ureq::Timeout::PerRead) => format!(
+                "stalled: nothing received for {window} (stall window; --registry-stall-window, NESTCACHE_REGISTRY_STALL_WINDOW)"
+            ),
+            ureq::Error::Timeout(ureq::Timeout::Connect) => format!(
+                "could not connect within {}",
+                humantime::format_duration(d.connect)
+            ),
+            other => describe_transport_error(other),
+        }
     }
 
     fn refused(&self, status: StatusCode, what: &str, sent_auth: bool) -> Error {
@@ -257,8 +359,13 @@ impl Client {
             )));
         }
         let default_scope = format!("repository:{}:pull", self.repository);
+        let deadline = Instant::now() + self.deadlines.document;
         let mut attempt = 0;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.past_deadline(&format!("token from {}", realm_host(realm))));
+            }
             let mut req = self
                 .agent
                 .get(realm)
@@ -269,9 +376,10 @@ impl Client {
             if let Some(c) = &self.creds {
                 req = req.header("Authorization", &c.basic_header());
             }
+            let req = req.config().timeout_global(Some(left)).build();
             let mut resp = match req.call() {
                 Ok(r) => r,
-                Err(e) if attempt + 1 < ATTEMPTS && transient(&e) => {
+                Err(e) if attempt + 1 < ATTEMPTS && transient(&e) && !past(Some(deadline)) => {
                     attempt += 1;
                     self.backoff(attempt);
                     continue;
@@ -280,12 +388,12 @@ impl Client {
                     return Err(Error::Other(format!(
                         "{repo}: token service {}: {}",
                         realm_host(realm),
-                        describe_transport_error(&e)
+                        self.describe_transport_error(&e)
                     )))
                 }
             };
             let status = resp.status().as_u16();
-            if (status == 429 || status >= 500) && attempt + 1 < ATTEMPTS {
+            if (status == 429 || status >= 500) && attempt + 1 < ATTEMPTS && !past(Some(deadline)) {
                 attempt += 1;
                 self.backoff(attempt);
                 continue;
@@ -308,7 +416,13 @@ impl Client {
                 .with_config()
                 .limit(1 << 20)
                 .read_to_vec()
-                .map_err(|e| Error::Other(format!("{repo}: reading the token: {e}")))
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "{repo}: reading the token from {}: {}",
+                        realm_host(realm),
+                        self.describe_transport_error(&e)
+                    ))
+                })
                 .and_then(|b| {
                     serde_json::from_slice(&b).map_err(|e| {
                         Error::Invalid(format!("{repo}: token service answer is not JSON: {e}"))
@@ -325,6 +439,10 @@ impl Client {
                 });
         }
     }
+}
+
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// Connection-level failures worth another try (the registry may be restarting, a proxy

@@ -14,11 +14,12 @@ mod client;
 pub mod reference;
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 use oci_spec::image::{Descriptor, MediaType};
 
-pub use client::Transport;
 use client::{Client, ATTEMPTS};
+pub use client::{Deadlines, Transport};
 pub use reference::Reference;
 
 use super::{BlobReader, Source, SourceOptions};
@@ -70,6 +71,7 @@ impl RegistrySource {
         let transport = Transport {
             insecure: opts.insecure,
             tls_ca: opts.tls_ca.clone(),
+            deadlines: opts.deadlines,
         };
         let client = Client::new(
             reference.api_host(),
@@ -106,30 +108,30 @@ impl Source for RegistrySource {
     }
 
     fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader<'_>> {
+        self.open_blob_at(desc, 0)
+    }
+
+    /// Blobs resume with a Range request; documents are small and read whole.
+    fn open_blob_at(&self, desc: &Descriptor, offset: u64) -> Result<BlobReader<'_>> {
         if desc.digest() == self.root.digest() {
-            return Ok(Box::new(io::Cursor::new(self.root_bytes.clone())));
+            return Ok(skip(self.root_bytes.clone(), offset));
         }
         let digest = image::descriptor_digest(desc)?;
         if DocKind::of(desc.media_type().as_ref()).is_some() {
             // Child manifests of an index live under /manifests/, not /blobs/.
             let what = format!("manifest {digest}");
-            let resp = self.client.get(
-                &format!("manifests/{digest}"),
-                &what,
-                Some(MANIFEST_ACCEPT),
-                None,
-            )?;
-            let body = read_limited(resp, image::MAX_MANIFEST_SIZE, &what)?;
-            return Ok(Box::new(io::Cursor::new(body)));
+            let resp =
+                self.client
+                    .get_document(&format!("manifests/{digest}"), &what, MANIFEST_ACCEPT)?;
+            let body = read_limited(&self.client, resp, image::MAX_MANIFEST_SIZE, &what)?;
+            return Ok(skip(body, offset));
         }
-        Ok(Box::new(BlobStream {
-            client: &self.client,
+        Ok(Box::new(BlobStream::new(
+            &self.client,
             digest,
-            size: desc.size(),
-            offset: 0,
-            body: None,
-            failures: 0,
-        }))
+            desc.size(),
+            offset,
+        )))
     }
 
     fn parallelism(&self) -> usize {
@@ -141,11 +143,10 @@ impl Source for RegistrySource {
 /// digest (when pulling by digest) and the registry's Docker-Content-Digest header.
 fn fetch_root(client: &Client, r: &Reference) -> Result<(Descriptor, Vec<u8>)> {
     let what = format!("manifest {}", r.manifest_ref());
-    let resp = client.get(
+    let resp = client.get_document(
         &format!("manifests/{}", r.manifest_ref()),
         &what,
-        Some(MANIFEST_ACCEPT),
-        None,
+        MANIFEST_ACCEPT,
     )?;
     let content_type = resp
         .headers()
@@ -157,7 +158,7 @@ fn fetch_root(client: &Client, r: &Reference) -> Result<(Descriptor, Vec<u8>)> {
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = read_limited(resp, image::MAX_MANIFEST_SIZE, &what)?;
+    let body = read_limited(client, resp, image::MAX_MANIFEST_SIZE, &what)?;
     let actual = Digest::of(&body);
     let place = format!("{}/{}", r.registry, r.repository);
     if let Some(want) = &r.digest {
@@ -215,13 +216,30 @@ fn media_type_of(content_type: Option<&str>, body: &[u8], what: &str) -> Result<
     }
 }
 
-fn read_limited(resp: ureq::http::Response<ureq::Body>, limit: u64, what: &str) -> Result<Vec<u8>> {
+/// A document from byte `offset` on.
+fn skip(mut data: Vec<u8>, offset: u64) -> BlobReader<'static> {
+    data.drain(..(offset.min(data.len() as u64) as usize));
+    Box::new(io::Cursor::new(data))
+}
+
+fn read_limited(
+    client: &Client,
+    resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     resp.into_body()
         .into_reader()
         .take(limit + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Error::io(format!("read {what}"), e))?;
+        .map_err(|e| {
+            Error::Other(format!(
+                "read {what} from {}: {}",
+                client.where_(),
+                client.describe_io_error(&e)
+            ))
+        })?;
     if body.len() as u64 > limit {
         return Err(Error::Invalid(format!(
             "{what} is larger than the {limit} bytes allowed for a manifest"
@@ -232,8 +250,11 @@ fn read_limited(resp: ureq::http::Response<ureq::Body>, limit: u64, what: &str) 
 
 /// One blob's bytes as a stream. A connection cut or stalled mid-body is resumed from the
 /// current offset with `Range: bytes=N-` (or, when the server ignores ranges, by skipping
-/// the bytes already passed on); it gives up after [`ATTEMPTS`] failures in a row. It never
-/// yields more than the descriptor's size; the store's digest check catches wrong bytes.
+/// the bytes already passed on); it gives up after [`ATTEMPTS`] failures without a window
+/// of good progress between them. A download averaging less than the minimum rate over a
+/// stall window counts as a failure, so a trickling registry cannot hold a stage forever.
+/// It never yields more than the descriptor's size; the store's digest check catches wrong
+/// bytes.
 struct BlobStream<'a> {
     client: &'a Client,
     digest: Digest,
@@ -241,17 +262,56 @@ struct BlobStream<'a> {
     offset: u64,
     body: Option<ureq::BodyReader<'static>>,
     failures: u32,
+    /// Start of the current rate window, and the bytes received since.
+    window_start: Instant,
+    window_bytes: u64,
 }
 
-impl BlobStream<'_> {
+impl<'a> BlobStream<'a> {
+    fn new(client: &'a Client, digest: Digest, size: u64, offset: u64) -> Self {
+        BlobStream {
+            client,
+            digest,
+            size,
+            offset,
+            body: None,
+            failures: 0,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes into the rate window; at the end of each window, too few bytes is
+    /// a stall, enough resets the failure count (the registry is making progress).
+    fn progressed(&mut self, n: u64) -> Option<String> {
+        self.window_bytes += n;
+        let d = self.client.deadlines();
+        let elapsed = self.window_start.elapsed();
+        if elapsed < d.stall_window {
+            return None;
+        }
+        let want = (d.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        let got = self.window_bytes;
+        self.window_start = Instant::now();
+        self.window_bytes = 0;
+        if got < want {
+            return Some(format!(
+                "too slow: {got} bytes in {} (minimum {} B/s; --registry-min-rate, NESTCACHE_REGISTRY_MIN_RATE)",
+                humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64)),
+                d.min_rate
+            ));
+        }
+        self.failures = 0;
+        None
+    }
+
     fn open(&mut self) -> Result<ureq::BodyReader<'static>> {
         let what = format!("blob {}", self.digest);
-        let resp = self.client.get(
-            &format!("blobs/{}", self.digest),
-            &what,
-            None,
-            Some(self.offset),
-        )?;
+        let resp = self
+            .client
+            .get_blob(&format!("blobs/{}", self.digest), &what, self.offset)?;
+        self.window_start = Instant::now();
+        self.window_bytes = 0;
         let partial = resp.status().as_u16() == 206;
         if partial {
             let start = resp
@@ -271,8 +331,14 @@ impl BlobStream<'_> {
         let mut body = resp.into_body().into_reader();
         if !partial && self.offset > 0 {
             // No range support: read past what was already passed on.
-            let skipped = io::copy(&mut (&mut body).take(self.offset), &mut io::sink())
-                .map_err(|e| Error::io(format!("re-read {what}"), e))?;
+            let skipped =
+                io::copy(&mut (&mut body).take(self.offset), &mut io::sink()).map_err(|e| {
+                    Error::Other(format!(
+                        "re-read {what} from {}: {}",
+                        self.client.where_(),
+                        self.client.describe_io_error(&e)
+                    ))
+                })?;
             if skipped != self.offset {
                 return Err(Error::Invalid(format!(
                     "{what}: the registry now sends only {skipped} bytes"
@@ -292,7 +358,7 @@ impl BlobStream<'_> {
                 format!(
                     "blob {} from {}: {why} at byte {} of {} ({} attempts)",
                     self.digest,
-                    self.client.repository(),
+                    self.client.where_(),
                     self.offset,
                     self.size,
                     self.failures
@@ -329,11 +395,16 @@ impl Read for BlobStream<'_> {
                 Ok(0) => self.failed("connection closed early".into())?,
                 Ok(n) => {
                     self.offset += n as u64;
-                    self.failures = 0;
+                    if let Some(why) = self.progressed(n as u64) {
+                        self.failed(why)?;
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => self.failed(e.to_string())?,
+                Err(e) => {
+                    let why = self.client.describe_io_error(&e);
+                    self.failed(why)?
+                }
             }
         }
     }

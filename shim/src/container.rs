@@ -1,0 +1,310 @@
+//! One container of the shim: its init process, its execs, and the operations on them.
+//! Each step goes through the process's state machine (`state`), and the kind-specific
+//! work through its lifecycle (`init`, `exec`); nothing here holds the registry's lock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
+use containerd_shim::protos::types::mount::Mount;
+use log::{info, warn};
+
+use crate::bundle::{Record, Spec};
+use crate::error::{Result, ShimError};
+use crate::events::EventSink;
+use crate::exec::ExecLifecycle;
+use crate::exits::Exits;
+use crate::init::InitLifecycle;
+use crate::mounts;
+use crate::options::{check_store, TaskOptions};
+use crate::process::{launch, Process, Snapshot};
+use crate::runc::{ProcessFiles, Runc, Runtime};
+use crate::state::{State, Step};
+use crate::stdio::StdioPaths;
+
+/// What every container of the shim shares.
+pub struct Shared {
+    pub namespace: String,
+    pub runtime: Arc<dyn Runtime>,
+    pub events: Arc<dyn EventSink>,
+    pub exits: Arc<Exits>,
+    /// `$NESTCACHE_STATE_DIR` as the shim saw it (an allowed store root by default).
+    pub state_dir_env: Option<String>,
+}
+
+/// A task to create (CreateTaskRequest, converted).
+pub struct NewTask<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: &'a [Mount],
+    pub stdio: StdioPaths,
+    pub options: TaskOptions,
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runc: Runc,
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Serializes the init's start and delete (a delete must not overtake a start).
+    ops: Mutex<()>,
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An exit, in order after the process's start event (the gate), published once.
+pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
+    let _gate = process.gate();
+    let Some(exit) = process.set_exited(code) else {
+        return;
+    };
+    let event = TaskExit {
+        container_id: process.container_id.clone(),
+        id: process.event_id().to_string(),
+        pid: process.pid(),
+        exit_status: exit.code,
+        exited_at: MessageField::some(exit.at),
+        ..Default::default()
+    };
+    events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
+}
+
+fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
+    let mut runc = Runc::new(
+        options.runc_binary.as_deref(),
+        options.runc_root.as_deref(),
+        namespace,
+        bundle,
+    );
+    runc.systemd_cgroup = options.systemd_cgroup;
+    runc
+}
+
+impl Container {
+    /// Sets up the rootfs and runs `runc create`. On failure everything set up is undone.
+    /// Returns the container and an exit that came before its pid was watched.
+    pub fn create(shared: &Arc<Shared>, new: NewTask) -> Result<(Container, Option<i32>)> {
+        let spec = Spec::load(new.bundle).map_err(|reason| ShimError::Bundle {
+            bundle: new.bundle.to_path_buf(),
+            reason,
+        })?;
+        if let Some(wanted) = spec.store_image().map_err(ShimError::Invalid)? {
+            let roots = new.options.store_roots(shared.state_dir_env.as_deref());
+            check_store(&wanted.store, &roots)?;
+        }
+        let runc = runc_for(&new.options, &shared.namespace, new.bundle);
+        let mut record = Record {
+            runc: runc.clone(),
+            rootfs_mounted: false,
+            store_dir: None,
+        };
+        record.save(new.bundle)?;
+        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record) {
+            let _ = mounts::teardown(new.bundle, Some(&record));
+            return Err(ShimError::Rootfs(e));
+        }
+        let lifecycle = InitLifecycle {
+            runtime: shared.runtime.clone(),
+            runc: runc.clone(),
+            bundle: new.bundle.to_path_buf(),
+            record: record.clone(),
+        };
+        let init = Arc::new(Process::new(new.id, "", new.stdio, Box::new(lifecycle)));
+        let files = ProcessFiles {
+            pid_file: new.bundle.join("init.pid"),
+            log: runc.log.clone(),
+        };
+        let created = launch(&init, |io| {
+            shared.runtime.create(&runc, new.id, new.bundle, &files, io)
+        });
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = shared.runtime.delete(&runc, new.id, true);
+                if let Err(t) = mounts::teardown(new.bundle, Some(&record)) {
+                    warn!("cleanup after failed create of {}: {t}", new.id);
+                }
+                return Err(e);
+            }
+        };
+        init.set_pid(pid);
+        let early_exit = shared.exits.watch(pid, init.clone());
+        let container = Container {
+            id: new.id.to_string(),
+            bundle: new.bundle.to_path_buf(),
+            runc,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            ops: Mutex::new(()),
+            shared: shared.clone(),
+        };
+        Ok((container, early_exit))
+    }
+
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ShimError::ExecNotFound {
+                id: self.id.clone(),
+                exec: exec_id.to_string(),
+            })
+    }
+
+    /// Registers an exec (created, not started). The exec id names files in the bundle:
+    /// containerd's identifier rules, enforced.
+    pub fn add_exec(&self, exec_id: &str, stdio: StdioPaths, spec: Vec<u8>) -> Result<()> {
+        let valid = !exec_id.is_empty()
+            && !exec_id.starts_with('.')
+            && exec_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(ShimError::Invalid(format!(
+                "exec id {exec_id:?}: expected letters, digits, '.', '_', '-'"
+            )));
+        }
+        if self.init.state().is_final() {
+            return Err(ShimError::IllegalTransition {
+                process: self.init.describe(),
+                state: self.init.state(),
+                action: "exec in it",
+            });
+        }
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(exec_id) {
+            return Err(ShimError::ExecExists {
+                id: self.id.clone(),
+                exec: exec_id.to_string(),
+            });
+        }
+        let lifecycle = ExecLifecycle {
+            runtime: self.shared.runtime.clone(),
+            runc: self.runc.clone(),
+            bundle: self.bundle.clone(),
+            spec,
+        };
+        let process = Process::new(&self.id, exec_id, stdio, Box::new(lifecycle));
+        execs.insert(exec_id.to_string(), Arc::new(process));
+        Ok(())
+    }
+
+    /// Starts a created process. Only one start wins (created → starting is atomic); the
+    /// start event is published before any exit of the process (the gate).
+    pub fn start(&self, exec_id: &str) -> Result<u32> {
+        let process = self.process(exec_id)?;
+        let _ops = exec_id.is_empty().then(|| lock(&self.ops));
+        process.step(Step::BeginStart)?;
+        let gate = process.gate();
+        let pid = match process.lifecycle.start(&process) {
+            Ok(pid) => pid,
+            Err(e) => {
+                process.lifecycle.failed_start(&process);
+                return Err(e);
+            }
+        };
+        process.set_pid(pid);
+        let early_exit = if exec_id.is_empty() {
+            None // watched since create
+        } else {
+            self.shared.exits.watch(pid, process.clone())
+        };
+        let (topic, event) = process.lifecycle.started_event(&process, pid);
+        self.shared.events.publish(topic, event);
+        // Stopped already (killed meanwhile) is fine: the exit stands.
+        let _ = process.step(Step::Started);
+        drop(gate);
+        if let Some(code) = early_exit {
+            report_exit(&*self.shared.events, &process, code);
+        }
+        Ok(pid)
+    }
+
+    pub fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let process = self.process(exec_id)?;
+        process.lifecycle.kill(&process, signal, all)
+    }
+
+    /// Deletes a created or stopped exec; its waiters wake.
+    pub fn delete_exec(&self, exec_id: &str) -> Result<Snapshot> {
+        let process = self.process(exec_id)?;
+        process.step(Step::Delete)?;
+        lock(&self.execs).remove(exec_id);
+        process.lifecycle.delete(&process)?;
+        process.drop_io();
+        Ok(process.snapshot())
+    }
+
+    /// Deletes the container (init created or stopped): runc state and rootfs go, every
+    /// exec's waiters wake. Called without the registry's lock held.
+    pub fn delete(&self) -> Result<Snapshot> {
+        let _ops = lock(&self.ops);
+        self.init.check(Step::Delete)?;
+        self.init.lifecycle.delete(&self.init)?;
+        self.init.step(Step::Delete)?;
+        for exec in lock(&self.execs).drain().map(|(_, p)| p) {
+            exec.force_deleted();
+            let _ = exec.lifecycle.delete(&exec);
+            exec.drop_io();
+        }
+        self.init.drop_io();
+        info!("deleted {}", self.id);
+        Ok(self.init.snapshot())
+    }
+
+    pub fn pause(&self) -> Result<()> {
+        self.init.check(Step::Pause)?;
+        self.shared.runtime.pause(&self.runc, &self.id)?;
+        self.init.step(Step::Pause).map(|_| ())
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.init.check(Step::Resume)?;
+        self.shared.runtime.resume(&self.runc, &self.id)?;
+        self.init.step(Step::Resume).map(|_| ())
+    }
+
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        Ok(self.shared.runtime.ps(&self.runc, &self.id)?)
+    }
+
+    /// `runc update` with an OCI LinuxResources (JSON, as containerd sends it).
+    pub fn update(&self, resources: &[u8]) -> Result<()> {
+        let state = self.init.state();
+        if !matches!(state, State::Created | State::Running | State::Paused) {
+            return Err(ShimError::IllegalTransition {
+                process: self.init.describe(),
+                state,
+                action: "update",
+            });
+        }
+        let value: serde_json::Value = serde_json::from_slice(resources)
+            .map_err(|e| ShimError::Invalid(format!("update resources: not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ShimError::Invalid(format!(
+                "update resources: expected a LinuxResources object, found {value}"
+            )));
+        }
+        let mut file = tempfile::Builder::new()
+            .prefix(".update-")
+            .suffix(".json")
+            .tempfile_in(&self.bundle)
+            .map_err(|e| ShimError::io(format!("temp file in {}", self.bundle.display()), e))?;
+        std::io::Write::write_all(&mut file, resources)
+            .map_err(|e| ShimError::io(format!("write {}", file.path().display()), e))?;
+        self.shared
+            .runtime
+            .update(&self.runc, &self.id, file.path())?;
+        Ok(())
+    }
+}
