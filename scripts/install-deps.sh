@@ -8,6 +8,10 @@ for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compi
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# The CRI tests' pod network: CNI's bridge + host-local (Debian puts them in /usr/lib/cni),
+# and `ip` to remove the test bridge.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # The registry source's TLS (native-tls) links the system OpenSSL.
 { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -63,7 +63,11 @@ impl Defaults {
         let c = &doc["config"];
         let list = |k: &str| -> Vec<String> {
             c[k].as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut entrypoint = list("Entrypoint");
@@ -95,7 +99,11 @@ pub fn merge(
     let mut replaced = vec![];
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let args = strings(&process["args"]);
@@ -144,12 +152,22 @@ fn non_empty_or<'a>(s: &'a str, default: &'a str) -> &'a str {
 
 /// The new args, or None to keep them (the pod's command).
 fn merge_args(args: &[String], declared: &Defaults, store: &Defaults) -> Option<Vec<String>> {
-    let from_declared: Vec<String> = declared.entrypoint.iter().chain(&declared.cmd).cloned().collect();
+    let from_declared: Vec<String> = declared
+        .entrypoint
+        .iter()
+        .chain(&declared.cmd)
+        .cloned()
+        .collect();
     let new: Vec<String> = if args == from_declared.as_slice() {
         store.entrypoint.iter().chain(&store.cmd).cloned().collect()
     } else if !declared.entrypoint.is_empty() && args.starts_with(&declared.entrypoint) {
         // The pod set args alone: they go to the store image's Entrypoint.
-        store.entrypoint.iter().chain(&args[declared.entrypoint.len()..]).cloned().collect()
+        store
+            .entrypoint
+            .iter()
+            .chain(&args[declared.entrypoint.len()..])
+            .cloned()
+            .collect()
     } else {
         return None;
     };
@@ -168,7 +186,8 @@ fn merge_env(env: &[String], declared: &[String], store: &[String]) -> Vec<Strin
     let store_by_key: HashMap<&str, &String> = store.iter().map(|e| (key(e), e)).collect();
     let mut out: Vec<String> = vec![];
     for e in env {
-        let from_image = declared.contains(e) || (e == DEFAULT_PATH && !declared.iter().any(|d| key(d) == "PATH"));
+        let from_image = declared.contains(e)
+            || (e == DEFAULT_PATH && !declared.iter().any(|d| key(d) == "PATH"));
         if !from_image {
             out.push(e.clone());
         } else if let Some(s) = store_by_key.get(key(e)) {
@@ -192,7 +211,9 @@ fn user_is_declared(user: &str, uid: u64, gid: u64) -> bool {
     if user.is_empty() {
         return uid == 0 && gid == 0;
     }
-    let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+    let (u, g) = user
+        .split_once(':')
+        .map_or((user, None), |(u, g)| (u, Some(g)));
     match (u.parse::<u64>(), g.map(str::parse::<u64>)) {
         (Ok(u), None) => u == uid,
         (Ok(u), Some(Ok(g))) => u == uid && g == gid,
@@ -203,14 +224,21 @@ fn user_is_declared(user: &str, uid: u64, gid: u64) -> bool {
 /// Applies the store image's config to `<bundle>/config.json` when the spec is a CRI
 /// app container. Failing to read the declared image's config is not fatal: the spec
 /// stays as CRI made it, and the log says why.
-pub fn apply(bundle: &Path, annotations: &HashMap<String, String>, wanted: &StoreImage) -> Result<(), String> {
+pub fn apply(
+    bundle: &Path,
+    annotations: &HashMap<String, String>,
+    wanted: &StoreImage,
+) -> Result<(), String> {
     if annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) != Some("container") {
         return Ok(());
     }
     let what = format!("image {} in store {}", wanted.image, wanted.store.display());
     let store = Store::open_existing(&wanted.store).map_err(|e| format!("{what}: {e}"))?;
-    let image = store.resolve(&wanted.image, None).map_err(|e| format!("{what}: {e}"))?;
-    let store_doc: Value = serde_json::from_slice(&image.config_bytes).map_err(|e| format!("{what}: config: {e}"))?;
+    let image = store
+        .resolve(&wanted.image, None)
+        .map_err(|e| format!("{what}: {e}"))?;
+    let store_doc: Value =
+        serde_json::from_slice(&image.config_bytes).map_err(|e| format!("{what}: config: {e}"))?;
     let store_cfg = Defaults::from_config(&store_doc);
     let Some(name) = annotations.get(CRI_IMAGE_NAME) else {
         warn!("{what}: no {CRI_IMAGE_NAME} annotation; the spec is kept as CRI made it");
@@ -232,18 +260,27 @@ pub fn apply(bundle: &Path, annotations: &HashMap<String, String>, wanted: &Stor
                 .map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned()))
                 .map_err(|e| format!("{what}: {p}: {e}"))
         };
-        let db = UserDb { passwd: read("/etc/passwd")?, group: read("/etc/group")? };
-        let u = db.resolve(spec).map_err(|e| format!("{what}: user {spec:?}: {e}"))?;
+        let db = UserDb {
+            passwd: read("/etc/passwd")?,
+            group: read("/etc/group")?,
+        };
+        let u = db
+            .resolve(spec)
+            .map_err(|e| format!("{what}: user {spec:?}: {e}"))?;
         Ok((u.uid, u.gid, u.additional_gids))
     };
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let mut spec: Value = serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+    let mut spec: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
     let replaced = merge(&mut spec["process"], &declared, &store_cfg, &resolve)?;
     if replaced.is_empty() {
         return Ok(());
     }
-    info!("{what}: {} from the store image's config (declared {name})", replaced.join(", "));
+    info!(
+        "{what}: {} from the store image's config (declared {name})",
+        replaced.join(", ")
+    );
     let tmp = bundle.join(".config.json.image");
     let out = serde_json::to_vec(&spec).map_err(|e| format!("serialize spec: {e}"))?;
     std::fs::write(&tmp, out).map_err(|e| format!("write {}: {e}", tmp.display()))?;
@@ -252,15 +289,25 @@ pub fn apply(bundle: &Path, annotations: &HashMap<String, String>, wanted: &Stor
 
 /// The declared image's config document, from containerd's image and content stores.
 fn declared_config(name: &str) -> Result<Value, String> {
-    let (address, namespace) = CONTAINERD.get().cloned().ok_or("containerd's address is unknown")?;
+    let (address, namespace) = CONTAINERD
+        .get()
+        .cloned()
+        .ok_or("containerd's address is unknown")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async move {
         use containerd_client::services::v1::{images_client::ImagesClient, GetImageRequest};
-        let ch = containerd_client::connect(&address).await.map_err(|e| format!("connect {address}: {e}"))?;
-        let req = with_ns(GetImageRequest { name: name.to_string() }, &namespace)?;
+        let ch = containerd_client::connect(&address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        let req = with_ns(
+            GetImageRequest {
+                name: name.to_string(),
+            },
+            &namespace,
+        )?;
         let image = ImagesClient::new(ch.clone())
             .get(req)
             .await
@@ -273,7 +320,8 @@ fn declared_config(name: &str) -> Result<Value, String> {
         for _ in 0..3 {
             let doc = read_content(&ch, &namespace, &digest).await?;
             if let Some(manifests) = doc["manifests"].as_array() {
-                digest = pick_platform(manifests).ok_or("index lists no manifest for this platform")?;
+                digest =
+                    pick_platform(manifests).ok_or("index lists no manifest for this platform")?;
             } else if let Some(config) = doc["config"]["digest"].as_str() {
                 return read_content(&ch, &namespace, config).await;
             } else {
@@ -286,21 +334,38 @@ fn declared_config(name: &str) -> Result<Value, String> {
 
 fn with_ns<T>(msg: T, namespace: &str) -> Result<tonic::Request<T>, String> {
     let mut r = tonic::Request::new(msg);
-    let v = namespace.parse().map_err(|_| format!("namespace {namespace:?}"))?;
+    let v = namespace
+        .parse()
+        .map_err(|_| format!("namespace {namespace:?}"))?;
     r.metadata_mut().insert("containerd-namespace", v);
     Ok(r)
 }
 
-async fn read_content(ch: &tonic::transport::Channel, namespace: &str, digest: &str) -> Result<Value, String> {
+async fn read_content(
+    ch: &tonic::transport::Channel,
+    namespace: &str,
+    digest: &str,
+) -> Result<Value, String> {
     use containerd_client::services::v1::{content_client::ContentClient, ReadContentRequest};
-    let req = with_ns(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }, namespace)?;
+    let req = with_ns(
+        ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        },
+        namespace,
+    )?;
     let mut stream = ContentClient::new(ch.clone())
         .read(req)
         .await
         .map_err(|e| format!("read {digest}: {}", e.message()))?
         .into_inner();
     let mut data = vec![];
-    while let Some(chunk) = stream.message().await.map_err(|e| format!("read {digest}: {}", e.message()))? {
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|e| format!("read {digest}: {}", e.message()))?
+    {
         data.extend_from_slice(&chunk.data);
         if data.len() > DOC_LIMIT {
             return Err(format!("{digest}: larger than {DOC_LIMIT} bytes"));
@@ -332,11 +397,15 @@ mod tests {
     }
 
     fn declared() -> Defaults {
-        d(json!({"Entrypoint": ["/pause"], "Env": ["PATH=/usr/bin", "D=1"], "WorkingDir": "/d", "User": "65535:65535"}))
+        d(
+            json!({"Entrypoint": ["/pause"], "Env": ["PATH=/usr/bin", "D=1"], "WorkingDir": "/d", "User": "65535:65535"}),
+        )
     }
 
     fn store() -> Defaults {
-        d(json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["serve"], "Env": ["PATH=/bin", "S=1"], "WorkingDir": "/srv", "User": "app"}))
+        d(
+            json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["serve"], "Env": ["PATH=/bin", "S=1"], "WorkingDir": "/srv", "User": "app"}),
+        )
     }
 
     fn app(_: &str) -> Result<(u32, u32, Vec<u32>), String> {
@@ -349,7 +418,13 @@ mod tests {
 
     #[test]
     fn nothing_set_by_the_pod_all_from_the_store() {
-        let mut p = process(&["/pause"], &["PATH=/usr/bin", "HOSTNAME=h", "D=1"], "/d", 65535, 65535);
+        let mut p = process(
+            &["/pause"],
+            &["PATH=/usr/bin", "HOSTNAME=h", "D=1"],
+            "/d",
+            65535,
+            65535,
+        );
         let r = merge(&mut p, &declared(), &store(), &app).unwrap();
         assert_eq!(r, ["args", "env", "cwd", "user"]);
         assert_eq!(p["args"], json!(["/bin/sh", "-c", "serve"]));
@@ -360,11 +435,20 @@ mod tests {
 
     #[test]
     fn what_the_pod_set_wins() {
-        let mut p = process(&["/bin/app", "-x"], &["PATH=/usr/bin", "HOSTNAME=h", "D=pod", "S=pod"], "/work", 7, 7);
+        let mut p = process(
+            &["/bin/app", "-x"],
+            &["PATH=/usr/bin", "HOSTNAME=h", "D=pod", "S=pod"],
+            "/work",
+            7,
+            7,
+        );
         let r = merge(&mut p, &declared(), &store(), &app).unwrap();
         assert_eq!(r, ["env"]);
         assert_eq!(p["args"], json!(["/bin/app", "-x"]));
-        assert_eq!(p["env"], json!(["PATH=/bin", "HOSTNAME=h", "D=pod", "S=pod"]));
+        assert_eq!(
+            p["env"],
+            json!(["PATH=/bin", "HOSTNAME=h", "D=pod", "S=pod"])
+        );
         assert_eq!(p["cwd"], "/work");
         assert_eq!(p["user"], json!({"uid": 7, "gid": 7}));
     }
@@ -379,17 +463,40 @@ mod tests {
     #[test]
     fn default_path_gives_way_and_a_declared_path_without_store_path_becomes_the_default() {
         let none = Defaults::default();
-        assert_eq!(merge_env(&[DEFAULT_PATH.into(), "HOSTNAME=h".into()], &[], &["PATH=/bin".into()]), ["PATH=/bin", "HOSTNAME=h"]);
-        assert_eq!(merge_env(&["PATH=/usr/bin".into()], &["PATH=/usr/bin".into()], &none.env), [DEFAULT_PATH]);
+        assert_eq!(
+            merge_env(
+                &[DEFAULT_PATH.into(), "HOSTNAME=h".into()],
+                &[],
+                &["PATH=/bin".into()]
+            ),
+            ["PATH=/bin", "HOSTNAME=h"]
+        );
+        assert_eq!(
+            merge_env(
+                &["PATH=/usr/bin".into()],
+                &["PATH=/usr/bin".into()],
+                &none.env
+            ),
+            [DEFAULT_PATH]
+        );
     }
 
     #[test]
     fn declared_image_without_entrypoint_keeps_a_pod_command() {
         let declared = d(json!({"Cmd": ["sh"]}));
-        assert_eq!(merge_args(&["sh".into()], &declared, &store()), Some(vec!["/bin/sh".into(), "-c".into(), "serve".into()]));
-        assert_eq!(merge_args(&["/bin/other".into()], &declared, &store()), None);
+        assert_eq!(
+            merge_args(&["sh".into()], &declared, &store()),
+            Some(vec!["/bin/sh".into(), "-c".into(), "serve".into()])
+        );
+        assert_eq!(
+            merge_args(&["/bin/other".into()], &declared, &store()),
+            None
+        );
         // A store image with no Entrypoint and no Cmd keeps what CRI made.
-        assert_eq!(merge_args(&["sh".into()], &declared, &Defaults::default()), None);
+        assert_eq!(
+            merge_args(&["sh".into()], &declared, &Defaults::default()),
+            None
+        );
     }
 
     #[test]
@@ -405,13 +512,17 @@ mod tests {
     #[test]
     fn an_unresolvable_store_user_is_an_error_naming_it() {
         let mut p = process(&["/pause"], &[], "/d", 65535, 65535);
-        let bad = |s: &str| -> Result<(u32, u32, Vec<u32>), String> { Err(format!("user {s:?} not in /etc/passwd")) };
+        let bad = |s: &str| -> Result<(u32, u32, Vec<u32>), String> {
+            Err(format!("user {s:?} not in /etc/passwd"))
+        };
         let e = merge(&mut p, &declared(), &store(), &bad).unwrap_err();
         assert!(e.contains("\"app\""), "{e}");
     }
 
     #[test]
     fn entrypoint_of_one_empty_string_is_none() {
-        assert!(d(json!({"Entrypoint": [""], "Cmd": ["x"]})).entrypoint.is_empty());
+        assert!(d(json!({"Entrypoint": [""], "Cmd": ["x"]}))
+            .entrypoint
+            .is_empty());
     }
 }

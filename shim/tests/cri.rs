@@ -66,7 +66,12 @@ async fn run_pod(c: &mut Client, config: &PodSandboxConfig) -> String {
     .pod_sandbox_id
 }
 
-async fn start(c: &mut Client, pod: &str, config: &PodSandboxConfig, ctr: ContainerConfig) -> String {
+async fn start(
+    c: &mut Client,
+    pod: &str,
+    config: &PodSandboxConfig,
+    ctr: ContainerConfig,
+) -> String {
     let id = c
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.into(),
@@ -77,9 +82,11 @@ async fn start(c: &mut Client, pod: &str, config: &PodSandboxConfig, ctr: Contai
         .expect("CreateContainer")
         .into_inner()
         .container_id;
-    c.start_container(StartContainerRequest { container_id: id.clone() })
-        .await
-        .expect("StartContainer");
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
     id
 }
 
@@ -95,7 +102,10 @@ async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (i32, String, String) {
         Ok(r) => r.into_inner(),
         Err(e) => {
             let st = c
-                .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+                .container_status(ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                })
                 .await
                 .map(|s| format!("{:?}", s.into_inner().status));
             panic!("ExecSync {cmd:?}: {e:?}; container: {st:?}");
@@ -115,13 +125,16 @@ async fn sh(c: &mut Client, id: &str, script: &str) -> String {
 }
 
 async fn state(c: &mut Client, id: &str) -> i32 {
-    c.container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("status")
-        .state
+    c.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("ContainerStatus")
+    .into_inner()
+    .status
+    .expect("status")
+    .state
 }
 
 /// A container whose execs may read PID 1's environ and cwd when PID 1 runs as another
@@ -157,17 +170,25 @@ async fn init(c: &mut Client, id: &str) -> Init {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         cwd: parts[2].trim().to_string(),
-        uid: parts[3].split_whitespace().nth(1).unwrap_or_default().to_string(),
+        uid: parts[3]
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
 async fn remove_pod(c: &mut Client, pod: &str) {
-    c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("StopPodSandbox");
-    c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("RemovePodSandbox");
+    c.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
 }
 
 /// Nothing of the pod left: no container in containerd, no mount under the CRI
@@ -177,15 +198,27 @@ fn assert_clean(cri: &CriContainerd, store: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = cri.dir.display().to_string();
     let store = store.display().to_string();
-    let left: Vec<_> = mounts.lines().filter(|l| l.contains(&dir) || l.contains(&store)).collect();
+    let left: Vec<_> = mounts
+        .lines()
+        .filter(|l| l.contains(&dir) || l.contains(&store))
+        .collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
     let netns = cri.dir.join("state/io.containerd.grpc.v1.cri/netns");
-    let files: Vec<_> = std::fs::read_dir(&netns).map(|d| d.flatten().collect()).unwrap_or_default();
-    assert!(files.is_empty(), "netns left in {}: {files:?}", netns.display());
+    let files: Vec<_> = std::fs::read_dir(&netns)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(
+        files.is_empty(),
+        "netns left in {}: {files:?}",
+        netns.display()
+    );
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Under CRI the container spec is built from the declared image; a store-rootfs
@@ -199,21 +232,47 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
     rt().block_on(async {
         let mut c = cri.client().await.unwrap();
         let store = img.store.display().to_string();
-        let pod = cri::pod_config("store-config", &[("io.nestcache.store", &store), ("io.nestcache.image", "app")]);
+        let pod = cri::pod_config(
+            "store-config",
+            &[
+                ("io.nestcache.store", &store),
+                ("io.nestcache.image", "app"),
+            ],
+        );
         let pod_id = run_pod(&mut c, &pod).await;
 
         // Sets nothing: all of it from the store image.
         let a = start(&mut c, &pod_id, &pod, inspectable("a")).await;
         let i = init(&mut c, &a).await;
         // (busybox sh would exec a lone command; the `exit` keeps it PID 1)
-        assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1000; exit 0"], "store Entrypoint + Cmd");
-        assert_eq!(i.env.get("FOO").map(String::as_str), Some("store"), "{:?}", i.env);
+        assert_eq!(
+            i.argv,
+            ["/bin/sh", "-c", "sleep 1000; exit 0"],
+            "store Entrypoint + Cmd"
+        );
+        assert_eq!(
+            i.env.get("FOO").map(String::as_str),
+            Some("store"),
+            "{:?}",
+            i.env
+        );
         assert_eq!(i.env.get("STORE_ONLY").map(String::as_str), Some("1"));
         assert_eq!(i.env.get("PATH").map(String::as_str), Some("/bin:/sbin"));
-        assert!(!i.env.contains_key("DECLARED_ONLY"), "declared image env dropped: {:?}", i.env);
-        assert!(i.env.contains_key("HOSTNAME"), "CRI's own env kept: {:?}", i.env);
+        assert!(
+            !i.env.contains_key("DECLARED_ONLY"),
+            "declared image env dropped: {:?}",
+            i.env
+        );
+        assert!(
+            i.env.contains_key("HOSTNAME"),
+            "CRI's own env kept: {:?}",
+            i.env
+        );
         assert_eq!(i.cwd, "/srv/app");
-        assert_eq!(i.uid, "1234", "store User app resolved in the store image's passwd");
+        assert_eq!(
+            i.uid, "1234",
+            "store User app resolved in the store image's passwd"
+        );
         assert_eq!(sh(&mut c, &a, "cat /etc/nestcache-test").await, "store\n");
 
         // Sets command, env and working dir: those win, the rest from the store.
@@ -255,20 +314,42 @@ fn exec_of_a_missing_binary_leaves_the_pod_running() {
     rt().block_on(async {
         let mut c = cri.client().await.unwrap();
         let store = img.store.display().to_string();
-        let pod = cri::pod_config("exec-fail", &[("io.nestcache.store", &store), ("io.nestcache.image", "app")]);
+        let pod = cri::pod_config(
+            "exec-fail",
+            &[
+                ("io.nestcache.store", &store),
+                ("io.nestcache.image", "app"),
+            ],
+        );
         let pod_id = run_pod(&mut c, &pod).await;
         let a = start(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
         let r = c
-            .exec_sync(ExecSyncRequest { container_id: a.clone(), cmd: vec!["/no/such/binary".into()], timeout: 10 })
+            .exec_sync(ExecSyncRequest {
+                container_id: a.clone(),
+                cmd: vec!["/no/such/binary".into()],
+                timeout: 10,
+            })
             .await;
         match r {
-            Ok(r) => assert_ne!(r.into_inner().exit_code, 0, "a missing binary cannot succeed"),
+            Ok(r) => assert_ne!(
+                r.into_inner().exit_code,
+                0,
+                "a missing binary cannot succeed"
+            ),
             Err(status) => assert!(status.message().contains("no such file"), "{status:?}"),
         }
-        assert_eq!(state(&mut c, &a).await, ContainerState::ContainerRunning as i32);
+        assert_eq!(
+            state(&mut c, &a).await,
+            ContainerState::ContainerRunning as i32
+        );
         assert_eq!(sh(&mut c, &a, "echo still").await, "still\n");
         let pods = c
-            .list_pod_sandbox(ListPodSandboxRequest { filter: Some(PodSandboxFilter { id: pod_id.clone(), ..Default::default() }) })
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    id: pod_id.clone(),
+                    ..Default::default()
+                }),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -291,9 +372,16 @@ fn plain_runc_container_and_pod_network_under_the_nestcache_handler() {
         let pod_id = run_pod(&mut c, &pod).await;
         let a = start(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
         let i = init(&mut c, &a).await;
-        assert_eq!(i.argv, ["/bin/sleep", "999"], "no store: the declared image, untouched");
+        assert_eq!(
+            i.argv,
+            ["/bin/sleep", "999"],
+            "no store: the declared image, untouched"
+        );
         assert_eq!(i.env.get("FOO").map(String::as_str), Some("declared"));
-        assert_eq!(sh(&mut c, &a, "cat /etc/nestcache-test").await, "declared\n");
+        assert_eq!(
+            sh(&mut c, &a, "cat /etc/nestcache-test").await,
+            "declared\n"
+        );
         let prefix = cri.subnet.rsplit_once('.').unwrap().0.to_string();
         let addrs = sh(&mut c, &a, "ip -4 addr show eth0").await;
         assert!(addrs.contains(&format!("inet {prefix}.")), "{addrs}");

@@ -47,11 +47,17 @@ fn arch() -> &'static str {
 pub fn busybox_archive(work: &Path, out: &Path, tag: &str, marker: &str, config: Value) {
     let root = work.join(format!("root-{}", tag.replace(['/', ':'], "_")));
     busybox_rootfs(&root);
-    for applet in ["env", "pwd", "hostname", "ip", "mkdir", "touch", "stat", "head", "dd"] {
+    for applet in [
+        "env", "pwd", "hostname", "ip", "mkdir", "touch", "stat", "head", "dd",
+    ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     std::fs::create_dir_all(root.join("srv/app")).unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\napp:x:1234:2345:app:/srv/app:/bin/sh\n").unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\napp:x:1234:2345:app:/srv/app:/bin/sh\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:2345:\n").unwrap();
     std::fs::write(root.join("etc/nestcache-test"), format!("{marker}\n")).unwrap();
     let mut b = tar::Builder::new(Vec::new());
@@ -59,9 +65,14 @@ pub fn busybox_archive(work: &Path, out: &Path, tag: &str, marker: &str, config:
     b.append_dir_all(".", &root).unwrap();
     let tar = b.into_inner().unwrap();
     let diff = Digest::of(&tar);
-    let img = images::build(vec![Blob::new(OCI_LAYER, tar)], vec![diff], arch(), |c, _| {
-        c["config"] = config;
-    });
+    let img = images::build(
+        vec![Blob::new(OCI_LAYER, tar)],
+        vec![diff],
+        arch(),
+        |c, _| {
+            c["config"] = config;
+        },
+    );
     images::docker_archive(out, &img, &[tag]);
 }
 
@@ -132,8 +143,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 "#
         );
         // The nestcache runtime exactly as `nestcache node install` adds it.
-        let mut cfg = nestcache::node::Config::parse("cri config", &base, nestcache::node::Layout::V2)
-            .expect("parse the test's containerd config");
+        let mut cfg =
+            nestcache::node::Config::parse("cri config", &base, nestcache::node::Layout::V2)
+                .expect("parse the test's containerd config");
         cfg.add_runtime().expect("add runtime nestcache");
         // The shim may use stores under this kit's dir (see `store_dir`), as a node's
         // /etc/nestcache/shim.json would allow its own.
@@ -189,18 +201,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("CRI containerd did not become ready; log:\n{}", self.log_tail());
+        panic!(
+            "CRI containerd did not become ready; log:\n{}",
+            self.log_tail()
+        );
     }
 
     fn cri_ready(&self) -> bool {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let Ok(mut c) = self.client().await else { return false };
-            c.status(StatusRequest { verbose: false }).await.is_ok_and(|s| {
-                s.into_inner().status.is_some_and(|st| {
-                    st.conditions.iter().all(|c| c.status)
+            let Ok(mut c) = self.client().await else {
+                return false;
+            };
+            c.status(StatusRequest { verbose: false })
+                .await
+                .is_ok_and(|s| {
+                    s.into_inner()
+                        .status
+                        .is_some_and(|st| st.conditions.iter().all(|c| c.status))
                 })
-            })
         })
     }
 
@@ -228,18 +250,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     /// Imports a `docker save` archive into namespace k8s.io (unpacked for CRI).
     pub fn import(&self, archive: &Path) {
         let out = self.ctr(&["images", "import", archive.to_str().unwrap()]);
-        assert!(out.status.success(), "ctr import: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ctr import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub async fn client(&self) -> Result<RuntimeServiceClient<Channel>, String> {
-        let ch = containerd_client::connect(&self.address).await.map_err(|e| e.to_string())?;
+        let ch = containerd_client::connect(&self.address)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(RuntimeServiceClient::new(ch))
     }
 
     /// containerd containers left in k8s.io (sandboxes included).
     pub fn containers(&self) -> Vec<String> {
         let out = self.ctr(&["containers", "ls", "-q"]);
-        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -247,17 +278,33 @@ impl CriContainerd {
     /// Stops and removes every pod, as kubelet would before the node goes: a test that
     /// failed half-way leaves no shim, container, mount or netns behind.
     fn remove_all_pods(&self) {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async {
-            let Ok(mut c) = self.client().await else { return };
-            let Ok(pods) = c.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await else {
+            let Ok(mut c) = self.client().await else {
+                return;
+            };
+            let Ok(pods) = c
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+            else {
                 return;
             };
             for p in pods.into_inner().items {
-                let _ = c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await;
-                let _ = c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
+                let _ = c
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: p.id.clone(),
+                    })
+                    .await;
+                let _ = c
+                    .remove_pod_sandbox(RemovePodSandboxRequest {
+                        pod_sandbox_id: p.id,
+                    })
+                    .await;
             }
         });
     }
@@ -282,7 +329,9 @@ impl Drop for CriContainerd {
             }
         }
         // The bridge is the kit's own, by its unique name; pods' veths went with them.
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
         if std::env::var_os("NC_KEEP_CRI").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -308,7 +357,10 @@ pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig 
         }),
         hostname: name.into(),
         log_directory: String::new(),
-        annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(kubelet_namespaces()),
@@ -323,8 +375,14 @@ pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig 
 /// A container of `image`, with what the pod sets (command, args, env, working dir).
 pub fn container_config(name: &str, image: &str) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(kubelet_namespaces()),
@@ -348,5 +406,11 @@ pub fn kubelet_namespaces() -> NamespaceOption {
 }
 
 pub fn env(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
-    pairs.iter().map(|(k, v)| KeyValue { key: k.to_string(), value: v.to_string() }).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+        .collect()
 }
