@@ -40,6 +40,8 @@ pub enum Error {
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
@@ -51,6 +53,17 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Whether the failure is something absent (a store, blob, ref, container, task...),
+    /// whichever module's error says so: match on this, never on the message.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NotFound(_) => true,
+            Error::Store(e) => e.is_not_found(),
+            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
         }
     }
 }

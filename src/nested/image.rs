@@ -56,8 +56,8 @@ fn prepare_blocking(
         stage_into(&store, source, source_options, image)?;
     }
     let resolved = store.resolve(image, None).map_err(|e| match e {
-        Error::NotFound(what) => Error::NotFound(format!(
-            "{what}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
+        Error::Store(e) if e.is_not_found() => Error::NotFound(format!(
+            "{e}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
         )),
         other => other,
     })?;

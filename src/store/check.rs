@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::{lock, Store};
+use super::{lock, Store, StoreError};
 use crate::digest::{chain_ids, hash_reader, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, DocKind};
@@ -344,11 +344,13 @@ impl Store {
     }
 }
 
-impl From<&MissingBlob> for Error {
-    fn from(m: &MissingBlob) -> Error {
-        Error::NotFound(format!(
-            "blob {} ({}) referenced by {}: {}",
-            m.digest, m.media_type, m.referenced_by, m.why
-        ))
+impl From<&MissingBlob> for StoreError {
+    fn from(m: &MissingBlob) -> StoreError {
+        StoreError::Unreachable {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            referenced_by: m.referenced_by.clone(),
+            why: m.why.clone(),
+        }
     }
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{lock, sync_dir, Lease, Store};
+use super::{lock, sync_dir, Lease, Store, StoreError};
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -55,10 +55,10 @@ impl Store {
                 || t == crate::image::DOCKER_CONFIG
         };
         if let Some(p) = reach.problems.iter().find(|p| is_document(&p.media_type)) {
-            return Err(Error::Invalid(format!(
-                "store gc refused: {}; fix or remove that ref or lease first",
-                Error::from(p)
-            )));
+            return Err(StoreError::GcRefused {
+                problem: Box::new(p.into()),
+            }
+            .into());
         }
 
         let blobs_dir = self.layout().blobs_dir();

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{sync_dir, temp, Store};
+use super::{sync_dir, temp, Store, StoreError};
 use crate::digest::{hash_reader, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
@@ -353,7 +353,11 @@ impl Store {
     pub fn verify_blob(&self, digest: &Digest, size: u64) -> Result<bool> {
         let mut file = match self.open_blob(digest) {
             Ok(f) => f,
-            Err(Error::NotFound(_)) | Err(Error::Invalid(_)) => return Ok(false),
+            Err(Error::Store(
+                StoreError::BlobMissing { .. }
+                | StoreError::BlobSymlink { .. }
+                | StoreError::BlobNotRegular { .. },
+            )) => return Ok(false),
             Err(e) => return Err(e),
         };
         let (actual, actual_size) = hash_reader(&mut file)

@@ -264,7 +264,7 @@ impl Store {
     fn manifest_kind(&self, id: &str, digest: &Digest) -> Result<(String, u64)> {
         let file = match self.open_blob(digest) {
             Ok(f) => f,
-            Err(Error::NotFound(_)) => {
+            Err(e) if e.is_not_found() => {
                 return Err(LeaseError::ManifestMissing {
                     id: id.to_string(),
                     digest: digest.clone(),

@@ -12,6 +12,7 @@
 //!   roots ([`Lease`], [`Store::acquire_lease`]).
 
 mod check;
+mod error;
 mod gc;
 mod ingest;
 mod lease;
@@ -25,6 +26,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
+pub use error::StoreError;
 pub use gc::GcReport;
 pub use ingest::{check_declared_size, IngestError, Ingested, Opener, Present};
 pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
@@ -98,10 +100,10 @@ impl Store {
             layout: ContentLayout::new(dir),
         };
         if !store.layout.oci_layout_file().is_file() {
-            return Err(Error::NotFound(format!(
-                "no store at {}: it has no oci-layout file",
-                dir.display()
-            )));
+            return Err(StoreError::NoStore {
+                dir: dir.to_path_buf(),
+            }
+            .into());
         }
         store.check_oci_layout()?;
         Ok(store)
@@ -141,19 +143,24 @@ impl Store {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Error::Invalid(format!(
-                    "blob {digest}: {} is a symlink, refusing to follow it",
-                    path.display()
-                )),
-                Some(libc::ENOENT) => Error::NotFound(format!("blob {digest} is not in the store")),
+                Some(libc::ELOOP) => StoreError::BlobSymlink {
+                    digest: digest.clone(),
+                    path: path.clone(),
+                }
+                .into(),
+                Some(libc::ENOENT) => StoreError::BlobMissing {
+                    digest: digest.clone(),
+                }
+                .into(),
                 _ => Error::io(format!("open blob {}", path.display()), e),
             })?;
         let meta = file.metadata().ctx(|| format!("stat {}", path.display()))?;
         if !meta.file_type().is_file() {
-            return Err(Error::Invalid(format!(
-                "blob {digest}: {} is not a regular file",
-                path.display()
-            )));
+            return Err(StoreError::BlobNotRegular {
+                digest: digest.clone(),
+                path,
+            }
+            .into());
         }
         Ok(file)
     }
@@ -181,11 +188,11 @@ impl Store {
             let entry = entry.ctx(|| format!("read directory {}", root.display()))?;
             let name = entry.file_name();
             if !KNOWN_ENTRIES.iter().any(|k| name == *k) {
-                return Err(Error::Invalid(format!(
-                    "{} is not empty and not an OCI layout (found {:?}): refusing to make it a store",
-                    root.display(),
-                    name
-                )));
+                return Err(StoreError::ForeignDir {
+                    dir: root.to_path_buf(),
+                    found: name.to_string_lossy().into_owned(),
+                }
+                .into());
             }
         }
         Ok(())
@@ -202,14 +209,18 @@ impl Store {
     fn check_oci_layout(&self) -> Result<()> {
         let path = self.layout.oci_layout_file();
         let data = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_slice(&data)
-            .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", path.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|e| StoreError::MalformedJson {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
         match v.get("imageLayoutVersion").and_then(|v| v.as_str()) {
             Some("1.0.0") => Ok(()),
-            other => Err(Error::Invalid(format!(
-                "{}: unsupported imageLayoutVersion {other:?} (expected \"1.0.0\")",
-                path.display()
-            ))),
+            other => Err(StoreError::LayoutVersion {
+                path,
+                found: other.map(str::to_string),
+            }
+            .into()),
         }
     }
 
@@ -258,9 +269,17 @@ mod tests {
         let foreign = tmp.path().join("home");
         fs::create_dir_all(&foreign).unwrap();
         fs::write(foreign.join("notes.txt"), "x").unwrap();
-        let err = Store::open(&foreign).unwrap_err().to_string();
-        assert!(err.contains("not an OCI layout"), "{err}");
-        assert!(Store::open_existing(tmp.path().join("nope")).is_err());
+        let err = Store::open(&foreign).unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::ForeignDir { found, .. }) if found == "notes.txt"),
+            "{err}"
+        );
+        let err = Store::open_existing(tmp.path().join("nope")).unwrap_err();
+        assert!(
+            matches!(err, Error::Store(StoreError::NoStore { .. })),
+            "{err}"
+        );
+        assert!(err.is_not_found());
     }
 
     #[test]
@@ -270,7 +289,11 @@ mod tests {
         let d = Digest::of(b"hello");
         std::os::unix::fs::symlink("/etc/passwd", store.layout().blob(&d)).unwrap();
         assert!(!store.has_blob(&d));
-        let err = store.open_blob(&d).unwrap_err().to_string();
-        assert!(err.contains("symlink"), "{err}");
+        let err = store.open_blob(&d).unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::BlobSymlink { digest, .. }) if *digest == d),
+            "{err}"
+        );
+        assert!(!store.verify_blob(&d, 5).unwrap());
     }
 }

@@ -8,7 +8,7 @@ use std::fs;
 
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
-use super::{lock, Store};
+use super::{lock, Store, StoreError};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, DocKind, REF_NAME_ANNOTATION};
@@ -61,8 +61,12 @@ impl Store {
     pub fn read_index(&self) -> Result<ImageIndex> {
         let path = self.layout().index_file();
         let data = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
-        serde_json::from_slice(&data)
-            .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", path.display())))
+        serde_json::from_slice(&data).map_err(|e| {
+            Error::from(StoreError::MalformedJson {
+                path: path.clone(),
+                why: e.to_string(),
+            })
+        })
     }
 
     /// Every named ref, in index.json order.
@@ -86,15 +90,19 @@ impl Store {
         validate_ref_name(name)?;
         let digest = image::descriptor_digest(descriptor)?;
         if DocKind::of(descriptor.media_type().as_ref()).is_none() {
-            return Err(Error::Invalid(format!(
-                "ref {name}: {digest} has media type {}, not a manifest or index",
-                descriptor.media_type()
-            )));
+            return Err(StoreError::RefNotAManifest {
+                name: name.to_string(),
+                digest,
+                media_type: descriptor.media_type().to_string(),
+            }
+            .into());
         }
         if !self.has_blob(&digest) {
-            return Err(Error::NotFound(format!(
-                "ref {name}: blob {digest} is not in the store"
-            )));
+            return Err(StoreError::RefBlobMissing {
+                name: name.to_string(),
+                digest,
+            }
+            .into());
         }
         let mut entry = descriptor.clone();
         let mut annotations = entry.annotations().clone().unwrap_or_default();
@@ -115,9 +123,16 @@ impl Store {
         self.update_index(|manifests| {
             match manifests.iter().position(|d| ref_name(d) == Some(name)) {
                 Some(i) => Ok(manifests.remove(i)),
-                None => Err(Error::NotFound(format!(
-                    "no image with ref {name:?} in the store"
-                ))),
+                None => Err(StoreError::RefNotFound {
+                    name: name.to_string(),
+                    store: self.root().to_path_buf(),
+                    refs: manifests
+                        .iter()
+                        .filter_map(ref_name)
+                        .map(str::to_string)
+                        .collect(),
+                }
+                .into()),
             }
         })
     }
@@ -142,23 +157,26 @@ impl Store {
         {
             return Ok(d.clone());
         }
-        let names: Vec<&str> = index.manifests().iter().filter_map(ref_name).collect();
-        Err(Error::NotFound(format!(
-            "no image with ref {ref_or_digest:?} in {}; refs: {}",
-            self.root().display(),
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )))
+        Err(StoreError::RefNotFound {
+            name: ref_or_digest.to_string(),
+            store: self.root().to_path_buf(),
+            refs: index
+                .manifests()
+                .iter()
+                .filter_map(ref_name)
+                .map(str::to_string)
+                .collect(),
+        }
+        .into())
     }
 
     /// A descriptor for a manifest or index blob that no ref names, from its own mediaType.
     fn descriptor_of_blob(&self, digest: &Digest) -> Result<Descriptor> {
         let size = self
             .blob_size(digest)
-            .ok_or_else(|| Error::NotFound(format!("blob {digest} is not in the store")))?;
+            .ok_or_else(|| StoreError::BlobMissing {
+                digest: digest.clone(),
+            })?;
         let probe = Descriptor::new(MediaType::ImageManifest, size, image::oci_digest(digest));
         let data = image::read_document(&probe, image::MAX_MANIFEST_SIZE, self.open_blob(digest)?)?;
         #[derive(serde::Deserialize)]
@@ -167,8 +185,10 @@ impl Store {
             media_type: Option<String>,
             manifests: Option<serde_json::Value>,
         }
-        let p: Probe = serde_json::from_slice(&data)
-            .map_err(|e| Error::Invalid(format!("blob {digest}: malformed JSON: {e}")))?;
+        let p: Probe = serde_json::from_slice(&data).map_err(|e| StoreError::BlobMalformed {
+            digest: digest.clone(),
+            why: e.to_string(),
+        })?;
         let media_type = match (p.media_type, p.manifests) {
             (Some(t), _) => t,
             (None, Some(_)) => image::OCI_INDEX.to_string(),
