@@ -7,9 +7,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let is_run = cli::exit::is_run(&argv);
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // Help and version go to stdout with 0; a bad command line is `run`'s 125.
+            let _ = e.print();
+            return match e.use_stderr() {
+                false => ExitCode::SUCCESS,
+                true if is_run => ExitCode::from(cli::exit::RUN_FAILED),
+                true => ExitCode::from(e.exit_code().clamp(0, 255) as u8),
+            };
+        }
+    };
     cli::init_tracing();
-    if !matches!(args.command, cli::Command::Run(_)) {
+    if !matches!(args.command, cli::Command::Run(_) | cli::Command::Exec(_)) {
         restore_default_sigpipe();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -19,14 +32,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nestcache: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(cli::exit::for_error(&e.into(), is_run));
         }
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nestcache: {}", cli::one_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(cli::exit::for_error(&e, is_run))
         }
     }
 }

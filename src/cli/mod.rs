@@ -2,10 +2,14 @@
 //! library and print, and hold no logic of their own.
 
 mod cache;
+mod container;
 mod env;
+pub mod exit;
 mod images;
 mod node;
+mod output;
 mod run;
+mod run_flags;
 mod stage;
 mod store;
 mod system;
@@ -72,13 +76,29 @@ pub enum Command {
     /// Check that a nested container sees its cache's content
     Verify(run::VerifyArgs),
     /// List nested containers
-    Ps(run::PsArgs),
-    /// Stop a nested container
-    Stop(run::StopArgs),
-    /// Remove a nested container
-    Rm(run::RmArgs),
+    Ps(container::PsArgs),
+    /// Run a command in a running nested container
+    Exec(container::ExecArgs),
+    /// Send a signal to nested containers (default KILL)
+    Kill(container::KillArgs),
+    /// Stop nested containers (SIGTERM, then SIGKILL after -t seconds)
+    Stop(container::StopArgs),
+    /// Remove nested containers
+    Rm(container::RmArgs),
+    /// Wait until nested containers stop; print their exit codes
+    Wait(container::IdsArgs),
+    /// Show nested containers' state, config, mounts and network as JSON
+    Inspect(container::InspectArgs),
+    /// Copy files between a running nested container and the host (CONTAINER:PATH)
+    Cp(container::CpArgs),
+    /// The processes of a running nested container
+    Top(container::TopArgs),
+    /// CPU, memory and pids of running nested containers, from their cgroups
+    Stats(container::StatsArgs),
+    /// containerd's events in nestcache's namespace, as they happen
+    Events(container::EventsArgs),
     /// Print a detached nested container's output
-    Logs(run::LogsArgs),
+    Logs(container::LogsArgs),
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
@@ -95,10 +115,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(c) => store::run(&g, c).await,
         Command::Run(a) => run::run(&g, *a).await,
         Command::Verify(a) => run::verify(&g, a).await,
-        Command::Ps(a) => run::ps(&g, a).await,
-        Command::Stop(a) => run::stop(&g, a).await,
-        Command::Rm(a) => run::rm(&g, a).await,
-        Command::Logs(a) => run::logs(&g, a).await,
+        Command::Ps(a) => container::ps(&g, a).await,
+        Command::Exec(a) => container::exec(&g, a).await,
+        Command::Kill(a) => container::kill(&g, a).await,
+        Command::Stop(a) => container::stop(&g, a).await,
+        Command::Rm(a) => container::rm(&g, a).await,
+        Command::Wait(a) => container::wait(&g, a).await,
+        Command::Inspect(a) => container::inspect(&g, a).await,
+        Command::Cp(a) => container::cp(&g, a).await,
+        Command::Top(a) => container::top(&g, a).await,
+        Command::Stats(a) => container::stats(&g, a).await,
+        Command::Events(a) => container::events(&g, a).await,
+        Command::Logs(a) => container::logs(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
     }
 }

@@ -1,17 +1,17 @@
-//! `run`, `verify`, `ps`, `stop`, `rm`, `logs`: nested containers.
+//! `run` and `verify`: nested containers (the rest of their lifecycle is in `container.rs`).
 
-use std::process::ExitCode;
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::Args;
+use std::process::ExitCode;
 
 use nestcache::layout::StateLayout;
 use nestcache::nested::{self, manage, spec::SpecOptions};
 
 use super::Globals;
 
+/// `run [OPTIONS] IMAGE [COMMAND] [ARG...]`: options end at IMAGE, as `docker run` parses
+/// (a `--` before COMMAND is accepted too). `-h` is `--hostname`; help is `--help` only.
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
     /// The cache to run from
     #[arg(long)]
@@ -22,8 +22,18 @@ pub struct RunArgs {
     /// Image ref or manifest digest in the cache's store
     pub image: String,
     /// Command and arguments (replace the image's Cmd)
-    #[arg(last = true)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+    /// Container host name (default: the container id)
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    #[command(flatten)]
+    pub resources: super::run_flags::ResourceArgs,
+    #[command(flatten)]
+    pub security: super::run_flags::SecurityArgs,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the caller's value)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -86,36 +96,6 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct PsArgs {
-    #[arg(long)]
-    pub json: bool,
-    #[arg(short = 'a', long)]
-    pub all: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct StopArgs {
-    pub container: String,
-    /// How long to wait after SIGTERM before SIGKILL
-    #[arg(long, default_value = "10s")]
-    pub timeout: String,
-}
-
-#[derive(Debug, Args)]
-pub struct RmArgs {
-    pub container: String,
-    #[arg(short = 'f', long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    pub container: String,
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-}
-
 pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.no_mount_cache && a.cache_rw {
         anyhow::bail!("--cache-rw and --no-mount-cache contradict each other");
@@ -130,7 +110,10 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         .map(|v| v.parse())
         .collect::<Result<_, _>>()?;
     spec.entrypoint = a.entrypoint;
-    spec.command = a.command;
+    spec.command = command_after_image(a.command);
+    spec.hostname = a.hostname;
+    spec.resources = a.resources.resources()?;
+    a.security.apply(&mut spec)?;
     spec.net = a.net.parse()?;
     spec.read_only = a.read_only;
     spec.tty = a.tty;
@@ -168,6 +151,15 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(report.exit_code.unwrap_or(0)))
 }
 
+/// COMMAND as given after IMAGE: one leading `--` (the older `IMAGE -- CMD` form) is
+/// a separator, not the command.
+fn command_after_image(mut command: Vec<String>) -> Vec<String> {
+    if command.first().is_some_and(|c| c == "--") {
+        command.remove(0);
+    }
+    command
+}
+
 /// The nested process's exit code as ours (codes above 255 cannot be passed on).
 fn exit_code(code: u32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(255))
@@ -188,60 +180,4 @@ pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let list = manage::list(&client, a.all).await?;
-    if a.json {
-        super::print_json(&list)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
-        "ID", "IMAGE", "CACHE", "STATUS", "PID", "CREATED"
-    );
-    for n in list {
-        let status = match n.exit_code {
-            Some(c) => format!("{} ({c})", n.status),
-            None => n.status.clone(),
-        };
-        println!(
-            "{:<24} {:<24} {:<16} {:<12} {:>8} {:<20}",
-            n.id,
-            n.image,
-            n.cache,
-            status,
-            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            n.created.unwrap_or_default()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
-    let grace: Duration = humantime::parse_duration(&a.timeout)
-        .with_context(|| format!("invalid --timeout {:?} (e.g. 10s)", a.timeout))?;
-    let client = super::connect(g).await?;
-    match manage::stop(&client, &a.container, grace).await? {
-        Some(e) => println!("{} exited with code {}", a.container, e.code),
-        None => println!("{} was not running", a.container),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let state = StateLayout::new(&g.state_dir);
-    manage::remove(&client, &state, &a.container, a.force).await?;
-    println!("{}", a.container);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn logs(g: &Globals, a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = super::connect(g).await?;
-    let state = StateLayout::new(&g.state_dir);
-    let mut out = std::io::stdout();
-    manage::logs(&client, &state, &a.container, a.follow, &mut out).await?;
-    Ok(ExitCode::SUCCESS)
 }

@@ -4,15 +4,19 @@
 //! - [`labels`]: every label / annotation name nestcache uses.
 //! - `containers`: create / get / list (by label filter) / update labels / delete.
 //! - `tasks`: create (rootfs mounts, stdio), start, wait, kill, delete, state.
+//! - `process`: exec processes in a running task, per-process calls, the task's pids.
+//! - [`events`]: containerd's event stream, decoded.
 //!
 //! Every call carries the namespace (containerd-client's `with_namespace!`); the
 //! namespace is validated at connect so that header can never be malformed.
 
 mod containers;
+pub mod events;
 pub mod io;
 /// The label names, a ground-floor module of their own (the shim uses them without the
 /// client); re-exported so `containerd::labels::X` keeps working.
 pub use crate::labels;
+mod process;
 mod tasks;
 
 pub use tasks::Mount;

@@ -98,6 +98,10 @@ pub struct TaskWait {
 }
 
 impl TaskWait {
+    pub(super) fn from_handle(handle: tokio::task::JoinHandle<Result<ExitStatus>>) -> TaskWait {
+        TaskWait { handle }
+    }
+
     pub async fn result(self) -> Result<ExitStatus> {
         match self.handle.await {
             Ok(r) => r,

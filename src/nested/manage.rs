@@ -29,6 +29,8 @@ pub struct NestedInfo {
     pub runtime: String,
     /// RFC 3339 UTC.
     pub created: Option<String>,
+    /// Every containerd label of the container (nestcache's and the user's).
+    pub labels: std::collections::HashMap<String, String>,
 }
 
 impl NestedInfo {
@@ -81,6 +83,7 @@ async fn info(client: &Client, c: &Container) -> Result<NestedInfo> {
         created: c
             .created_at
             .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        labels: c.labels.clone(),
     })
 }
 
@@ -206,6 +209,93 @@ pub async fn logs(
         }
         if buf.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The pid of the running (or created) task of nested container `id`; Invalid when it
+/// has none.
+pub async fn running_pid(client: &Client, id: &str) -> Result<u32> {
+    match client.task_state(id).await? {
+        Some(t) if matches!(t.status, TaskStatus::Running | TaskStatus::Created) => Ok(t.pid),
+        Some(t) => Err(Error::Invalid(format!(
+            "nested container {id} is {} (not running)",
+            t.status
+        ))),
+        None => Err(Error::Invalid(format!(
+            "nested container {id} is not running (no task)"
+        ))),
+    }
+}
+
+/// Sends `signal` to the init process of nested container `id` (as `docker kill`: the
+/// container must be running).
+pub async fn kill(client: &Client, id: &str, signal: i32) -> Result<()> {
+    get(client, id).await?;
+    running_pid(client, id).await?;
+    client.kill_task(id, signal, false).await
+}
+
+/// Waits until nested container `id` has stopped; returns its exit code (at once for a
+/// container that already has).
+pub async fn wait(client: &Client, id: &str) -> Result<u32> {
+    let c = get(client, id).await?;
+    // In flight before the state is read, so an exit in between is not missed.
+    let wait = client.wait_task(id);
+    match client.task_state(id).await? {
+        Some(t) if t.status == TaskStatus::Stopped => Ok(t.exit_status),
+        Some(_) => match wait.result().await {
+            Ok(e) => Ok(e.code),
+            // The task was deleted (by `stop`, or the waiting `run`) while we waited: the
+            // code is in the label by now.
+            Err(Error::NotFound(_)) => recorded_exit(&get(client, id).await?),
+            Err(e) => Err(e),
+        },
+        None => recorded_exit(&c),
+    }
+}
+
+fn recorded_exit(c: &Container) -> Result<u32> {
+    c.label(labels::EXIT_CODE)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "nested container {} has no task and no recorded exit code",
+                c.id
+            ))
+        })
+}
+
+/// Parses a signal as `docker kill -s` takes it: `KILL`, `SIGKILL`, `kill` or `9`.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as i32)
+            .map_err(|_| Error::Invalid(format!("invalid signal {s:?}: no signal {n}")));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| Error::Invalid(format!("invalid signal {s:?} (e.g. TERM, SIGKILL, 9)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("KILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("hup").unwrap(), libc::SIGHUP);
+        assert_eq!(parse_signal("9").unwrap(), libc::SIGKILL);
+        for bad in ["", "SIGNOPE", "0x9", "999", "-1"] {
+            assert!(matches!(parse_signal(bad), Err(Error::Invalid(_))), "{bad}");
         }
     }
 }

@@ -4,10 +4,21 @@
 //! - [`spec`]: the OCI runtime spec (containerd's defaults + image config + flags).
 //! - [`user`]: `USER[:GROUP]` through the image's /etc/passwd and /etc/group.
 //! - [`image`]: the image in the cache's store, staged and extracted if need be.
-//! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs.
+//! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs,
+//!   kill, wait.
+//! - [`exec`]: another process in a running container; [`inspect`]: the state scripts
+//!   read; [`procs`]: top and stats from /proc and the cgroup; [`rootpath`]: paths inside
+//!   a container's root, never escaping it.
 
+pub mod copy;
+pub mod exec;
+pub mod exec_error;
+pub mod filter;
 pub mod image;
+pub mod inspect;
 pub mod manage;
+pub mod procs;
+pub mod rootpath;
 pub mod run;
 pub mod spec;
 pub mod user;

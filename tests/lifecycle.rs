@@ -1,0 +1,338 @@
+//! The lifecycle after `run`, against a real containerd + runc: exec, kill, wait, inspect,
+//! top, stats, stop/rm of several ids, ps filters and formats, events.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use testkit::{unique, Env};
+
+/// A cache with the `small` image staged, in an environment of its own.
+struct Fixture {
+    env: Env,
+    cache: String,
+    image: String,
+    _images: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(prefix: &str) -> Fixture {
+        let env = Env::new(prefix);
+        let cache = unique("c");
+        env.ok(&[
+            "cache", "create", &cache, "--path", "/cache", "--ttl", "30m",
+        ]);
+        let images = tempfile::tempdir().expect("temp dir");
+        let spec = mkimage::preset("small").expect("preset");
+        let layout = images.path().join("small");
+        let built = spec.write_layout(&layout).expect("mkimage");
+        let source = format!("oci:{}:{}", layout.display(), built.ref_name);
+        env.ok(&["stage", "--cache", &cache, &source]);
+        Fixture {
+            env,
+            cache,
+            image: built.ref_name,
+            _images: images,
+        }
+    }
+
+    /// Starts `sleep 300` detached as `name`.
+    fn sleeper(&self, name: &str) {
+        let args = [
+            "run",
+            "--cache",
+            &self.cache,
+            "-d",
+            "--name",
+            name,
+            &self.image,
+            "--",
+            "sleep",
+            "300",
+        ];
+        self.env.ok(&args);
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.env.ok(args)).expect("JSON output")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let ids = self.env.run(&["ps", "-a", "-q"]);
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            self.env.run(&["rm", "-f", id]);
+        }
+        self.env.run(&["cache", "rm", &self.cache]);
+    }
+}
+
+/// A child killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn exec_inspect_top_stats_kill_wait() {
+    let f = Fixture::new("lc-exec");
+    f.sleeper("c1");
+
+    // The exec'd process's streams stay apart and its exit code is ours.
+    let o = f
+        .env
+        .run(&["exec", "c1", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(
+        (code(&o), text(&o.stdout), text(&o.stderr)),
+        (Some(7), "out\n".into(), "err\n".into())
+    );
+    // Flags: env, workdir, a user of the container's own /etc/passwd.
+    let o = f.env.ok(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp",
+        "-u",
+        "app",
+        "c1",
+        "sh",
+        "-c",
+        "echo $X $(pwd) $(id -u):$(id -g)",
+    ]);
+    assert_eq!(o, "1 /tmp 1000:1000\n");
+    // -i passes stdin and closes it at its end.
+    let mut child = f
+        .env
+        .cmd()
+        .args(["exec", "-i", "c1", "wc", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn exec -i");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in 0..1000 {
+        writeln!(stdin, "line {i}").expect("write");
+    }
+    drop(stdin);
+    let o = child.wait_with_output().expect("exec -i");
+    assert_eq!(text(&o.stdout).trim(), "1000");
+    let e = f.env.fails(&["exec", "-u", "ghost", "c1", "true"]);
+    assert!(e.contains("ghost"), "{e}");
+    let e = f.env.fails(&["exec", "nope", "true"]);
+    assert!(e.contains("no nested container \"nope\""), "{e}");
+
+    // inspect: Docker's field names, the same pid ps shows.
+    let i = &f.json(&["inspect", "c1"])[0];
+    let pid = i["State"]["Pid"].as_u64().expect("pid");
+    assert!(
+        pid > 0 && i["State"]["Status"] == "running" && i["State"]["Running"] == true,
+        "{i}"
+    );
+    assert!(
+        i["State"]["StartedAt"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{i}"
+    );
+    assert_eq!(i["Config"]["Image"], f.image.as_str());
+    assert_eq!(i["Args"], serde_json::json!(["300"]));
+    let cache = i["Mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["Destination"] == "/cache");
+    assert!(cache.is_some_and(|m| m["RW"] == false), "{i}");
+    assert_eq!(i["NetworkSettings"]["NetworkMode"], "none");
+    assert_eq!(
+        f.env
+            .ok(&["inspect", "-f", "{{.State.Pid}} {{.Cache.Name}}", "c1"])
+            .trim(),
+        format!("{pid} {}", f.cache)
+    );
+
+    // top lists the task's processes, an exec'd one too while it runs.
+    f.env.ok(&["exec", "-d", "c1", "sleep", "30"]);
+    let rows = f.json(&["top", "c1", "--json"]);
+    let cmds: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["cmd"].as_str())
+        .collect();
+    assert!(
+        cmds.contains(&"sleep 300") && cmds.contains(&"sleep 30"),
+        "{cmds:?}"
+    );
+
+    // stats from the cgroup: at least the two sleeps, some memory.
+    let s = &f.json(&["stats", "--no-stream", "--json", "c1"])[0];
+    assert!(s["pids"].as_u64().expect("pids") >= 2, "{s}");
+    assert!(s["memory_usage"].as_u64().expect("memory") > 0, "{s}");
+
+    // kill -s and wait: the code of a process ended by SIGKILL is 137.
+    f.env.ok(&["kill", "-s", "SIGKILL", "c1"]);
+    assert_eq!(f.env.ok(&["wait", "c1"]).trim(), "137");
+    let i = &f.json(&["inspect", "c1"])[0];
+    assert_eq!(
+        (
+            i["State"]["Status"].as_str(),
+            i["State"]["ExitCode"].as_u64()
+        ),
+        (Some("exited"), Some(137))
+    );
+    let e = f.env.fails(&["kill", "c1"]);
+    assert!(e.contains("not running"), "{e}");
+    let e = f.env.fails(&["kill", "-s", "NOPE", "c1"]);
+    assert!(e.contains("invalid signal"), "{e}");
+}
+
+#[test]
+fn cp_both_ways_stays_inside_the_container() {
+    let f = Fixture::new("lc-cp");
+    f.sleeper("k1");
+    // In the container: a tree, and a link that points at the host's view of a dir.
+    let host = tempfile::tempdir().expect("temp dir");
+    let outside = host.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let setup = format!(
+        "mkdir -p /tmp/t/sub && echo a > /tmp/t/a && echo b > /tmp/t/sub/b && ln -s {} /tmp/esc",
+        outside.display()
+    );
+    f.env.ok(&["exec", "k1", "sh", "-c", &setup]);
+
+    // Out: a directory under its own name, contents and modes kept.
+    let got = host.path().join("got");
+    std::fs::create_dir(&got).expect("mkdir");
+    f.env.ok(&["cp", "k1:/tmp/t", got.to_str().expect("utf-8")]);
+    assert_eq!(
+        std::fs::read_to_string(got.join("t/sub/b")).expect("copied"),
+        "b\n"
+    );
+    // In: a host file to a new name, then through the link — which resolves inside the
+    // container (where the host's dir does not exist), never to the host's dir.
+    let payload = host.path().join("payload");
+    std::fs::write(&payload, "P").expect("write");
+    f.env
+        .ok(&["cp", payload.to_str().expect("utf-8"), "k1:/tmp/t/new"]);
+    assert_eq!(f.env.ok(&["exec", "k1", "cat", "/tmp/t/new"]), "P");
+    let e = f
+        .env
+        .fails(&["cp", payload.to_str().expect("utf-8"), "k1:/tmp/esc/x"]);
+    assert!(e.contains("in the container"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("ls").count(),
+        0,
+        "wrote through the link"
+    );
+    let e = f
+        .env
+        .fails(&["cp", "k1:/nope", got.to_str().expect("utf-8")]);
+    assert!(e.contains("/nope"), "{e}");
+}
+
+#[test]
+fn several_ids_ps_filters_and_formats() {
+    let f = Fixture::new("lc-many");
+    f.sleeper("a1");
+    f.sleeper("b1");
+    let q = f.env.ok(&["ps", "-q"]);
+    assert_eq!(q.lines().collect::<Vec<_>>(), ["a1", "b1"]);
+    assert_eq!(f.env.ok(&["ps", "-q", "--filter", "name=b"]), "b1\n");
+    let fmt = f.env.ok(&[
+        "ps",
+        "--format",
+        "{{.ID}}|{{.State}}|{{.Image}}",
+        "--filter",
+        "id=a",
+    ]);
+    assert_eq!(fmt, format!("a1|running|{}\n", f.image));
+
+    // `stop -t 0` stops both at once (sleep as PID 1 ignores SIGTERM: SIGKILL at once).
+    let o = f.env.ok(&["stop", "-t", "0", "a1", "b1"]);
+    assert_eq!(o, "a1\nb1\n");
+    assert_eq!(f.env.ok(&["ps", "-q"]), "");
+    assert_eq!(
+        f.env.ok(&["ps", "-q", "--filter", "status=exited"]),
+        "a1\nb1\n"
+    );
+    let e = f.env.fails(&["ps", "--filter", "colour=red"]);
+    assert!(e.contains("unknown key"), "{e}");
+
+    // rm of several ids: the good ones go, the bad one is named, exit 1.
+    let o = f.env.run(&["rm", "a1", "nope", "b1"]);
+    assert_eq!(code(&o), Some(1));
+    assert_eq!(text(&o.stdout), "a1\nb1\n");
+    assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));
+    assert_eq!(f.env.ok(&["ps", "-a", "-q"]), "");
+}
+
+#[test]
+fn events_show_a_run_from_create_to_exit() {
+    let f = Fixture::new("lc-ev");
+    let mut events = Killed(
+        f.env
+            .cmd()
+            .args(["events", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn events"),
+    );
+    let out = events.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).expect("event JSON"));
+        }
+    });
+    // Subscribed once an event of ours comes through: touch the cache until one does.
+    let subscribed = (0..50).any(|_| {
+        f.env.ok(&["cache", "touch", &f.cache, "--ttl", "30m"]);
+        rx.recv_timeout(Duration::from_millis(200)).is_ok()
+    });
+    assert!(subscribed, "no event seen after 50 cache touches");
+    let id = "ev1";
+    f.env.run(&[
+        "run", "--cache", &f.cache, "--rm", "--name", id, &f.image, "--", "sh", "-c", "exit 3",
+    ]);
+    let mut seen = Vec::new();
+    let mut exit = None;
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(10)) {
+        if e["id"] != id {
+            continue;
+        }
+        seen.push(e["topic"].as_str().unwrap_or_default().to_string());
+        if e["topic"] == "/tasks/exit" {
+            exit = e["attributes"]["exit_status"].as_str().map(str::to_string);
+        }
+        if e["topic"] == "/containers/delete" {
+            break;
+        }
+    }
+    drop(events);
+    assert_eq!(exit.as_deref(), Some("3"), "{seen:?}");
+    for topic in [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/delete",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == topic),
+            "{topic} missing from {seen:?}"
+        );
+    }
+}
