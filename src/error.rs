@@ -45,6 +45,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    Registry(#[from] crate::source::registry::RegistryError),
+    #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
     Other(String),
@@ -65,6 +67,7 @@ impl Error {
         match self {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
+            Error::Registry(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }
