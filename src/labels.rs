@@ -33,6 +33,15 @@ pub const EXIT_CODE: &str = "io.nestcache.exit-code";
 /// `--rm` container whose owner is gone is an orphan: the next command reaps it.
 pub const RM: &str = "io.nestcache.rm";
 pub const OWNER: &str = "io.nestcache.owner";
+/// Nested containers: the named volumes they use (comma-separated), so `volume rm` can
+/// refuse one in use.
+pub const VOLUMES: &str = "io.nestcache.volumes";
+/// Nested containers: `--stop-signal` (a number) and `--stop-timeout` (seconds), read by
+/// `stop`.
+pub const STOP_SIGNAL: &str = "io.nestcache.stop-signal";
+pub const STOP_TIMEOUT: &str = "io.nestcache.stop-timeout";
+/// Every label nestcache owns starts so; users may not set them with `--label`.
+pub const PREFIX: &str = "io.nestcache.";
 
 /// Shim annotations (OCI spec `annotations`): the store (content dir) to assemble the
 /// rootfs from, and the image in it (reference or manifest digest).
