@@ -4,11 +4,12 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
     cli::init_tracing();
+    let args = match cli::parse() {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
     if !matches!(args.command, cli::Command::Run(_) | cli::Command::Exec(_)) {
         restore_default_sigpipe();
     }
@@ -24,11 +25,18 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("nestcache: {}", cli::one_line(&e));
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// One line on stderr, and with `--json` an error object on stdout too.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let code = 1;
+    eprintln!("nestcache: {}", cli::one_line(e));
+    if cli::json_requested() {
+        cli::print_json_error(e, code);
+    }
+    ExitCode::from(code)
 }
 
 /// Rust ignores SIGPIPE, so `nestcache cache ls | head` would end in a panic on the

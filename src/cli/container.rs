@@ -93,6 +93,9 @@ pub struct InspectArgs {
     /// A Go-template-like format applied to each (e.g. '{{.State.Pid}}'), or `json`
     #[arg(short = 'f', long)]
     pub format: Option<String>,
+    /// JSON (the default; accepted for uniformity)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,9 +141,6 @@ pub struct PsArgs {
     /// Show stopped containers too
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Only ids
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
     /// KEY=VALUE: name, id, label, status, ancestor, cache (repeatable)
     #[arg(long)]
     pub filter: Vec<String>,
@@ -485,7 +485,7 @@ pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if a.json {
         super::print_json(&list)?;
-    } else if a.quiet {
+    } else if g.quiet {
         for n in &list {
             println!("{}", n.id);
         }

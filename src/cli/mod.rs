@@ -2,12 +2,14 @@
 //! library and print, and hold no logic of their own.
 
 mod cache;
+pub mod config;
 mod container;
 mod env;
 mod images;
 mod node;
 mod output;
 mod run;
+mod shell;
 mod stage;
 mod store;
 mod system;
@@ -49,6 +51,9 @@ pub struct Globals {
     /// nestcache's state directory (embedded containerd, default content dirs, nested containers)
     #[arg(long, global = true, env = "NESTCACHE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Less chatter: no `verified:` line or notices; `ps` prints only ids
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +68,7 @@ pub enum Command {
     Cache(cache::CacheCmd),
     /// Stage an image into a cache's content dir (or a plain store directory)
     Stage(stage::StageArgs),
-    /// Images in a store: ls, rm
+    /// Images in a store: ls, rm, tag
     #[command(subcommand)]
     Images(images::ImagesCmd),
     /// The content store: check, gc, unpack
@@ -97,6 +102,12 @@ pub enum Command {
     Events(container::EventsArgs),
     /// Print a detached nested container's output
     Logs(container::LogsArgs),
+    /// Give an image another ref (`images tag`)
+    Tag(images::TagArgs),
+    /// Print a shell completion script (bash, zsh, fish)
+    Completion(shell::CompletionArgs),
+    /// Write man pages (nestcache.1 and one per subcommand) into DIR
+    Man(shell::ManArgs),
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
@@ -125,8 +136,41 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => container::stats(&g, a).await,
         Command::Events(a) => container::events(&g, a).await,
         Command::Logs(a) => container::logs(&g, a).await,
+        Command::Tag(a) => images::run(&g, images::ImagesCmd::Tag(a)).await,
+        Command::Completion(a) => shell::completion(a),
+        Command::Man(a) => shell::man(a),
         Command::Node(c) => node::run(&g, c).await,
     }
+}
+
+/// Parses the command line, then fills what flags and environment left unset from the
+/// config file (see `config.rs`).
+pub fn parse() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    let m = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if json_requested()
+                && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            {
+                let first = e.to_string();
+                let first = first
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                let v =
+                    serde_json::json!({"error": {"message": first, "exit_code": e.exit_code()}});
+                println!("{v}");
+            }
+            e.exit()
+        }
+    };
+    let mut cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    let file = config::load(&config::files(|k| std::env::var(k).ok()))?;
+    config::apply(&mut cli.globals, &m, file);
+    Ok(cli)
 }
 
 /// `RUST_LOG` controls logs; they go to stderr and are silent by default.
@@ -152,6 +196,21 @@ pub fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// With `--json`, a failure is also an object on stdout, so a script reading stdout
+/// always gets JSON: `{"error": {"message": "...", "exit_code": N}}`.
+pub fn print_json_error(e: &anyhow::Error, exit_code: u8) {
+    let v = serde_json::json!({"error": {"message": one_line(e), "exit_code": exit_code}});
+    println!("{v}");
+}
+
+/// Whether `--json` was asked for (before any `--` that starts a container's command).
+pub fn json_requested() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -174,7 +233,9 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
     let client = nestcache::env::connect(&connect_options(g)).await?;
     let connected = started.elapsed();
     for r in nestcache::cache::reap_expired(&client).await {
-        eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+        if !g.quiet {
+            eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+        }
     }
     tracing::debug!(
         connect_ms = format!("{:.1}", connected.as_secs_f64() * 1e3),
