@@ -4,7 +4,8 @@ set -euo pipefail
 need=()
 for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compiler \
             skopeo:skopeo umoci:umoci busybox:busybox-static pigz:pigz \
-            docker-registry:docker-registry openssl:openssl; do
+            docker-registry:docker-registry openssl:openssl \
+            mkfs.ext4:e2fsprogs losetup:mount; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

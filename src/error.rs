@@ -35,12 +35,17 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    /// The nested container's command could not be invoked (`run` exits 126/127).
+    #[error(transparent)]
+    Exec(#[from] crate::nested::exec_error::ExecError),
     #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error("{0}")]
@@ -62,6 +67,7 @@ impl Error {
         match self {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
+            Error::Registry(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

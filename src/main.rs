@@ -5,10 +5,13 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let is_run = cli::exit::is_run(&argv);
     cli::init_tracing();
-    let args = match cli::parse() {
+    let args = match cli::parse(is_run) {
         Ok(a) => a,
-        Err(e) => return fail(&e),
+        Err(cli::ParseFailure::Usage(code)) => return code,
+        Err(cli::ParseFailure::Config(e)) => return fail(&e, is_run),
     };
     if !matches!(args.command, cli::Command::Run(_) | cli::Command::Exec(_)) {
         restore_default_sigpipe();
@@ -20,18 +23,18 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nestcache: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(cli::exit::for_error(&e.into(), is_run));
         }
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => code,
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, is_run),
     }
 }
 
 /// One line on stderr, and with `--json` an error object on stdout too.
-fn fail(e: &anyhow::Error) -> ExitCode {
-    let code = 1;
+fn fail(e: &anyhow::Error, is_run: bool) -> ExitCode {
+    let code = cli::exit::for_error(e, is_run);
     eprintln!("nestcache: {}", cli::one_line(e));
     if cli::json_requested() {
         cli::print_json_error(e, code);

@@ -130,6 +130,10 @@ fn exec_inspect_top_stats_kill_wait() {
     drop(stdin);
     let o = child.wait_with_output().expect("exec -i");
     assert_eq!(text(&o.stdout).trim(), "1000");
+    let o = f.env.run(&["exec", "c1", "no-such-command"]);
+    assert_eq!(code(&o), Some(127), "{}", text(&o.stderr));
+    let o = f.env.run(&["exec", "c1", "/etc"]);
+    assert_eq!(code(&o), Some(126), "{}", text(&o.stderr));
     let e = f.env.fails(&["exec", "-u", "ghost", "c1", "true"]);
     assert!(e.contains("ghost"), "{e}");
     let e = f.env.fails(&["exec", "nope", "true"]);

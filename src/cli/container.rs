@@ -224,7 +224,15 @@ pub async fn exec(g: &Globals, a: ExecArgs) -> anyhow::Result<ExitCode> {
         tty: a.tty,
         detach: a.detach,
     };
-    let exit = exec::exec(&client, &state, &a.container, &opts).await?;
+    let exit = match exec::exec(&client, &state, &a.container, &opts).await {
+        Ok(exit) => exit,
+        // The command could not be invoked: 126 / 127, as `docker exec`.
+        Err(e @ nestcache::Error::Exec(_)) => {
+            eprintln!("nestcache: {e}");
+            return Ok(ExitCode::from(super::exit::for_run_error(&e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(super::output::exit_code(exit.map(|e| e.code).unwrap_or(0)))
 }
 

@@ -5,10 +5,12 @@ mod cache;
 pub mod config;
 mod container;
 mod env;
+pub mod exit;
 mod images;
 mod node;
 mod output;
 mod run;
+mod run_flags;
 mod shell;
 mod stage;
 mod store;
@@ -145,32 +147,52 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Parses the command line, then fills what flags and environment left unset from the
 /// config file (see `config.rs`).
-pub fn parse() -> anyhow::Result<Cli> {
+pub fn parse(is_run: bool) -> Result<Cli, ParseFailure> {
     use clap::{CommandFactory, FromArgMatches};
-    let m = match Cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if json_requested()
-                && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-            {
-                let first = e.to_string();
-                let first = first
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
-                let v =
-                    serde_json::json!({"error": {"message": first, "exit_code": e.exit_code()}});
-                println!("{v}");
-            }
-            e.exit()
-        }
+    let m = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (m, mut cli) = match m {
+        Ok(found) => found,
+        Err(e) => return Err(ParseFailure::Usage(usage_error(e, is_run))),
     };
-    let mut cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
-    let file = config::load(&config::files(|k| std::env::var(k).ok()))?;
+    let file =
+        config::load(&config::files(|k| std::env::var(k).ok())).map_err(ParseFailure::Config)?;
     config::apply(&mut cli.globals, &m, file);
     Ok(cli)
+}
+
+/// Why the command line did not become a [`Cli`].
+pub enum ParseFailure {
+    /// Help, version or a bad command line: printed already; exit with this code.
+    Usage(ExitCode),
+    /// The config file is unreadable or malformed.
+    Config(anyhow::Error),
+}
+
+/// Prints clap's answer (and with `--json` an error object) and picks the exit code:
+/// help and version 0, a bad command line `run`'s 125 or clap's 2.
+fn usage_error(e: clap::Error, is_run: bool) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let code = if is_run {
+        exit::RUN_FAILED
+    } else {
+        e.exit_code().clamp(0, 255) as u8
+    };
+    if json_requested() {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let message = first.trim_start_matches("error: ");
+        println!(
+            "{}",
+            serde_json::json!({"error": {"message": message, "exit_code": code}})
+        );
+    }
+    let _ = e.print();
+    ExitCode::from(code)
 }
 
 /// `RUST_LOG` controls logs; they go to stderr and are silent by default.

@@ -8,7 +8,10 @@ use nestcache::nested::{self, manage, spec::SpecOptions};
 
 use super::Globals;
 
+/// `run [OPTIONS] IMAGE [COMMAND] [ARG...]`: options end at IMAGE, as `docker run` parses
+/// (a `--` before COMMAND is accepted too). `-h` is `--hostname`; help is `--help` only.
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
     /// The cache to run from
     #[arg(long)]
@@ -19,8 +22,18 @@ pub struct RunArgs {
     /// Image ref or manifest digest in the cache's store
     pub image: String,
     /// Command and arguments (replace the image's Cmd)
-    #[arg(last = true)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+    /// Container host name (default: the container id)
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    #[command(flatten)]
+    pub resources: super::run_flags::ResourceArgs,
+    #[command(flatten)]
+    pub security: super::run_flags::SecurityArgs,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the caller's value)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -97,7 +110,10 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         .map(|v| v.parse())
         .collect::<Result<_, _>>()?;
     spec.entrypoint = a.entrypoint;
-    spec.command = a.command;
+    spec.command = command_after_image(a.command);
+    spec.hostname = a.hostname;
+    spec.resources = a.resources.resources()?;
+    a.security.apply(&mut spec)?;
     spec.net = a.net.parse()?;
     spec.read_only = a.read_only;
     spec.tty = a.tty;
@@ -134,6 +150,15 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}", report.id);
     }
     Ok(exit_code(report.exit_code.unwrap_or(0)))
+}
+
+/// COMMAND as given after IMAGE: one leading `--` (the older `IMAGE -- CMD` form) is
+/// a separator, not the command.
+fn command_after_image(mut command: Vec<String>) -> Vec<String> {
+    if command.first().is_some_and(|c| c == "--") {
+        command.remove(0);
+    }
+    command
 }
 
 /// The nested process's exit code as ours (codes above 255 cannot be passed on).

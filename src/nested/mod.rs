@@ -12,6 +12,7 @@
 
 pub mod copy;
 pub mod exec;
+pub mod exec_error;
 pub mod filter;
 pub mod image;
 pub mod inspect;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
 use super::phases::Phases;
 use super::spec::{self, CacheMount, SpecOptions};
@@ -117,6 +118,12 @@ pub async fn run(
     };
     phases.mark("check id, prepare image");
     let spec = build_spec(client, &cache, &id, &image, &opts)?;
+    let argv0 = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_default();
     phases.mark("build spec");
     // Creating the container record claims the id (containerd refuses a second one); only
     // then is the container dir ours to make, and to remove on failure.
@@ -137,6 +144,7 @@ pub async fn run(
         id: &id,
         paths: &paths,
         image: &image,
+        argv0: &argv0,
     };
     let result = create_and_run(&target, &opts, &mut signals, &mut phases, on_verified).await;
     match result {
@@ -221,6 +229,8 @@ struct Target<'a> {
     id: &'a str,
     paths: &'a ContainerPaths,
     image: &'a PreparedImage,
+    /// The command's first word, for the error when it cannot be invoked.
+    argv0: &'a str,
 }
 
 async fn create_and_run(
@@ -236,6 +246,7 @@ async fn create_and_run(
         id,
         paths,
         image,
+        argv0,
     } = *t;
     // A leftover dir under an id containerd did not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -270,7 +281,7 @@ async fn create_and_run(
             terminal: stdio.terminal,
         })
         .await
-        .map_err(|e| Error::Other(format!("nested container {id} could not be created: {e}")))?;
+        .map_err(|e| start_error(id, argv0, "could not be created", e))?;
     phases.mark("create task");
 
     let verification = if opts.mount_cache {
@@ -312,9 +323,7 @@ async fn create_and_run(
     }
     if let Err(e) = client.start_task(id).await {
         drop(raw);
-        return Err(Error::Other(format!(
-            "nested container {id} could not start: {e}"
-        )));
+        return Err(start_error(id, argv0, "could not start", e));
     }
     phases.mark("start task");
     let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
@@ -341,6 +350,22 @@ async fn create_and_run(
         }
     }
     Ok(report)
+}
+
+/// A failed task create or start: [`ExecError`] when runc could not invoke the command
+/// (so `run` exits 126/127 as Docker does), else the error with what failed.
+fn start_error(id: &str, argv0: &str, what: &str, e: Error) -> Error {
+    let message = e.to_string();
+    match classify(&message) {
+        Some(failure) => ExecError {
+            id: id.to_string(),
+            command: argv0.to_string(),
+            failure,
+            message,
+        }
+        .into(),
+        None => Error::Other(format!("nested container {id} {what}: {message}")),
+    }
 }
 
 /// The signals nestcache handles while it runs a container.

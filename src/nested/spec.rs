@@ -8,13 +8,19 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 use super::user::{ResolvedUser, UserDb};
 use crate::error::{Error, Result};
+
+pub mod resources;
+pub mod seccomp;
+pub mod security;
+
+pub use resources::Resources;
+pub use security::Security;
 
 /// containerd's default PATH for a container whose image sets none.
 pub const DEFAULT_PATH_ENV: &str =
@@ -153,6 +159,12 @@ pub struct SpecOptions {
     pub tty: bool,
     pub cache_mount: Option<CacheMount>,
     pub annotations: HashMap<String, String>,
+    /// `--memory`, `--cpus`, `--ulimit`, `--shm-size`, `--sysctl`, ...
+    pub resources: Resources,
+    /// `--cap-add`, `--privileged`, `--device`, `--security-opt`.
+    pub security: Security,
+    /// `--group-add`: group names (of the image's /etc/group) or numbers.
+    pub group_add: Vec<String>,
 }
 
 impl SpecOptions {
@@ -172,6 +184,9 @@ impl SpecOptions {
             tty: false,
             cache_mount: None,
             annotations: HashMap::new(),
+            resources: Resources::default(),
+            security: Security::default(),
+            group_add: Vec::new(),
         }
     }
 }
@@ -189,56 +204,8 @@ pub fn build(image: Option<&ImageConfig>, users: &UserDb, opts: &SpecOptions) ->
     let env = process_env(image, opts, &user)?;
     let cwd = process_cwd(image, opts)?;
 
-    let caps: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
-    // The builder starts from oci-spec's defaults (which include inheritable and ambient
-    // sets); containerd grants neither since 1.6.2 (CVE-2022-24769).
-    let mut capabilities = LinuxCapabilities::default();
-    capabilities
-        .set_bounding(Some(caps.clone()))
-        .set_permitted(Some(caps.clone()))
-        .set_effective(Some(caps))
-        .set_inheritable(None)
-        .set_ambient(None);
-    let mut oci_user = UserBuilder::default().uid(user.uid).gid(user.gid);
-    if !user.additional_gids.is_empty() {
-        oci_user = oci_user.additional_gids(user.additional_gids.clone());
-    }
-    let process = ProcessBuilder::default()
-        .terminal(opts.tty)
-        .user(oci_user.build().map_err(oci)?)
-        .args(args)
-        .env(env)
-        .cwd(cwd)
-        .no_new_privileges(true)
-        .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(1024u64)
-            .soft(1024u64)
-            .build()
-            .map_err(oci)?])
-        .build()
-        .map_err(oci)?;
-
-    let linux = LinuxBuilder::default()
-        .masked_paths(MASKED_PATHS.map(String::from).to_vec())
-        .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
-        .cgroups_path(PathBuf::from(format!("/{}/{}", opts.namespace, opts.id)))
-        .resources(
-            LinuxResourcesBuilder::default()
-                // Deny every device; runc adds back the standard ones (null, zero, tty, ...).
-                .devices(vec![LinuxDeviceCgroupBuilder::default()
-                    .allow(false)
-                    .access("rwm")
-                    .build()
-                    .map_err(oci)?])
-                .build()
-                .map_err(oci)?,
-        )
-        .namespaces(namespaces(opts.net)?)
-        .build()
-        .map_err(oci)?;
-
+    let process = process(opts, &user, users, args, env, cwd)?;
+    let linux = linux(opts)?;
     let hostname = match (&opts.hostname, opts.net) {
         (Some(h), _) => h.clone(),
         // Host networking shows the host's name, as `docker run --net host` does.
@@ -266,6 +233,118 @@ pub fn build(image: Option<&ImageConfig>, users: &UserDb, opts: &SpecOptions) ->
         builder = builder.annotations(opts.annotations.clone());
     }
     builder.build().map_err(oci)
+}
+
+fn process(
+    opts: &SpecOptions,
+    user: &ResolvedUser,
+    users: &UserDb,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: PathBuf,
+) -> Result<oci_spec::runtime::Process> {
+    let caps: Capabilities = opts.security.capabilities()?.into_iter().collect();
+    // The builder starts from oci-spec's defaults (which include inheritable and ambient
+    // sets); containerd grants neither since 1.6.2 (CVE-2022-24769).
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities
+        .set_bounding(Some(caps.clone()))
+        .set_permitted(Some(caps.clone()))
+        .set_effective(Some(caps))
+        .set_inheritable(None)
+        .set_ambient(None);
+    let mut gids = user.additional_gids.clone();
+    for g in &opts.group_add {
+        let gid = users.resolve_group(g)?;
+        if !gids.contains(&gid) {
+            gids.push(gid);
+        }
+    }
+    let mut oci_user = UserBuilder::default().uid(user.uid).gid(user.gid);
+    if !gids.is_empty() {
+        oci_user = oci_user.additional_gids(gids);
+    }
+    let mut process = ProcessBuilder::default()
+        .terminal(opts.tty)
+        .user(oci_user.build().map_err(oci)?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .no_new_privileges(opts.security.no_new_privileges)
+        .capabilities(capabilities)
+        .rlimits(opts.resources.rlimits()?);
+    if let Some(adj) = opts.resources.oom_score_adj {
+        process = process.oom_score_adj(adj);
+    }
+    if let Some(p) = &opts.security.apparmor {
+        process = process.apparmor_profile(p.clone());
+    }
+    process.build().map_err(oci)
+}
+
+/// `linux`: cgroup path and resources, devices, namespaces, masked paths, sysctls, seccomp.
+fn linux(opts: &SpecOptions) -> Result<oci_spec::runtime::Linux> {
+    let sec = &opts.security;
+    let mut device_rules = vec![LinuxDeviceCgroupBuilder::default()
+        // Deny every device; runc adds back the standard ones (null, zero, tty, ...).
+        .allow(sec.privileged)
+        .access("rwm")
+        .build()
+        .map_err(oci)?];
+    let mut devices = if sec.privileged {
+        security::host_devices()
+    } else {
+        Vec::new()
+    };
+    for d in &sec.devices {
+        let node = security::device_node(&d.host, &d.container)?;
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(node.typ())
+                .major(node.major())
+                .minor(node.minor())
+                .access(d.access.clone())
+                .build()
+                .map_err(oci)?,
+        );
+        devices.retain(|x| x.path() != node.path());
+        devices.push(node);
+    }
+    opts.resources.validate()?;
+    let resources = opts
+        .resources
+        .builder()?
+        .devices(device_rules)
+        .build()
+        .map_err(oci)?;
+    let (masked, readonly) = if sec.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            MASKED_PATHS.map(String::from).to_vec(),
+            READONLY_PATHS.map(String::from).to_vec(),
+        )
+    };
+    let mut linux = LinuxBuilder::default()
+        .masked_paths(masked)
+        .readonly_paths(readonly)
+        .cgroups_path(PathBuf::from(format!("/{}/{}", opts.namespace, opts.id)))
+        .resources(resources)
+        .namespaces(namespaces(opts.net)?);
+    if !devices.is_empty() {
+        linux = linux.devices(devices);
+    }
+    if !opts.resources.sysctls.is_empty() {
+        linux = linux.sysctl(opts.resources.sysctls.clone());
+    }
+    let caps = sec.capabilities()?;
+    if let Some(profile) =
+        seccomp::resolve(&sec.effective_seccomp(), &caps, &seccomp::Host::current())?
+    {
+        linux = linux.seccomp(profile);
+    }
+    linux.build().map_err(oci)
 }
 
 /// Entrypoint + Cmd with Docker's override rules: arguments replace Cmd; `--entrypoint`
@@ -365,7 +444,7 @@ fn process_cwd(image: Option<&ImageConfig>, opts: &SpecOptions) -> Result<PathBu
 }
 
 /// A path inside the container: absolute, no `..`, normalised.
-fn container_path(p: &str) -> std::result::Result<PathBuf, String> {
+pub(crate) fn container_path(p: &str) -> std::result::Result<PathBuf, String> {
     let path = Path::new(p);
     if !path.is_absolute() {
         return Err("the container path must be absolute".into());
@@ -423,6 +502,8 @@ fn bind(source: &Path, dest: &Path, read_only: bool) -> Result<Mount> {
 
 /// containerd's default mounts, then host files for host networking, the cache, volumes.
 fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
+    // --privileged gets a writable /sys, as in Docker.
+    let sys_mode = if opts.security.privileged { "rw" } else { "ro" };
     let mut m = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -448,7 +529,19 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                &format!(
+                    "size={}k",
+                    opts.resources
+                        .shm_size
+                        .unwrap_or(resources::DEFAULT_SHM_BYTES)
+                        .div_ceil(1024)
+                ),
+            ],
         )?,
         mount(
             "/dev/mqueue",
@@ -460,7 +553,7 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_mode],
         )?,
     ];
     if opts.net == NetMode::Host {
@@ -513,7 +606,7 @@ fn short_hostname(id: &str) -> String {
     id.chars().take(63).collect()
 }
 
-fn oci(e: oci_spec::OciSpecError) -> Error {
+pub(crate) fn oci(e: oci_spec::OciSpecError) -> Error {
     Error::Other(format!("building the OCI runtime spec: {e}"))
 }
 

@@ -58,6 +58,28 @@ impl UserDb {
         text.lines().filter_map(parse_group_line).collect()
     }
 
+    /// A group name of the image's /etc/group, or a number (taken as is).
+    pub fn resolve_group(&self, g: &str) -> Result<u32> {
+        if let Some(gid) = parse_id(g) {
+            return Ok(gid);
+        }
+        validate_name(g, "group")?;
+        self.groups()
+            .iter()
+            .find(|e| e.name == g)
+            .map(|e| e.gid)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "group {g:?} in the image's /etc/group{}",
+                    if self.group.is_none() {
+                        " (the image has no /etc/group)"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+    }
+
     /// Resolves `USER[:GROUP]` (names or numbers); an empty spec means root.
     pub fn resolve(&self, spec: &str) -> Result<ResolvedUser> {
         let (user_part, group_part) = match spec.split_once(':') {
@@ -114,27 +136,7 @@ impl UserDb {
         };
 
         let gid = match group_part {
-            Some(g) => {
-                if let Some(gid) = parse_id(g) {
-                    gid
-                } else {
-                    validate_name(g, "group")?;
-                    groups
-                        .iter()
-                        .find(|e| e.name == g)
-                        .map(|e| e.gid)
-                        .ok_or_else(|| {
-                            Error::NotFound(format!(
-                                "group {g:?} in the image's /etc/group{}",
-                                if self.group.is_none() {
-                                    " (the image has no /etc/group)"
-                                } else {
-                                    ""
-                                }
-                            ))
-                        })?
-                }
-            }
+            Some(g) => self.resolve_group(g)?,
             // A uid with no passwd entry runs with gid 0, as in Docker.
             None => entry.as_ref().map(|e| e.gid).unwrap_or(0),
         };

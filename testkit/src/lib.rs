@@ -10,6 +10,7 @@
 //! - [`ctr`]: `ctr` against containerd with the nestcache shim, events, task guards.
 //! - [`images`]: tiny tamperable OCI layouts, OCI and docker archives, and the store CLI.
 //! - [`layers`]: layer tarballs built byte by byte, hostile ones included.
+//! - [`nested`]: a cache with mkimage images staged into it, for `nestcache run` tests.
 //! - [`registry`]: a real distribution registry on 127.0.0.1 and a fault-injecting proxy.
 //! - [`rootfs`]: a busybox root on disk, and a store holding it as a staged image.
 
@@ -18,6 +19,7 @@ pub mod containerd;
 pub mod ctr;
 pub mod images;
 pub mod layers;
+pub mod nested;
 pub mod registry;
 pub mod require;
 pub mod rootfs;

@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 
 use oci_spec::image::ConfigBuilder;
+use oci_spec::runtime::PosixRlimitType;
 
 use super::*;
 
@@ -345,4 +346,60 @@ fn tty_read_only_annotations_hostname() {
     long.command = vec!["/bin/true".into()];
     let spec = build(None, &users(), &long).unwrap();
     assert_eq!(spec.hostname().as_ref().unwrap().len(), 63);
+}
+
+#[test]
+fn seccomp_by_default_none_when_privileged() {
+    let spec = build(Some(&image()), &users(), &opts()).unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    let mut o = opts();
+    o.security.privileged = true;
+    let json = serde_json::to_value(build(Some(&image()), &users(), &o).unwrap()).unwrap();
+    assert!(json["linux"]["seccomp"].is_null());
+    assert!(json["linux"]["maskedPaths"]
+        .as_array()
+        .is_none_or(|a| a.is_empty()));
+    assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], true);
+    let sys = json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/sys")
+        .unwrap();
+    assert!(sys["options"].as_array().unwrap().contains(&"rw".into()));
+}
+
+#[test]
+fn resources_and_groups_reach_the_spec() {
+    let mut o = opts();
+    o.resources.memory = Some(1 << 20);
+    o.resources.oom_score_adj = Some(5);
+    o.resources.shm_size = Some(1 << 20);
+    o.group_add = vec!["wheel".into(), "77".into()];
+    let json = serde_json::to_value(build(Some(&image()), &users(), &o).unwrap()).unwrap();
+    assert_eq!(json["linux"]["resources"]["memory"]["limit"], 1 << 20);
+    assert_eq!(json["process"]["oomScoreAdj"], 5);
+    let gids = json["process"]["user"]["additionalGids"]
+        .as_array()
+        .unwrap();
+    assert!(
+        gids.contains(&10.into()) && gids.contains(&77.into()),
+        "{gids:?}"
+    );
+    let shm = json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/dev/shm")
+        .unwrap();
+    assert!(shm["options"]
+        .as_array()
+        .unwrap()
+        .contains(&"size=1024k".into()));
+    o.group_add = vec!["nosuch".into()];
+    assert!(matches!(
+        build(Some(&image()), &users(), &o),
+        Err(Error::NotFound(_))
+    ));
 }

@@ -15,6 +15,7 @@ use ureq::http::{Response, StatusCode, Uri};
 use ureq::Body;
 
 use super::auth::{self, Challenge, Credentials};
+use super::RegistryError;
 use crate::error::{Error, Result};
 
 /// Attempts per request (the first + retries) on transient failures.
@@ -190,11 +191,12 @@ impl Client {
                     continue;
                 }
                 Err(e) => {
-                    return Err(Error::Other(format!(
-                        "{what} from {}: {}",
-                        self.where_(),
-                        self.describe_transport_error(&e)
-                    )))
+                    return Err(RegistryError::Transport {
+                        repo: self.where_(),
+                        what: what.to_string(),
+                        why: self.describe_transport_error(&e),
+                    }
+                    .into())
                 }
             };
             let status = resp.status();
@@ -208,10 +210,11 @@ impl Client {
                         .and_then(|l| l.to_str().ok())
                         .map(str::to_string);
                     let Some(loc) = location.filter(|_| redirects <= MAX_REDIRECTS) else {
-                        return Err(Error::Other(format!(
-                            "{what} from {}: too many or broken redirects",
-                            self.where_()
-                        )));
+                        return Err(RegistryError::Redirects {
+                            repo: self.where_(),
+                            what: what.to_string(),
+                        }
+                        .into());
                     };
                     url = resolve_location(&url, &loc);
                     continue;
@@ -259,11 +262,12 @@ impl Client {
     }
 
     fn past_deadline(&self, what: &str) -> Error {
-        Error::Other(format!(
-            "{what} from {}: no complete answer within {} (document deadline; --registry-timeout, NESTCACHE_REGISTRY_TIMEOUT)",
-            self.where_(),
-            humantime::format_duration(self.deadlines.document)
-        ))
+        RegistryError::Deadline {
+            repo: self.where_(),
+            what: what.to_string(),
+            deadline: self.deadlines.document,
+        }
+        .into()
     }
 
     /// An I/O error reading a body as one line (ureq wraps its own errors, timeouts
@@ -301,20 +305,13 @@ impl Client {
 
     fn refused(&self, status: StatusCode, what: &str, sent_auth: bool) -> Error {
         let repo = self.where_();
-        match status.as_u16() {
-            401 if sent_auth => Error::Other(format!(
-                "401 Unauthorized: {repo} refused the credentials for {what}"
-            )),
-            401 => Error::Other(format!(
-                "401 Unauthorized: {repo} needs credentials for {what} (pass --creds USER:PASS or --authfile FILE)"
-            )),
-            403 => Error::Other(format!(
-                "403 Forbidden: {repo} denied {what}{}",
-                if sent_auth { " to these credentials" } else { " to anonymous access" }
-            )),
-            404 => Error::NotFound(format!("{what} in {repo} (HTTP 404)")),
-            _ => Error::Other(format!("{what} from {repo}: HTTP {status}")),
+        RegistryError::Status {
+            repo,
+            what: what.to_string(),
+            status: status.as_u16(),
+            sent_auth,
         }
+        .into()
     }
 
     /// Answers a 401 challenge: basic with the configured credentials, or a bearer token
@@ -348,15 +345,19 @@ impl Client {
     ) -> Result<String> {
         let repo = self.where_();
         if !(realm.starts_with("https://") || realm.starts_with("http://")) {
-            return Err(Error::Invalid(format!(
-                "{repo}: token realm {realm:?} is not an http(s) URL"
-            )));
+            return Err(RegistryError::BadRealm {
+                repo,
+                realm: realm.to_string(),
+            }
+            .into());
         }
         if realm.starts_with("http://") && self.base.starts_with("https://") && self.creds.is_some()
         {
-            return Err(Error::Invalid(format!(
-                "{repo}: refusing to send credentials to plain-http token realm {realm}"
-            )));
+            return Err(RegistryError::PlainHttpRealm {
+                repo,
+                realm: realm.to_string(),
+            }
+            .into());
         }
         let default_scope = format!("repository:{}:pull", self.repository);
         let deadline = Instant::now() + self.deadlines.document;
@@ -385,11 +386,12 @@ impl Client {
                     continue;
                 }
                 Err(e) => {
-                    return Err(Error::Other(format!(
-                        "{repo}: token service {}: {}",
-                        realm_host(realm),
-                        self.describe_transport_error(&e)
-                    )))
+                    return Err(RegistryError::TokenTransport {
+                        repo,
+                        host: realm_host(realm),
+                        why: self.describe_transport_error(&e),
+                    }
+                    .into())
                 }
             };
             let status = resp.status().as_u16();
@@ -406,10 +408,13 @@ impl Client {
                     }
                     _ => "failed",
                 };
-                return Err(Error::Other(format!(
-                    "{status} from token service {} for {repo}: {why}",
-                    realm_host(realm)
-                )));
+                return Err(RegistryError::TokenStatus {
+                    repo,
+                    host: realm_host(realm),
+                    status,
+                    why,
+                }
+                .into());
             }
             let v: serde_json::Value = resp
                 .body_mut()
@@ -417,15 +422,18 @@ impl Client {
                 .limit(1 << 20)
                 .read_to_vec()
                 .map_err(|e| {
-                    Error::Other(format!(
-                        "{repo}: reading the token from {}: {}",
-                        realm_host(realm),
-                        self.describe_transport_error(&e)
-                    ))
+                    Error::from(RegistryError::TokenTransport {
+                        repo: repo.clone(),
+                        host: realm_host(realm),
+                        why: format!("reading the token: {}", self.describe_transport_error(&e)),
+                    })
                 })
                 .and_then(|b| {
                     serde_json::from_slice(&b).map_err(|e| {
-                        Error::Invalid(format!("{repo}: token service answer is not JSON: {e}"))
+                        Error::from(RegistryError::TokenAnswer {
+                            repo: repo.clone(),
+                            why: format!("token service answer is not JSON: {e}"),
+                        })
                     })
                 })?;
             return v
@@ -435,7 +443,10 @@ impl Client {
                 .filter(|t| !t.is_empty())
                 .map(str::to_string)
                 .ok_or_else(|| {
-                    Error::Invalid(format!("{repo}: token service answer has no token"))
+                    Error::from(RegistryError::TokenAnswer {
+                        repo: repo.clone(),
+                        why: "token service answer has no token".to_string(),
+                    })
                 });
         }
     }

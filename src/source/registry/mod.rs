@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod client;
+mod error;
 pub mod reference;
 
 use std::io::{self, Read};
@@ -20,6 +21,7 @@ use oci_spec::image::{Descriptor, MediaType};
 
 use client::{Client, ATTEMPTS};
 pub use client::{Deadlines, Transport};
+pub use error::RegistryError;
 pub use reference::Reference;
 
 use super::{BlobReader, Source, SourceOptions};

@@ -1,0 +1,366 @@
+//! `docker run` flags on `nestcache run`, against a real containerd + runc: exit codes,
+//! argument parsing, resources read back from the task's cgroup files, seccomp and
+//! capabilities read back from /proc.
+
+use std::path::{Path, PathBuf};
+
+use testkit::nested::{lines, stderr, stdout, Fixture};
+
+/// The busybox `small` image, staged once per fixture.
+fn fixture(prefix: &str) -> (Fixture, String) {
+    let f = Fixture::new(prefix);
+    let img = f.small("flags", |_| {});
+    (f, img)
+}
+
+/// The value of `key:` in /proc/PID/status-style text.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+}
+
+#[test]
+fn exit_codes_are_dockers() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-exit");
+    let code = |args: &[&str]| f.run(args).status.code();
+    // The process's own code, with and without `--` before the command.
+    assert_eq!(code(&["--rm", &img, "sh", "-c", "exit 9"]), Some(9));
+    assert_eq!(code(&["--rm", &img, "--", "sh", "-c", "exit 3"]), Some(3));
+    // 127: not found (absolute, and through PATH); 126: not executable.
+    for missing in ["/no/such/command", "nosuchcommand"] {
+        let out = f.run(&["--rm", &img, missing]);
+        assert_eq!(out.status.code(), Some(127), "{missing}: {}", stderr(&out));
+        assert!(stderr(&out).contains(missing), "{}", stderr(&out));
+    }
+    for not_exec in ["/etc/passwd", "/etc"] {
+        let out = f.run(&["--rm", &img, not_exec]);
+        assert_eq!(out.status.code(), Some(126), "{not_exec}: {}", stderr(&out));
+    }
+    // 125: nestcache's own failures.
+    assert_eq!(code(&["--rm", "nosuchimage", "true"]), Some(125));
+    assert_eq!(
+        f.env
+            .run(&["run", "--cache", "nosuchcache", &img, "true"])
+            .status
+            .code(),
+        Some(125)
+    );
+    assert_eq!(code(&["--rm", "--bogus-flag", &img, "true"]), Some(125));
+    assert_eq!(code(&["--rm", "--memory", "lots", &img, "true"]), Some(125));
+    let down = f
+        .env
+        .cmd()
+        .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")
+        .args(f.args(&["--rm", &img, "true"]))
+        .output()
+        .expect("spawn");
+    assert_eq!(down.status.code(), Some(125), "{}", stderr(&down));
+    // Other commands keep exit 1 for their failures.
+    assert_eq!(f.env.run(&["rm", "nosuch"]).status.code(), Some(1));
+    f.assert_nothing_left();
+}
+
+#[test]
+fn options_end_at_the_image_and_h_is_the_hostname() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-parse");
+    // Everything after IMAGE is the command, flags included.
+    let out = f.ok(&[
+        "--rm",
+        "-h",
+        "buildhost",
+        &img,
+        "sh",
+        "-c",
+        "hostname; printf '%s\\n' \"$*\"",
+        "x",
+        "-e",
+        "--rm",
+    ]);
+    assert_eq!(lines(&out), ["buildhost", "-e --rm"]);
+    // The case the issue reported: -h used to print help and exit 0.
+    let out = f.run(&["--rm", "-h", "buildhost", &img, "--", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    let help = f.env.run(&["run", "--help"]);
+    assert!(help.status.success() && stdout(&help).contains("--hostname"));
+    f.assert_nothing_left();
+}
+
+/// The cgroup file `file` of controller `controller` of process `pid`, from the host.
+fn cgroup_file(pid: u32, controller: &str, file: &str) -> String {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dir: PathBuf = cg
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if unified {
+                ctrls.is_empty()
+            } else {
+                ctrls.split(',').any(|c| c == controller)
+            };
+            hit.then(|| {
+                let root = if unified {
+                    "/sys/fs/cgroup".to_string()
+                } else {
+                    format!("/sys/fs/cgroup/{controller}")
+                };
+                Path::new(&root).join(path.trim_start_matches('/'))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cg}"));
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(file).display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resources_reach_the_cgroup_and_the_process() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-res");
+    let id = "res";
+    f.ok(&[
+        "-d",
+        "--name",
+        id,
+        "-m",
+        "64m",
+        "--memory-swap",
+        "96m",
+        "--memory-reservation",
+        "32m",
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--cpuset-cpus",
+        "0",
+        "--pids-limit",
+        "50",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "nproc=30",
+        "--shm-size",
+        "8m",
+        "--oom-score-adj",
+        "300",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        &img,
+        "sleep",
+        "60",
+    ]);
+    let pid = f.wait_running(id);
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(
+            cgroup_file(pid, "", "memory.max"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            cgroup_file(pid, "", "memory.swap.max"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(
+            cgroup_file(pid, "", "memory.low"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(cgroup_file(pid, "", "cpu.max"), "50000 100000");
+        assert_eq!(cgroup_file(pid, "", "cpuset.cpus"), "0");
+        assert_eq!(cgroup_file(pid, "", "pids.max"), "50");
+    } else {
+        let mem = |f: &str| cgroup_file(pid, "memory", f);
+        assert_eq!(mem("memory.limit_in_bytes"), (64u64 << 20).to_string());
+        assert_eq!(mem("memory.soft_limit_in_bytes"), (32u64 << 20).to_string());
+        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            assert_eq!(
+                mem("memory.memsw.limit_in_bytes"),
+                (96u64 << 20).to_string()
+            );
+        }
+        assert_eq!(cgroup_file(pid, "cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(cgroup_file(pid, "cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(cgroup_file(pid, "cpu", "cpu.shares"), "512");
+        assert_eq!(cgroup_file(pid, "cpuset", "cpuset.cpus"), "0");
+        assert_eq!(cgroup_file(pid, "pids", "pids.max"), "50");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let row = |name: &str| -> Vec<String> {
+        let l = limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("limit row");
+        l[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("Max open files"), ["100", "200"]);
+    assert_eq!(row("Max processes"), ["30", "30"]);
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).expect("oom");
+    assert_eq!(oom.trim(), "300");
+    f.env.ok(&["stop", "--timeout", "0s", id]);
+    // Inside: /dev/shm's size and the sysctl.
+    let out = f.ok(&[
+        "--rm",
+        "--shm-size",
+        "8m",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        &img,
+        "sh",
+        "-c",
+        "df -k /dev/shm | tail -1 | awk '{print $2}'; cat /proc/sys/net/ipv4/ip_forward",
+    ]);
+    assert_eq!(lines(&out), ["8192", "1"]);
+    f.env.ok(&["rm", id]);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn seccomp_and_capabilities() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-sec");
+    let status = |extra: &[&str]| {
+        let mut args = vec!["--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[img.as_str(), "cat", "/proc/self/status"]);
+        f.ok(&args)
+    };
+    // Default: containerd's profile (filter mode), its 14 capabilities, no new privileges.
+    let s = status(&[]);
+    assert_eq!(status_field(&s, "Seccomp"), "2");
+    assert_eq!(status_field(&s, "CapEff"), "00000000a80425fb");
+    assert_eq!(status_field(&s, "NoNewPrivs"), "1");
+    // The filter is in force: unshare(2) is refused without CAP_SYS_ADMIN...
+    let out = f.run(&["--rm", &img, "busybox", "unshare", "-U", "true"]);
+    assert!(
+        !out.status.success(),
+        "unshare ran under the default profile"
+    );
+    // ...and allowed once seccomp is off.
+    f.ok(&[
+        "--rm",
+        "--security-opt",
+        "seccomp=unconfined",
+        &img,
+        "busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    let s = status(&[
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "no-new-privileges=false",
+    ]);
+    assert_eq!(status_field(&s, "Seccomp"), "0");
+    assert_eq!(status_field(&s, "NoNewPrivs"), "0");
+    // A profile file of the user's.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let profile = dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .expect("write profile");
+    let opt = format!("seccomp={}", profile.display());
+    let out = f.run(&["--rm", "--security-opt", &opt, &img, "mkdir", "/tmp/x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        stderr(&out)
+    );
+    // Capabilities: add and drop; --privileged has them all and no filter.
+    let s = status(&["--cap-add", "NET_ADMIN", "--cap-drop", "chown"]);
+    let eff = u64::from_str_radix(status_field(&s, "CapEff"), 16).expect("hex");
+    assert_eq!(eff, 0xa80425fb_u64 & !1 | 1 << 12);
+    let s = status(&["--cap-drop", "ALL", "--cap-add", "KILL"]);
+    assert_eq!(status_field(&s, "CapEff"), "0000000000000020");
+    let s = status(&["--privileged"]);
+    assert_eq!(status_field(&s, "Seccomp"), "0");
+    // Every capability nestcache holds itself (this VM's root lacks CAP_SYS_RESOURCE).
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert_eq!(status_field(&s, "CapEff"), status_field(&own, "CapBnd"));
+    let e = f
+        .env
+        .fails(&f.args(&["--rm", "--cap-add", "NOPE", &img, "true"]));
+    assert!(e.contains("NOPE"), "{e}");
+    f.assert_nothing_left();
+}
+
+#[test]
+fn devices_groups_and_refused_options() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-dev");
+    // loop0 (7:0) is not among the devices runc allows by default: --device allows it.
+    let open = "dd if=/dev/xloop of=/dev/null bs=1 count=0";
+    let out = f.ok(&[
+        "--rm",
+        "--device",
+        "/dev/loop0:/dev/xloop:r",
+        "--group-add",
+        "123",
+        "--group-add",
+        "root",
+        &img,
+        "sh",
+        "-c",
+        &format!("stat -c '%t:%T' /dev/xloop; {open} 2>/dev/null && echo opened; id -G"),
+    ]);
+    let l = lines(&out);
+    assert_eq!(l[..2], ["7:0", "opened"]);
+    let groups: Vec<&str> = l[2].split_whitespace().collect();
+    assert!(
+        groups.contains(&"123") && groups.contains(&"0"),
+        "{groups:?}"
+    );
+    // Without it, a node made with mknod cannot be opened: the device cgroup refuses.
+    let out = f.run(&[
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        &format!("mknod /dev/xloop b 7 0 && {open} 2>&1"),
+    ]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Operation not permitted"),
+        "{}",
+        stdout(&out)
+    );
+    for (flag, want) in [
+        (vec!["--userns", "keep-id"], "--userns"),
+        (
+            vec!["--security-opt", "apparmor=docker-default"],
+            "AppArmor",
+        ),
+        (vec!["--security-opt", "bogus"], "--security-opt"),
+        (
+            vec!["--device", "/etc/hostname"],
+            "not a character or block device",
+        ),
+        (vec!["--group-add", "nosuchgroup"], "nosuchgroup"),
+        (vec!["--ulimit", "nofile=9:1"], "--ulimit"),
+    ] {
+        if want == "AppArmor" && Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+            continue;
+        }
+        let mut args = vec!["--rm"];
+        args.extend_from_slice(&flag);
+        args.extend_from_slice(&[img.as_str(), "true"]);
+        let out = f.run(&args);
+        assert_eq!(out.status.code(), Some(125), "{flag:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{flag:?}: {}", stderr(&out));
+    }
+    f.assert_nothing_left();
+}
