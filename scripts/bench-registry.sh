@@ -9,10 +9,11 @@
 # served by Debian's docker-registry on 127.0.0.1 (plain http, filesystem storage).
 # Usage: scripts/bench-registry.sh [--json] [--reps N] [--images "medium large"]
 # Needs ~4x the image sizes free under $TMPDIR; run as root (ctr, unpack of devices).
-# NC_BENCH_NO_BUILD=1 uses the release binaries already in target/release.
+# NC_BENCH_NO_BUILD=1 uses the release binaries already built (under $CARGO_TARGET_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo_root=$PWD
+. scripts/lib.sh
 
 json=0
 reps=3
@@ -30,8 +31,8 @@ done
 log() { echo "bench-registry: $*" >&2; }
 
 [ -n "${NC_BENCH_NO_BUILD:-}" ] || cargo build --release --quiet -p nestcache --bin nestcache -p mkimage --bin nestcache-mkimage
-nc=$repo_root/target/release/nestcache
-mk=$repo_root/target/release/nestcache-mkimage
+nc=$(nc_bin release nestcache)
+mk=$(nc_bin release nestcache-mkimage)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nc-bench-registry.XXXXXX")
 reg_pid=

@@ -14,15 +14,14 @@ runs=${1:-20}
 scripts/install-deps.sh
 command -v containerd-shim-runc-v2 >/dev/null || { echo "containerd-shim-runc-v2 not on PATH" >&2; exit 1; }
 
-cargo build --release -p containerd-shim-nestcache -p nestcache >&2
-target_dir=${CARGO_TARGET_DIR:-target}
-case $target_dir in /*) ;; *) target_dir=$PWD/$target_dir ;; esac
+. scripts/lib.sh
+cargo build --release -p nestcache --bin nestcache >&2
+target_dir=$(nc_target_dir)
 
-dir=$(mktemp -d /tmp/nc-bench-shim.XXXXXX)
-trap 'scripts/containerd.sh stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-mkdir -p "$dir/bin"
-ln -s "$target_dir/release/containerd-shim-nestcache-v2" "$dir/bin/"
-address=$(PATH="$dir/bin:$PATH" scripts/containerd.sh start "$dir/ctd")
+nc_temp_dir dir nc-bench-shim
+nc_shim_on_path release "$dir"
+nc_containerd_start "$dir/ctd"
+address=$CONTAINERD_ADDRESS
 ns=bench
 ctr() { command ctr --address "$address" --namespace "$ns" "$@"; }
 

@@ -6,10 +6,11 @@
 # Usage: scripts/bench-stage.sh [SIZE_MB] [LAYERS]   (needs ~3x SIZE_MB free in $TMPDIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 size_mb=${1:-1536}
 layers=${2:-10}
 cargo build --release --quiet --bin nestcache
-nc=$PWD/target/release/nestcache
+nc=$(nc_bin release nestcache)
 work=$(mktemp -d "${TMPDIR:-/tmp}/nc-bench-stage.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"

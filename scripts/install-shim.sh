@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:-/usr/local}
 cargo build --release -p containerd-shim-nestcache
-target_dir=${CARGO_TARGET_DIR:-target}
+. scripts/lib.sh
+target_dir=$(nc_target_dir)
 install -D -m 0755 "$target_dir/release/containerd-shim-nestcache-v2" \
   "$prefix/bin/containerd-shim-nestcache-v2"
 echo "installed $prefix/bin/containerd-shim-nestcache-v2" >&2

@@ -110,6 +110,8 @@ pub enum Command {
     Completion(shell::CompletionArgs),
     /// Write man pages (nestcache.1 and one per subcommand) into DIR
     Man(shell::ManArgs),
+    /// List a nested container's published ports
+    Port(run::PortArgs),
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
@@ -141,6 +143,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag(a) => images::run(&g, images::ImagesCmd::Tag(a)).await,
         Command::Completion(a) => shell::completion(a),
         Command::Man(a) => shell::man(a),
+        Command::Port(a) => run::port(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
     }
 }
@@ -258,6 +261,12 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
         if !g.quiet {
             eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
         }
+    }
+    // Networks of containers whose task is gone (a crash, a containerd restart) and of
+    // caches that are gone.
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    for what in nestcache::nested::network::reap(&client, &state).await {
+        tracing::info!("released the {what}");
     }
     tracing::debug!(
         connect_ms = format!("{:.1}", connected.as_secs_f64() * 1e3),
