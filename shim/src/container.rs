@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
 use containerd_shim::protos::types::mount::Mount;
 use log::{info, warn};
 
 use crate::bundle::{Record, Spec};
+use crate::cgroups;
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::exec::ExecLifecycle;
@@ -276,6 +278,22 @@ impl Container {
 
     pub fn pids(&self) -> Result<Vec<u32>> {
         Ok(self.shared.runtime.ps(&self.runc, &self.id)?)
+    }
+
+    /// The init's cgroup metrics (v1 or v2, as containerd's runc shim reports them).
+    pub fn stats(&self) -> Result<Any> {
+        let snap = self.init.snapshot();
+        if snap.state.is_final() || snap.pid == 0 {
+            return Err(ShimError::Finished {
+                process: self.init.describe(),
+            });
+        }
+        let stats_err = |reason| ShimError::Stats {
+            id: self.id.clone(),
+            reason,
+        };
+        let cgroup = cgroups::of_pid(snap.pid).map_err(stats_err)?;
+        cgroups::metrics(&cgroup).map_err(stats_err)
     }
 
     /// `runc update` with an OCI LinuxResources (JSON, as containerd sends it).

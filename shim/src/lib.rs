@@ -11,9 +11,11 @@
 //!   lifecycles (strategy objects);
 //! - `options`: the runtime options and the store roots they allow;
 //! - seams: `runc::Runtime` (runc) and `events::EventSink` (events), faked in tests;
+//! - `cgroups`: Stats, from the init's cgroup (v1 and v2);
 //! - `bundle`, `mounts`, `store_rootfs`, `stdio`, `exits`, `command`: the machinery.
 
 pub mod bundle;
+pub mod cgroups;
 pub mod command;
 pub mod container;
 pub mod error;

@@ -197,8 +197,12 @@ impl TaskService {
         })
     }
 
-    fn do_stats(&self, _req: &StatsRequest) -> Result<StatsResponse> {
-        Err(ShimError::Unimplemented("task metrics"))
+    fn do_stats(&self, req: &StatsRequest) -> Result<StatsResponse> {
+        let stats = self.registry.get(&req.id)?.stats()?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 }
 
