@@ -15,6 +15,7 @@ mod shell;
 mod stage;
 mod store;
 mod system;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,9 @@ pub enum Command {
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Named volumes: create, ls, inspect, rm
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -145,6 +149,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man(a) => shell::man(a),
         Command::Port(a) => run::port(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
+        Command::Volume(c) => volume::run(&g, c).await,
     }
 }
 
