@@ -95,7 +95,12 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
                     .content_dir
                     .map(|d| super::absolute("--content-dir", &d))
                     .transpose()?,
-                ttl: a.ttl.as_deref().map(parse_ttl).transpose()?,
+                ttl: a
+                    .ttl
+                    .as_deref()
+                    .or(super::config::loaded().default_ttl.as_deref())
+                    .map(parse_ttl)
+                    .transpose()?,
                 reuse: a.reuse,
             };
             let created = cache::create(&client, &StateLayout::new(&g.state_dir), &opts).await?;
