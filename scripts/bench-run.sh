@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Warm start of a nested container, side by side, in one run (issue 5's benchmark):
-#   nestcache run --rm IMAGE /bin/true   (image staged and extracted in a cache's store)
+#   nestcache run --rm IMAGE /bin/true   (image staged and extracted in a cache's store;
+#                                         --net none, and --net bridge: the network's cost)
 #   ctr run --rm IMAGE ID /bin/true      (the same image imported into containerd)
 #   runc run ID                          (a prepared bundle: rootfs + config.json)
 # Each is run N times (default 20) after one warm-up; prints mean and median wall times
@@ -78,7 +79,8 @@ next_id() { i=$((i + 1)); echo "nc-bench-$$-$i"; }
 ctr_run() { ctr --address "$CONTAINERD_ADDRESS" -n bench-ctr run --rm bench/small:latest "$(next_id)" /bin/true; }
 runc_run() { runc run -b "$bundle" "nc-bench-runc-$$"; }
 
-time_runs nestcache "$nc" run --rm --cache bench small -- /bin/true
+time_runs nestcache "$nc" run --rm --net none --cache bench small -- /bin/true
+time_runs bridge "$nc" run --rm --net bridge --cache bench small -- /bin/true
 time_runs ctr ctr_run
 time_runs runc runc_run
 
@@ -86,12 +88,15 @@ stats() { # mean and median in ms, from microseconds
   sort -n "$work/$1.us" | awk '{a[NR]=$1; s+=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f %.1f\n", s/NR/1000, m/1000}'
 }
 read -r nc_mean nc_median < <(stats nestcache)
+read -r br_mean br_median < <(stats bridge)
 read -r ctr_mean ctr_median < <(stats ctr)
 read -r runc_mean runc_median < <(stats runc)
 
 printf '\n%-34s %10s %10s\n' "warm start of /bin/true" "mean ms" "median ms"
 printf '%-34s %10s %10s\n' "nestcache run --rm (cache store)" "$nc_mean" "$nc_median"
+printf '%-34s %10s %10s\n' "  same, --net bridge (CNI)" "$br_mean" "$br_median"
 printf '%-34s %10s %10s\n' "ctr run --rm (imported image)" "$ctr_mean" "$ctr_median"
 printf '%-34s %10s %10s\n' "runc run (prepared bundle)" "$runc_mean" "$runc_median"
 awk -v a="$nc_median" -v b="$ctr_median" -v c="$runc_median" \
   'BEGIN { printf "\nratios (median): nestcache/ctr = %.2f, nestcache/runc = %.2f\n", a/b, a/c }'
+awk -v a="$nc_median" -v b="$br_median" 'BEGIN { printf "the network (--net bridge - --net none, median): %.1f ms\n", b-a }'

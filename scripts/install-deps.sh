@@ -9,6 +9,13 @@ for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compi
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# Nested networks: the CNI reference plugins (bridge, host-local, portmap, firewall,
+# loopback), which run iptables and ip; the UDP test borrows the host's perl.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+for pair in iptables:iptables iptables-save:iptables ip:iproute2 perl:perl-base; do
+  bin=${pair%%:*} pkg=${pair#*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+done
 # The registry source's TLS (native-tls) links the system OpenSSL.
 { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -39,6 +39,8 @@ pub enum Error {
     #[error(transparent)]
     Exec(#[from] crate::nested::exec_error::ExecError),
     #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
     Ingest(#[from] crate::store::IngestError),
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),

@@ -20,6 +20,7 @@
 //! - [`containerd`]: the containerd connection, containers, tasks, io, wait.
 //! - [`cache`]: the cache container lifecycle, TTL and reaping.
 //! - [`rootfs`]: overlay rootfs from a store's extracted layers (shared with the shim).
+//! - [`network`]: nested containers' networks through the CNI plugins (bridge per cache, ports, names).
 //! - [`nested`]: rootfs + runtime spec + task for the nested container, mount verification.
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 //! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
@@ -34,6 +35,7 @@ pub mod image;
 pub mod labels;
 pub mod layout;
 pub mod nested;
+pub mod network;
 pub mod node;
 pub mod process;
 pub mod rootfs;

@@ -410,7 +410,7 @@ fn clear_errors_unknown_image_cache_command() {
         "{e}"
     );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
-    let e = f.env.fails(&f.args(&["--rm", "--net", "bridge", &img]));
+    let e = f.env.fails(&f.args(&["--rm", "--net", "macvlan", &img]));
     assert!(e.contains("--net"), "{e}");
     let e = f.env.fails(&f.args(&["--rm", "-v", "rel/dir:/x", &img]));
     assert!(e.contains("absolute"), "{e}");
@@ -605,7 +605,7 @@ fn rm_cache_removes_the_cache_afterwards() {
 }
 
 #[test]
-fn network_none_by_default_host_on_request() {
+fn network_none_by_nestcache_net_host_on_request() {
     testkit::require!(containerd);
     let f = Fixture::new("run-net");
     let img = f.small("net", |_| {});

@@ -132,6 +132,8 @@ pub struct ConfigSpec {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `ExposedPorts`, as `"80/tcp"` (what `run -P` publishes).
+    pub exposed_ports: Vec<String>,
 }
 
 /// Everything that determines an image. Same spec (and same `/bin/busybox`) → same bytes.
@@ -344,6 +346,14 @@ impl ImageSpec {
         }
         if !c.labels.is_empty() {
             cfg.insert("Labels".into(), json!(c.labels));
+        }
+        if !c.exposed_ports.is_empty() {
+            let ports: serde_json::Map<String, Value> = c
+                .exposed_ports
+                .iter()
+                .map(|p| (p.clone(), json!({})))
+                .collect();
+            cfg.insert("ExposedPorts".into(), Value::Object(ports));
         }
         let history: Vec<Value> = (0..layers.len())
             .map(|i| json!({"created": CREATED, "created_by": format!("nestcache-mkimage layer {i}")}))

@@ -137,6 +137,13 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+            // The cache's bridge, subnet and leases go with it.
+            nestcache::network::remove_network(
+                &nestcache::network::NetLayout::new(&g.state_dir),
+                client.namespace(),
+                &a.name,
+            )
+            .await?;
             println!(
                 "removed cache {}{}",
                 a.name,

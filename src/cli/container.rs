@@ -253,9 +253,10 @@ pub fn parse_grace(s: &str) -> anyhow::Result<Duration> {
 pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
     let grace = parse_grace(&a.time)?;
     let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
     let mut out = Vec::new();
     for id in &a.containers {
-        let r = manage::stop(&client, id, grace).await;
+        let r = manage::stop(&client, &state, id, grace).await;
         out.push(outcome(id, r.map(|e| e.map(|e| e.code))));
     }
     report(out, a.json, |o| o.id.clone())

@@ -99,6 +99,8 @@ pub enum Command {
     Events(container::EventsArgs),
     /// Print a detached nested container's output
     Logs(container::LogsArgs),
+    /// List a nested container's published ports
+    Port(run::PortArgs),
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
@@ -127,6 +129,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => container::stats(&g, a).await,
         Command::Events(a) => container::events(&g, a).await,
         Command::Logs(a) => container::logs(&g, a).await,
+        Command::Port(a) => run::port(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
     }
 }
@@ -177,6 +180,12 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
     let connected = started.elapsed();
     for r in nestcache::cache::reap_expired(&client).await {
         eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+    }
+    // Networks of containers whose task is gone (a crash, a containerd restart) and of
+    // caches that are gone.
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    for what in nestcache::nested::network::reap(&client, &state).await {
+        tracing::info!("released the {what}");
     }
     tracing::debug!(
         connect_ms = format!("{:.1}", connected.as_secs_f64() * 1e3),

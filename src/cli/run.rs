@@ -1,10 +1,12 @@
 //! `run` and `verify`: nested containers (the rest of their lifecycle is in `container.rs`).
 
+use anyhow::Context;
 use clap::Args;
 use std::process::ExitCode;
 
 use nestcache::layout::StateLayout;
 use nestcache::nested::{self, manage, spec::SpecOptions};
+use nestcache::network;
 
 use super::Globals;
 
@@ -52,9 +54,12 @@ pub struct RunArgs {
     /// Container id (default: nested-<random>)
     #[arg(long)]
     pub name: Option<String>,
-    /// none (own network namespace, loopback only) or host
-    #[arg(long, default_value = "none")]
-    pub net: String,
+    /// bridge (the cache's network; the default when the CNI plugins are installed),
+    /// none (loopback only), host, or container:ID (share another container's)
+    #[arg(long, visible_alias = "network")]
+    pub net: Option<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Mount the container's root filesystem read-only
     #[arg(long)]
     pub read_only: bool,
@@ -89,6 +94,104 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// Ports, names and DNS of a bridged container.
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// Publish a container port: [IP:][HOST:]CONTAINER[/tcp|/udp], ports or ranges
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes onto a free host port
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
+    /// Another name the cache's other containers resolve this one by
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
+    /// NAME[:ALIAS]: resolve a container of the cache by ALIAS too
+    #[arg(long)]
+    pub link: Vec<String>,
+    /// NAME:IP in /etc/hosts (IP may be host-gateway)
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// DNS server for /etc/resolv.conf (default: the host's)
+    #[arg(long)]
+    pub dns: Vec<String>,
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    #[arg(long = "dns-option")]
+    pub dns_option: Vec<String>,
+    /// Use the first network config in this dir instead of the cache's bridge
+    #[arg(long = "cni-conf-dir")]
+    pub cni_conf_dir: Option<std::path::PathBuf>,
+    /// Where the CNI plugins are (default /usr/lib/cni, /opt/cni/bin)
+    #[arg(long = "cni-bin-dir")]
+    pub cni_bin_dir: Vec<std::path::PathBuf>,
+}
+
+impl NetworkArgs {
+    fn options(&self) -> anyhow::Result<network::NetworkOptions> {
+        let mut publish = Vec::new();
+        for p in &self.publish {
+            publish.extend(network::ports::parse_publish(p)?);
+        }
+        for d in &self.dns {
+            if d.parse::<std::net::IpAddr>().is_err() {
+                anyhow::bail!("invalid --dns {d:?}: expected an IP address");
+            }
+        }
+        for s in self.dns_search.iter().chain(&self.dns_option) {
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                anyhow::bail!("invalid --dns-search/--dns-option {s:?}: one word each");
+            }
+        }
+        Ok(network::NetworkOptions {
+            publish,
+            publish_all: self.publish_all,
+            aliases: self.network_alias.clone(),
+            links: self
+                .link
+                .iter()
+                .map(|l| network::mode::parse_link(l))
+                .collect::<Result<_, _>>()?,
+            add_hosts: self
+                .add_host
+                .iter()
+                .map(|h| network::mode::parse_add_host(h))
+                .collect::<Result<_, _>>()?,
+            dns: network::hosts::Dns {
+                servers: self.dns.clone(),
+                search: self.dns_search.clone(),
+                options: self.dns_option.clone(),
+            },
+            cni_conf_dir: self.cni_conf_dir.clone(),
+            cni_bin_dirs: self.cni_bin_dir.clone(),
+        })
+    }
+}
+
+/// `--net`, or the default: bridge when the CNI plugins are there (one line when not).
+fn net_mode(
+    given: Option<&str>,
+    bin_dirs: &[std::path::PathBuf],
+) -> anyhow::Result<network::NetMode> {
+    if let Some(m) = given {
+        return Ok(m.parse()?);
+    }
+    let (mode, note) = network::mode::default_mode(&network::mode::bin_dirs(bin_dirs))?;
+    if let Some(n) = note {
+        eprintln!("nestcache: {n}");
+    }
+    Ok(mode)
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    pub container: String,
+    /// Only this container port: PORT[/tcp|/udp]
+    pub port: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     pub container: String,
@@ -114,7 +217,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     spec.hostname = a.hostname;
     spec.resources = a.resources.resources()?;
     a.security.apply(&mut spec)?;
-    spec.net = a.net.parse()?;
+    spec.net = net_mode(a.net.as_deref(), &a.network.cni_bin_dir)?;
+    let network = a.network.options()?;
     spec.read_only = a.read_only;
     spec.tty = a.tty;
     let opts = nested::RunOptions {
@@ -131,6 +235,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         mount_cache: !a.no_mount_cache,
         cache_rw: a.cache_rw,
         runtime: a.runtime.parse()?,
+        network,
     };
     let detach = opts.detach;
     let json = a.json;
@@ -180,4 +285,29 @@ pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+pub async fn port(g: &Globals, a: PortArgs) -> anyhow::Result<ExitCode> {
+    let client = super::connect(g).await?;
+    manage::get(&client, &a.container).await?;
+    let layout = network::NetLayout::new(&g.state_dir);
+    let mut ports = network::published_ports(&layout, &a.container);
+    if let Some(p) = &a.port {
+        let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        let num: u16 = num
+            .parse()
+            .with_context(|| format!("invalid port {p:?}: expected PORT[/tcp|/udp]"))?;
+        ports.retain(|m| m.container_port == num && m.protocol.as_str() == proto);
+        if ports.is_empty() {
+            anyhow::bail!("no public port {p} published for {}", a.container);
+        }
+    }
+    if a.json {
+        super::print_json(&ports)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in ports {
+        println!("{}", m.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

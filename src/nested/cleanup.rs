@@ -1,5 +1,6 @@
 //! Removing a nested container completely: task (the shim unmounts the rootfs when it is
-//! deleted), container record, then its dir (overlay links, upper, work, FIFOs, log).
+//! deleted), its network (CNI DEL, namespace, ports, /etc files), container record, then
+//! its dir (overlay links, upper, work, FIFOs, log).
 
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ pub async fn remove(
         Ok(_) | Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
+    // Before the record goes: a DEL that keeps failing leaves the container for `rm`
+    // (or the reaper) to try again.
+    crate::network::detach(&crate::network::NetLayout::new(&paths.state_root), id).await?;
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {
         Ok(()) => Ok(()),

@@ -125,8 +125,14 @@ pub async fn verify(client: &Client, id: &str) -> Result<Verification> {
 }
 
 /// Stops nested container `id` (SIGTERM, SIGKILL after `grace`), deletes its task and
-/// keeps the exit code; the container stays until `rm`.
-pub async fn stop(client: &Client, id: &str, grace: Duration) -> Result<Option<ExitStatus>> {
+/// its network (as `docker stop` does), and keeps the exit code; the container stays
+/// until `rm`.
+pub async fn stop(
+    client: &Client,
+    state: &StateLayout,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<ExitStatus>> {
     get(client, id).await?;
     let exit = match client.stop_and_delete_task(id, grace).await {
         Ok(e) => e,
@@ -134,6 +140,7 @@ pub async fn stop(client: &Client, id: &str, grace: Duration) -> Result<Option<E
         Err(Error::NotFound(_)) => None,
         Err(e) => return Err(e),
     };
+    crate::network::detach(&crate::network::NetLayout::new(state.root()), id).await?;
     if let Some(e) = &exit {
         match client
             .update_labels(id, &[(labels::EXIT_CODE, &e.code.to_string())])

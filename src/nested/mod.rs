@@ -4,6 +4,7 @@
 //! - [`spec`]: the OCI runtime spec (containerd's defaults + image config + flags).
 //! - [`user`]: `USER[:GROUP]` through the image's /etc/passwd and /etc/group.
 //! - [`image`]: the image in the cache's store, staged and extracted if need be.
+//! - [`network`]: the container's network planned, attached and reaped.
 //! - [`run`]: the run flow; [`verify`]: mount verification; [`manage`]: ps/stop/rm/logs,
 //!   kill, wait.
 //! - [`exec`]: another process in a running container; [`inspect`]: the state scripts
@@ -17,6 +18,7 @@ pub mod filter;
 pub mod image;
 pub mod inspect;
 pub mod manage;
+pub mod network;
 pub mod procs;
 pub mod rootpath;
 pub mod run;
@@ -76,6 +78,8 @@ pub struct ContainerPaths {
     /// `<state>/containers/<id>`: overlay links, upper, work, FIFOs, log.
     pub dir: PathBuf,
     pub log: PathBuf,
+    /// The state dir, where the container's network (if any) is kept.
+    pub state_root: PathBuf,
 }
 
 impl ContainerPaths {
@@ -83,6 +87,7 @@ impl ContainerPaths {
         ContainerPaths {
             dir: state.container_dir(id),
             log: state.container_log_file(id),
+            state_root: state.root().to_path_buf(),
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
+use super::network::{self as net, Plan};
 use super::phases::Phases;
 use super::spec::{self, CacheMount, SpecOptions};
 use super::verify::{verify_mount, Verification};
@@ -23,6 +24,7 @@ use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
 use crate::labels;
 use crate::layout::StateLayout;
+use crate::network::{self, NetLayout, NetworkOptions, Prepared};
 use crate::rootfs::Overlay;
 
 /// Everything `run` is asked for.
@@ -45,6 +47,8 @@ pub struct RunOptions {
     pub mount_cache: bool,
     pub cache_rw: bool,
     pub runtime: Runtime,
+    /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
+    pub network: NetworkOptions,
 }
 
 /// How a run ended.
@@ -117,25 +121,41 @@ pub async fn run(
         s = signals.recv() => return Err(interrupted(s)),
     };
     phases.mark("check id, prepare image");
-    let spec = build_spec(client, &cache, &id, &image, &opts)?;
-    let argv0 = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.args().as_ref())
-        .and_then(|a| a.first().cloned())
-        .unwrap_or_default();
-    phases.mark("build spec");
-    // Creating the container record claims the id (containerd refuses a second one); only
-    // then is the container dir ours to make, and to remove on failure.
-    client
-        .create_container(NewContainer {
-            id: id.clone(),
-            labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
-            spec,
-            runtime: Some(opts.runtime.containerd_name().to_string()),
-            runtime_options: shim_options(&opts.runtime, &cache),
-        })
-        .await?;
+    // Ports are claimed here: one in use fails the run before anything of it exists.
+    let mut plan = plan_network(client, state, &cache, &id, &image, &opts).await?;
+    phases.mark("plan network");
+    let mut argv0 = String::new();
+    let created = match build_spec(client, &cache, &id, &image, &opts, &plan) {
+        // Creating the container record claims the id (containerd refuses a second one);
+        // only then is the container dir ours to make, and to remove on failure.
+        Ok(spec) => {
+            argv0 = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().as_ref())
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_default();
+            phases.mark("build spec");
+            client
+                .create_container(NewContainer {
+                    id: id.clone(),
+                    labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
+                    spec,
+                    runtime: Some(opts.runtime.containerd_name().to_string()),
+                    runtime_options: shim_options(&opts.runtime, &cache),
+                })
+                .await
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = created {
+        drop(plan.prepared.take());
+        if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
+            tracing::warn!("releasing the network of {id}: {c}");
+        }
+        return Err(e);
+    }
     phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
     let target = Target {
@@ -146,7 +166,15 @@ pub async fn run(
         image: &image,
         argv0: &argv0,
     };
-    let result = create_and_run(&target, &opts, &mut signals, &mut phases, on_verified).await;
+    let result = create_and_run(
+        &target,
+        &opts,
+        plan.prepared.take(),
+        &mut signals,
+        &mut phases,
+        on_verified,
+    )
+    .await;
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
@@ -156,6 +184,12 @@ pub async fn run(
             }
             if opts.rm_cache && report.exit_code.is_some() {
                 cache::remove(client, &cache, cache::RemoveOptions::default()).await?;
+                network::remove_network(
+                    &NetLayout::new(state.root()),
+                    client.namespace(),
+                    &cache.name,
+                )
+                .await?;
                 report.cache_removed = true;
             }
             Ok(report)
@@ -189,9 +223,12 @@ fn build_spec(
     id: &str,
     image: &PreparedImage,
     opts: &RunOptions,
+    plan: &Plan,
 ) -> Result<oci_spec::runtime::Spec> {
     let mut spec_opts = opts.spec.clone();
     spec_opts.id = id.to_string();
+    spec_opts.netns_path = plan.netns.clone();
+    spec_opts.etc_mounts = plan.etc_mounts.clone();
     spec_opts.namespace = client.namespace().to_string();
     spec_opts.cache_mount = opts.mount_cache.then(|| CacheMount {
         content_dir: cache.content_dir.clone(),
@@ -222,6 +259,41 @@ fn build_spec(
     spec::build(image.config.as_ref(), &image.users, &spec_opts)
 }
 
+/// The network plan of `id`: its hostname as the spec will set it, `-P`'s ports from the
+/// image config.
+async fn plan_network(
+    client: &Client,
+    state: &StateLayout,
+    cache: &cache::CacheInfo,
+    id: &str,
+    image: &PreparedImage,
+    opts: &RunOptions,
+) -> Result<Plan> {
+    let hostname = opts
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| spec::short_hostname(id));
+    let mut exposed = image
+        .config
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default();
+    // A map in the config: the same order every run.
+    exposed.sort();
+    net::plan(
+        client,
+        state,
+        cache,
+        id,
+        &hostname,
+        &opts.spec.net,
+        &opts.network,
+        &exposed,
+    )
+    .await
+}
+
 /// What one run works on.
 struct Target<'a> {
     client: &'a Client,
@@ -236,6 +308,7 @@ struct Target<'a> {
 async fn create_and_run(
     t: &Target<'_>,
     opts: &RunOptions,
+    mut network: Option<Prepared>,
     signals: &mut Signals,
     phases: &mut Phases,
     on_verified: impl FnOnce(&Verification),
@@ -271,6 +344,10 @@ async fn create_and_run(
         (fifos.stdio(), Some((fifos, open)))
     };
     phases.mark("overlay dirs, fifos");
+    if let Some(n) = network.as_mut() {
+        n.attach().await?;
+        phases.mark("attach network (CNI ADD)");
+    }
     let pid = client
         .create_task(NewTask {
             container_id: id.to_string(),
@@ -311,6 +388,8 @@ async fn create_and_run(
         client.start_task(id).await?;
         return Ok(report);
     };
+    // Running now: the reaper leaves it alone by its task from here on.
+    drop(network);
 
     let mut copies = open.start();
     let stdin_closed = copies.stdin_closed.take();
@@ -340,6 +419,8 @@ async fn create_and_run(
         // Like `ctr run`: the exited task goes (and its shim with it), the container stays
         // (with its upper dir) until `nestcache rm`; its exit code is kept as a label.
         client.delete_task(id).await?;
+        // Like `docker run`: an exited container keeps no address, namespace or ports.
+        network::detach(&NetLayout::new(&paths.state_root), id).await?;
         match client
             .update_labels(id, &[(labels::EXIT_CODE, &exit.code.to_string())])
             .await

@@ -68,27 +68,7 @@ pub const READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
-/// Network mode of the nested container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetMode {
-    /// A network namespace of its own with only loopback.
-    None,
-    /// The host's network namespace, with the host's /etc/resolv.conf and /etc/hosts.
-    Host,
-}
-
-impl std::str::FromStr for NetMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(NetMode::None),
-            "host" => Ok(NetMode::Host),
-            other => Err(Error::Invalid(format!(
-                "invalid --net {other:?}: expected none or host"
-            ))),
-        }
-    }
-}
+pub use crate::network::NetMode;
 
 /// `-v HOST:CTR[:ro|rw]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +135,10 @@ pub struct SpecOptions {
     /// Arguments after `--`: replace the image's Cmd.
     pub command: Vec<String>,
     pub net: NetMode,
+    /// The network namespace to join (nestcache's for a bridge, another container's).
+    pub netns_path: Option<PathBuf>,
+    /// Host files bound over /etc/hosts, /etc/resolv.conf, /etc/hostname (HOST, CTR).
+    pub etc_mounts: Vec<(PathBuf, PathBuf)>,
     pub read_only: bool,
     pub tty: bool,
     pub cache_mount: Option<CacheMount>,
@@ -180,6 +164,8 @@ impl SpecOptions {
             entrypoint: None,
             command: Vec::new(),
             net: NetMode::None,
+            netns_path: None,
+            etc_mounts: Vec::new(),
             read_only: false,
             tty: false,
             cache_mount: None,
@@ -206,14 +192,14 @@ pub fn build(image: Option<&ImageConfig>, users: &UserDb, opts: &SpecOptions) ->
 
     let process = process(opts, &user, users, args, env, cwd)?;
     let linux = linux(opts)?;
-    let hostname = match (&opts.hostname, opts.net) {
+    let hostname = match (&opts.hostname, &opts.net) {
         (Some(h), _) => h.clone(),
         // Host networking shows the host's name, as `docker run --net host` does.
         (None, NetMode::Host) => nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| short_hostname(&opts.id)),
-        (None, NetMode::None) => short_hostname(&opts.id),
+        (None, _) => short_hostname(&opts.id),
     };
 
     let mut builder = SpecBuilder::default()
@@ -331,7 +317,7 @@ fn linux(opts: &SpecOptions) -> Result<oci_spec::runtime::Linux> {
         .readonly_paths(readonly)
         .cgroups_path(PathBuf::from(format!("/{}/{}", opts.namespace, opts.id)))
         .resources(resources)
-        .namespaces(namespaces(opts.net)?);
+        .namespaces(namespaces(opts)?);
     if !devices.is_empty() {
         linux = linux.devices(devices);
     }
@@ -461,20 +447,24 @@ pub(crate) fn container_path(p: &str) -> std::result::Result<PathBuf, String> {
     Ok(out)
 }
 
-fn namespaces(net: NetMode) -> Result<Vec<oci_spec::runtime::LinuxNamespace>> {
-    let mut kinds = vec![
+fn namespaces(opts: &SpecOptions) -> Result<Vec<oci_spec::runtime::LinuxNamespace>> {
+    let mut out: Vec<oci_spec::runtime::LinuxNamespace> = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-    ];
-    if net == NetMode::None {
-        kinds.push(LinuxNamespaceType::Network);
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci))
+    .collect::<Result<_>>()?;
+    if opts.net.own_namespace() {
+        let mut ns = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(p) = &opts.netns_path {
+            ns = ns.path(p.clone());
+        }
+        out.push(ns.build().map_err(oci)?);
     }
-    kinds
-        .into_iter()
-        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci))
-        .collect()
+    Ok(out)
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount> {
@@ -563,6 +553,9 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
             }
         }
     }
+    for (host, at) in &opts.etc_mounts {
+        m.push(bind(host, at, false)?);
+    }
     let mut seen: Vec<PathBuf> = Vec::new();
     if let Some(c) = &opts.cache_mount {
         let target = container_path(&c.target.to_string_lossy()).map_err(|e| {
@@ -602,7 +595,7 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
 }
 
 /// Hostnames are limited to 64 bytes; ids may be longer.
-fn short_hostname(id: &str) -> String {
+pub(crate) fn short_hostname(id: &str) -> String {
     id.chars().take(63).collect()
 }
 

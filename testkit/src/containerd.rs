@@ -59,6 +59,8 @@ impl Env {
         c.env("CONTAINERD_ADDRESS", &self.address)
             .env("CONTAINERD_NAMESPACE", &self.namespace)
             .env("NESTCACHE_STATE_DIR", self.state.path())
+            // Bridges are host-wide: only the network tests make them (tests/net.rs).
+            .env("NESTCACHE_NET", "none")
             .env_remove("RUST_LOG");
         c
     }

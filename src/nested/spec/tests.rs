@@ -321,7 +321,32 @@ fn host_network_drops_the_net_namespace_and_binds_resolv_conf() {
             .iter()
             .any(|m| m["destination"] == "/etc/resolv.conf"));
     }
-    assert!("bridge".parse::<NetMode>().is_err());
+    assert!("macvlan".parse::<NetMode>().is_err());
+}
+
+#[test]
+fn bridge_network_joins_the_given_namespace_and_binds_etc_files() {
+    let mut o = opts();
+    o.net = "bridge".parse().unwrap();
+    o.netns_path = Some("/state/net/netns/c1".into());
+    o.etc_mounts = vec![("/state/net/containers/c1/hosts".into(), "/etc/hosts".into())];
+    let json = serde_json::to_value(build(Some(&image()), &users(), &o).unwrap()).unwrap();
+    let net = json["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .cloned()
+        .expect("a network namespace");
+    assert_eq!(net["path"], "/state/net/netns/c1");
+    let hosts = json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/etc/hosts")
+        .cloned()
+        .expect("/etc/hosts bound");
+    assert_eq!(hosts["source"], "/state/net/containers/c1/hosts");
 }
 
 #[test]

@@ -1,0 +1,141 @@
+//! Where a nested container's network lives on disk, and what is kept about it: its dir
+//! `<state>/net/containers/<id>/` (record, lock, hosts, resolv.conf, hostname), its
+//! namespace `<state>/net/netns/<id>`, its cache's network `<state>/net/networks/<ns>/<cache>/`.
+//! The record keeps the exact config list and the ADD result, so DEL undoes what ADD did
+//! even if the cache's config changed since.
+
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::cni::ConfList;
+use super::error::NetworkError;
+use super::ports::PortMapping;
+
+/// Paths under `<state>/net/`.
+#[derive(Debug, Clone)]
+pub struct NetLayout {
+    pub state_root: PathBuf,
+    root: PathBuf,
+}
+
+impl NetLayout {
+    pub fn new(state_root: &Path) -> NetLayout {
+        NetLayout {
+            state_root: state_root.to_path_buf(),
+            root: state_root.join("net"),
+        }
+    }
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+    pub fn netns(&self, id: &str) -> PathBuf {
+        self.root.join("netns").join(id)
+    }
+    pub fn networks_dir(&self, namespace: &str) -> PathBuf {
+        self.root.join("networks").join(namespace)
+    }
+    pub fn network_dir(&self, namespace: &str, cache: &str) -> PathBuf {
+        self.networks_dir(namespace).join(cache)
+    }
+}
+
+/// What is kept about one attached container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerNet {
+    pub id: String,
+    pub namespace: String,
+    pub cache: String,
+    pub hostname: String,
+    pub aliases: Vec<String>,
+    pub links: Vec<(String, String)>,
+    pub add_hosts: Vec<(String, String)>,
+    pub dns: super::hosts::Dns,
+    pub ip: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ports: Vec<PortMapping>,
+    pub netns: PathBuf,
+    pub conflist: ConfList,
+    pub bin_dirs: Vec<PathBuf>,
+    /// The ADD result, once ADD succeeded (CHECK and DEL are given it).
+    pub result: Option<Value>,
+}
+
+impl ContainerNet {
+    /// Every name the cache's other containers know it by.
+    pub fn names(&self) -> Vec<String> {
+        let mut n = vec![self.id.clone()];
+        n.extend(self.aliases.iter().filter(|a| **a != self.id).cloned());
+        n
+    }
+}
+
+pub fn record_file(dir: &Path) -> PathBuf {
+    dir.join("record.json")
+}
+
+pub fn read(dir: &Path) -> Result<ContainerNet, NetworkError> {
+    let file = record_file(dir);
+    let bytes = std::fs::read(&file).map_err(|e| NetworkError::file("read", &file, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| NetworkError::Config {
+        file,
+        why: e.to_string(),
+    })
+}
+
+/// Writes the record by rename, so a reader never sees half of one.
+pub fn write(dir: &Path, r: &ContainerNet) -> Result<(), NetworkError> {
+    let file = record_file(dir);
+    let tmp = dir.join("record.json.tmp");
+    let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
+    std::fs::write(&tmp, bytes).map_err(|e| NetworkError::file("write", &tmp, e))?;
+    std::fs::rename(&tmp, &file).map_err(|e| NetworkError::file("write", &file, e))
+}
+
+/// Every record in the layout (unreadable ones skipped), with its dir.
+pub fn all(layout: &NetLayout) -> Vec<(PathBuf, ContainerNet)> {
+    let Ok(entries) = std::fs::read_dir(layout.containers_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| read(&e.path()).ok().map(|r| (e.path(), r)))
+        .collect()
+}
+
+/// The attached containers of one cache's network.
+pub fn of_cache(layout: &NetLayout, namespace: &str, cache: &str) -> Vec<ContainerNet> {
+    all(layout)
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.namespace == namespace && r.cache == cache)
+        .collect()
+}
+
+/// An flock on `<dir>/lock`: held by whoever sets up or tears down what `dir` stands for.
+pub fn lock(dir: &Path, wait: bool) -> Result<Option<Flock<File>>, NetworkError> {
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NetworkError::file("open", &path, e))?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+        Err((_, e)) => Err(NetworkError::file("lock", &path, e.into())),
+    }
+}
