@@ -259,7 +259,8 @@ impl Container {
         self.init.check(Step::Delete)?;
         self.init.lifecycle.delete(&self.init)?;
         self.init.step(Step::Delete)?;
-        for exec in lock(&self.execs).drain().map(|(_, p)| p) {
+        let execs: Vec<_> = lock(&self.execs).drain().map(|(_, p)| p).collect();
+        for exec in execs {
             exec.force_deleted();
             let _ = exec.lifecycle.delete(&exec);
             exec.drop_io();
