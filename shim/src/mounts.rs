@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
 
 use crate::bundle::{self, Record, Spec};
+use crate::image_config;
 use crate::store_rootfs::{self, StoreLease};
 use nestcache::store::LeaseHolder;
 
@@ -47,6 +48,7 @@ pub fn setup(
         record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
         store_rootfs::mount(&wanted, &lease, holder, &dir, &target)?;
+        image_config::apply(bundle, &spec.annotations, &wanted)?;
         return bundle::set_root_to_bundle_rootfs(bundle);
     }
     if mounts.is_empty() {
