@@ -54,13 +54,9 @@ pub struct KillArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait after SIGTERM before SIGKILL (a duration such as 500ms is taken too)
-    #[arg(
-        short = 't',
-        long = "time",
-        visible_alias = "timeout",
-        default_value = "10"
-    )]
-    pub time: String,
+    /// (default: the container's --stop-timeout, else 10)
+    #[arg(short = 't', long = "time", visible_alias = "timeout")]
+    pub time: Option<String>,
     #[arg(required = true)]
     pub containers: Vec<String>,
     #[arg(long)]
@@ -93,6 +89,9 @@ pub struct InspectArgs {
     /// A Go-template-like format applied to each (e.g. '{{.State.Pid}}'), or `json`
     #[arg(short = 'f', long)]
     pub format: Option<String>,
+    /// JSON (the default; accepted for uniformity)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,9 +137,6 @@ pub struct PsArgs {
     /// Show stopped containers too
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Only ids
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
     /// KEY=VALUE: name, id, label, status, ancestor, cache (repeatable)
     #[arg(long)]
     pub filter: Vec<String>,
@@ -224,7 +220,15 @@ pub async fn exec(g: &Globals, a: ExecArgs) -> anyhow::Result<ExitCode> {
         tty: a.tty,
         detach: a.detach,
     };
-    let exit = exec::exec(&client, &state, &a.container, &opts).await?;
+    let exit = match exec::exec(&client, &state, &a.container, &opts).await {
+        Ok(exit) => exit,
+        // The command could not be invoked: 126 / 127, as `docker exec`.
+        Err(e @ nestcache::Error::Exec(_)) => {
+            eprintln!("nestcache: {e}");
+            return Ok(ExitCode::from(super::exit::for_run_error(&e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(super::output::exit_code(exit.map(|e| e.code).unwrap_or(0)))
 }
 
@@ -251,7 +255,7 @@ pub fn parse_grace(s: &str) -> anyhow::Result<Duration> {
 }
 
 pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
-    let grace = parse_grace(&a.time)?;
+    let grace = a.time.as_deref().map(parse_grace).transpose()?;
     let client = super::connect(g).await?;
     let state = StateLayout::new(&g.state_dir);
     let mut out = Vec::new();
@@ -486,7 +490,7 @@ pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if a.json {
         super::print_json(&list)?;
-    } else if a.quiet {
+    } else if g.quiet {
         for n in &list {
             println!("{}", n.id);
         }

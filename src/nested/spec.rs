@@ -15,12 +15,17 @@ use oci_spec::runtime::{
 use super::user::{ResolvedUser, UserDb};
 use crate::error::{Error, Result};
 
+pub mod files;
+pub mod mounts;
 pub mod resources;
 pub mod seccomp;
 pub mod security;
 
 pub use resources::Resources;
 pub use security::Security;
+
+/// Where `--init` puts nestcache's init inside the container.
+pub const INIT_PATH: &str = "/sbin/nestcache-init";
 
 /// containerd's default PATH for a container whose image sets none.
 pub const DEFAULT_PATH_ENV: &str =
@@ -149,6 +154,10 @@ pub struct SpecOptions {
     pub security: Security,
     /// `--group-add`: group names (of the image's /etc/group) or numbers.
     pub group_add: Vec<String>,
+    /// `--tmpfs` and `--mount type=tmpfs`.
+    pub tmpfs: Vec<mounts::Tmpfs>,
+    /// `--init`: the host path of nestcache's init, run as PID 1 in front of the command.
+    pub init: Option<PathBuf>,
 }
 
 impl SpecOptions {
@@ -173,6 +182,8 @@ impl SpecOptions {
             resources: Resources::default(),
             security: Security::default(),
             group_add: Vec::new(),
+            tmpfs: Vec::new(),
+            init: None,
         }
     }
 }
@@ -357,6 +368,10 @@ fn process_args(image: Option<&ImageConfig>, opts: &SpecOptions) -> Result<Vec<S
             "no command: the image has no Entrypoint or Cmd; give one after `--` or with --entrypoint"
                 .into(),
         ));
+    }
+    if opts.init.is_some() {
+        let init = [INIT_PATH.to_string(), "--".to_string()];
+        return Ok(init.into_iter().chain(args).collect());
     }
     Ok(args)
 }
@@ -590,6 +605,26 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
         }
         m.push(bind(&v.host, &v.container, v.read_only)?);
         seen.push(v.container.clone());
+    }
+    if let Some(init) = &opts.init {
+        m.push(bind(init, Path::new(INIT_PATH), true)?);
+        seen.push(PathBuf::from(INIT_PATH));
+    }
+    for t in &opts.tmpfs {
+        if t.target == Path::new("/") || seen.contains(&t.target) {
+            return Err(Error::Invalid(format!(
+                "--tmpfs {}: the root or a path already mounted",
+                t.target.display()
+            )));
+        }
+        let options: Vec<&str> = t.options.iter().map(String::as_str).collect();
+        m.push(mount(
+            &t.target.to_string_lossy(),
+            "tmpfs",
+            "tmpfs",
+            &options,
+        )?);
+        seen.push(t.target.clone());
     }
     Ok(m)
 }
