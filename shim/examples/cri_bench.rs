@@ -11,6 +11,9 @@ use testkit::cri::{self, CriContainerd};
 
 const DECLARED: &str = "localhost/nc-bench-declared:1";
 
+/// What is measured: a name, the CRI runtime handler, the pod's annotations.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 async fn once(cri: &CriContainerd, handler: &str, annotations: &[(&str, &str)]) -> Duration {
     let mut c = cri.client().await.expect("CRI client");
     let pod = cri::pod_config("bench", annotations);
@@ -112,7 +115,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cases: [(&str, &str, Vec<(&str, &str)>); 2] = [
+    let cases: [Case; 2] = [
         (
             "nestcache, store rootfs",
             "nestcache",
