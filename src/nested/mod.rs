@@ -16,6 +16,7 @@ pub mod exec;
 pub mod exec_error;
 pub mod filter;
 pub mod image;
+pub mod init;
 pub mod inspect;
 pub mod logs;
 pub mod manage;
