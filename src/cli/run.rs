@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Stage this source first
     #[arg(long)]
     pub stage: Option<String>,
+    /// When to stage --stage: missing (IMAGE not in the store), always, never
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
     /// Image ref or manifest digest in the cache's store
     pub image: String,
     /// Command and arguments (replace the image's Cmd)
@@ -240,6 +243,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         labels,
         volumes_from: a.mounts.volumes_from.clone(),
         cidfile: a.mounts.cidfile.clone(),
+        pull: a.pull.parse()?,
         network,
     };
     let detach = opts.detach;

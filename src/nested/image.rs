@@ -27,33 +27,67 @@ pub struct PreparedImage {
     pub layer_dirs: Vec<PathBuf>,
 }
 
-/// Resolves `image` in the store at `content_dir` (staging `stage` first), extracts what
+/// Resolves `image` in the store at `content_dir` (staging `stage` first, as `pull`
+/// says), extracts what
 /// is not extracted yet, and reads the image's /etc/passwd and /etc/group.
 pub async fn prepare(
     content_dir: &Path,
     image: &str,
     stage: Option<&str>,
     source_options: &SourceOptions,
+    pull: Pull,
 ) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
     let image = image.to_string();
     let stage = stage.map(|s| (s.to_string(), source_options.clone()));
-    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &image, stage.as_ref()))
-        .await
-        .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        prepare_blocking(&content_dir, &image, stage.as_ref(), pull)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+}
+
+/// `--pull`: when `--stage SOURCE` is staged, as Docker's `--pull` decides when to pull.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pull {
+    /// Stage only when IMAGE is not in the store yet (Docker's default).
+    #[default]
+    Missing,
+    /// Stage every time (the source may have changed).
+    Always,
+    /// Never stage: IMAGE must be in the store.
+    Never,
+}
+
+impl std::str::FromStr for Pull {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "missing" => Ok(Pull::Missing),
+            "always" => Ok(Pull::Always),
+            "never" => Ok(Pull::Never),
+            other => Err(Error::Invalid(format!(
+                "invalid --pull {other:?}: expected missing, always or never"
+            ))),
+        }
+    }
 }
 
 fn prepare_blocking(
     content_dir: &Path,
     image: &str,
     stage: Option<&(String, SourceOptions)>,
+    pull: Pull,
 ) -> Result<PreparedImage> {
+    let stage = stage.filter(|_| pull != Pull::Never);
     let store = match stage {
         Some(_) => Store::open(content_dir)?,
         None => Store::open_existing(content_dir)?,
     };
     if let Some((source, source_options)) = stage {
-        stage_into(&store, source, source_options, image)?;
+        if pull == Pull::Always || store.resolve(image, None).is_err() {
+            stage_into(&store, source, source_options, image)?;
+        }
     }
     let resolved = store.resolve(image, None).map_err(|e| match e {
         Error::Store(e) if e.is_not_found() => Error::NotFound(format!(

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub volumes_from: Vec<String>,
     /// `--cidfile`: written with the id once the container exists (must not exist).
     pub cidfile: Option<std::path::PathBuf>,
+    /// `--pull`: when `stage` is staged.
+    pub pull: image::Pull,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
 }
@@ -124,7 +126,7 @@ pub async fn run(
     }
 
     let image = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options) => r?,
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, opts.pull) => r?,
         s = signals.recv() => return Err(interrupted(s)),
     };
     phases.mark("check id, prepare image");
