@@ -11,6 +11,7 @@ for pair in containerd:containerd runc:runc ctr:containerd protoc:protobuf-compi
 done
 # Nested networks: the CNI reference plugins (bridge, host-local, portmap, firewall,
 # loopback), which run iptables and ip; the UDP test borrows the host's perl.
+# The CRI tests (shim/tests/cri.rs) use bridge + host-local and ip too.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 for pair in iptables:iptables iptables-save:iptables ip:iproute2 perl:perl-base; do
   bin=${pair%%:*} pkg=${pair#*:}

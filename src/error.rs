@@ -47,6 +47,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    ContainerdCall(#[from] crate::containerd::ContainerdError),
+    #[error(transparent)]
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),

@@ -25,6 +25,15 @@ pub const IMAGE: &str = "io.nestcache.image";
 pub const MANIFEST: &str = "io.nestcache.manifest";
 pub const MOUNT_CACHE: &str = "io.nestcache.mount-cache";
 pub const EXIT_CODE: &str = "io.nestcache.exit-code";
+/// Nested containers: the named volumes they use (comma-separated), so `volume rm` can
+/// refuse one in use.
+pub const VOLUMES: &str = "io.nestcache.volumes";
+/// Nested containers: `--stop-signal` (a number) and `--stop-timeout` (seconds), read by
+/// `stop`.
+pub const STOP_SIGNAL: &str = "io.nestcache.stop-signal";
+pub const STOP_TIMEOUT: &str = "io.nestcache.stop-timeout";
+/// Every label nestcache owns starts so; users may not set them with `--label`.
+pub const PREFIX: &str = "io.nestcache.";
 
 /// Shim annotations (OCI spec `annotations`): the store (content dir) to assemble the
 /// rootfs from, and the image in it (reference or manifest digest).

@@ -364,3 +364,122 @@ fn devices_groups_and_refused_options() {
     }
     f.assert_nothing_left();
 }
+
+#[test]
+fn mounts_volumes_env_labels_and_cidfile() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-mnt");
+    let host = tempfile::tempdir().expect("temp dir");
+    std::fs::write(host.path().join("f"), "from host\n").expect("write");
+    let bind = format!(
+        "type=bind,source={},target=/b,readonly",
+        host.path().display()
+    );
+    // --read-only with writable tmpfs mounts; a read-only bind mount.
+    let out = f.ok(&[
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:size=1m",
+        "--mount",
+        "type=tmpfs,target=/t,tmpfs-size=2m",
+        "--mount",
+        &bind,
+        &img,
+        "sh",
+        "-c",
+        "echo x > /tmp/x && echo x > /t/x && df -k /tmp /t | awk 'NR>1 {print $2}'; \
+         cat /b/f; touch /b/g 2>/dev/null || echo bind ro; touch /x 2>/dev/null || echo root ro",
+    ]);
+    assert_eq!(
+        lines(&out),
+        ["1024", "2048", "from host", "bind ro", "root ro"]
+    );
+    // A named volume outlives its container; --volumes-from and --mount type=volume see it.
+    f.ok(&[
+        "--name",
+        "writer",
+        "-v",
+        "data:/data",
+        &img,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    let out = f.ok(&[
+        "--rm",
+        "--volumes-from",
+        "writer:ro",
+        &img,
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/g 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(lines(&out), ["kept", "ro"]);
+    let out = f.ok(&[
+        "--rm",
+        "--mount",
+        "source=data,target=/d",
+        &img,
+        "cat",
+        "/d/f",
+    ]);
+    assert_eq!(out, "kept\n");
+    let vols: serde_json::Value =
+        serde_json::from_str(&f.env.ok(&["volume", "ls", "--json"])).expect("json");
+    assert_eq!(vols[0]["name"], "data");
+    assert_eq!(vols[0]["used_by"], serde_json::json!(["writer"]));
+    let e = f.env.fails(&["volume", "rm", "data"]);
+    assert!(e.contains("in use by writer"), "{e}");
+    f.env.ok(&["rm", "writer"]);
+    f.env.ok(&["volume", "rm", "data"]);
+    assert_eq!(f.env.ok(&["volume", "ls", "-q"]), "");
+    // --env-file first, -e over it; labels from flags and files.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, "# vars\nA=1\nB=file\n").expect("write");
+    let label_file = dir.path().join("labels");
+    std::fs::write(&label_file, "team=ci\n").expect("write");
+    let cid = dir.path().join("cid");
+    let env_path = env_file.to_str().expect("utf-8");
+    let out = f.ok(&[
+        "--name",
+        "labelled",
+        "--env-file",
+        env_path,
+        "-e",
+        "B=flag",
+        "-l",
+        "a=b",
+        "--label-file",
+        label_file.to_str().expect("utf-8"),
+        "--cidfile",
+        cid.to_str().expect("utf-8"),
+        &img,
+        "sh",
+        "-c",
+        "echo $A $B",
+    ]);
+    assert_eq!(out, "1 flag\n");
+    assert_eq!(std::fs::read_to_string(&cid).expect("cidfile"), "labelled");
+    let info: serde_json::Value =
+        serde_json::from_str(&f.env.ok(&["inspect", "labelled"])).expect("json");
+    let labels = &info[0]["Config"]["Labels"];
+    assert_eq!(
+        (labels["a"].as_str(), labels["team"].as_str()),
+        (Some("b"), Some("ci"))
+    );
+    // An existing cidfile is refused, before anything runs.
+    let out = f.run(&[
+        "--rm",
+        "--cidfile",
+        cid.to_str().expect("utf-8"),
+        &img,
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let out = f.run(&["--rm", "-l", "io.nestcache.role=cache", &img, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    f.env.ok(&["rm", "labelled"]);
+    f.assert_nothing_left();
+}

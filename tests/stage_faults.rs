@@ -167,3 +167,54 @@ fn disk_full_on_a_small_ext4_is_one_line_and_nothing_half_written() {
         .unwrap()
         .all(|e| e.unwrap().file_name() != zeros.diff_ids[0].hex()));
 }
+
+/// A layer with one character device whose major number field is `major` (raw bytes).
+fn device_layer(major: &[u8]) -> (Blob, nestcache::digest::Digest) {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_path("dev/evil").unwrap();
+    h.set_mode(0o600);
+    h.set_size(0);
+    h.set_device_major(0).unwrap();
+    h.set_device_minor(0).unwrap();
+    let u = h.as_ustar_mut().unwrap();
+    u.dev_major = [0; 8];
+    u.dev_major[..major.len()].copy_from_slice(major);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, std::io::empty()).unwrap();
+    let tar = b.into_inner().unwrap();
+    let diff_id = nestcache::digest::Digest::of(&tar);
+    (Blob::new(OCI_LAYER, tar), diff_id)
+}
+
+#[test]
+fn unparseable_device_numbers_are_refused() {
+    testkit::require!(root);
+    let d = Dirs::new();
+    let store = d.s("store");
+    for (i, major) in [&b"zz"[..], b"-1", b"\x7f\x7f\x7f"].into_iter().enumerate() {
+        let (layer, diff_id) = device_layer(major);
+        let img = build(vec![layer], vec![diff_id.clone()], "amd64", |_, _| {});
+        let src = d.path(&format!("src{i}"));
+        oci_dir(&src, &[&img], &[("dev", &img.manifest)]);
+        let err = fails(&[
+            "stage",
+            &format!("oci:{}", src.display()),
+            "--store",
+            &store,
+        ]);
+        assert!(
+            err.contains("unparseable device major number") && err.contains("dev/evil"),
+            "{major:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        // Nothing published: no 0/0 node (a whiteout to overlayfs) hides anything.
+        assert!(!Path::new(&store)
+            .join("layers/diff")
+            .join(diff_id.hex())
+            .exists());
+        assert_eq!(temp_leftovers(Path::new(&store)), Vec::<String>::new());
+        assert_intact(&store);
+    }
+}

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod exits;
+pub mod image_config;
 pub mod init;
 pub mod mounts;
 pub mod options;

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
 
 use crate::bundle::{self, Record, Spec};
-use crate::store_rootfs;
+use crate::{image_config, store_rootfs};
 
 pub fn rootfs_dir(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
@@ -40,6 +40,7 @@ pub fn setup(
         record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
         store_rootfs::mount(&wanted, &dir, &target)?;
+        image_config::apply(bundle, &spec.annotations, &wanted)?;
         return bundle::set_root_to_bundle_rootfs(bundle);
     }
     if mounts.is_empty() {

@@ -72,6 +72,7 @@ impl Shim for Service {
         } else {
             PathBuf::from(&args.bundle)
         };
+        crate::image_config::set_containerd(&args.address, &args.namespace);
         Service {
             namespace: args.namespace.clone(),
             id: args.id.clone(),

@@ -13,6 +13,7 @@ mod run_flags;
 mod stage;
 mod store;
 mod system;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,9 @@ pub enum Command {
     /// Node setup for Kubernetes: install, uninstall, status
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Named volumes: create, ls, inspect, rm
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -131,6 +135,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => container::logs(&g, a).await,
         Command::Port(a) => run::port(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
+        Command::Volume(c) => volume::run(&g, c).await,
     }
 }
 

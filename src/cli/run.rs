@@ -36,6 +36,8 @@ pub struct RunArgs {
     pub resources: super::run_flags::ResourceArgs,
     #[command(flatten)]
     pub security: super::run_flags::SecurityArgs,
+    #[command(flatten)]
+    pub mounts: super::run_flags::MountArgs,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the caller's value)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -207,11 +209,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     spec.env = a.env;
     spec.workdir = a.workdir;
     spec.user = a.user;
-    spec.volumes = a
-        .volumes
-        .iter()
-        .map(|v| v.parse())
-        .collect::<Result<_, _>>()?;
+    let state = StateLayout::new(&g.state_dir);
+    let labels = a.mounts.apply(&state, &a.volumes, &mut spec)?;
     spec.entrypoint = a.entrypoint;
     spec.command = command_after_image(a.command);
     spec.hostname = a.hostname;
@@ -235,12 +234,14 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         mount_cache: !a.no_mount_cache,
         cache_rw: a.cache_rw,
         runtime: a.runtime.parse()?,
+        labels,
+        volumes_from: a.mounts.volumes_from.clone(),
+        cidfile: a.mounts.cidfile.clone(),
         network,
     };
     let detach = opts.detach;
     let json = a.json;
     let client = super::connect(g).await?;
-    let state = StateLayout::new(&g.state_dir);
     let report = nested::run(&client, &state, opts, |v| {
         // A failure comes back as the run's error; say only the success here.
         if !json && v.ok {

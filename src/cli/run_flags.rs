@@ -1,10 +1,16 @@
 //! `run`'s resource and security flags, spelled as `docker run` spells them, and their
 //! conversion into the library's spec options.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use clap::Args;
 
+use nestcache::layout::StateLayout;
+use nestcache::nested::spec::mounts::{self, MountArg};
 use nestcache::nested::spec::resources::{self, Resources};
-use nestcache::nested::spec::{Security, SpecOptions};
+use nestcache::nested::spec::{files, Security, SpecOptions, Volume};
+use nestcache::nested::volumes;
 
 #[derive(Debug, Default, Args)]
 pub struct ResourceArgs {
@@ -137,5 +143,101 @@ impl SecurityArgs {
         spec.security = self.security()?;
         spec.group_add = self.group_add.clone();
         Ok(())
+    }
+}
+
+#[derive(Debug, Default, Args)]
+pub struct MountArgs {
+    /// Mount type=bind|tmpfs|volume,source=…,target=…[,readonly]
+    #[arg(long, value_name = "MOUNT")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs PATH[:OPTIONS] (e.g. /tmp:size=64m,exec)
+    #[arg(long, value_name = "PATH")]
+    pub tmpfs: Vec<String>,
+    /// Mount the volumes and bind mounts of nested container ID[:ro|:rw]
+    #[arg(long, value_name = "ID")]
+    pub volumes_from: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Set a container label KEY[=VALUE]
+    #[arg(short = 'l', long, value_name = "LABEL")]
+    pub label: Vec<String>,
+    /// Read labels from a file (KEY=VALUE lines)
+    #[arg(long, value_name = "FILE")]
+    pub label_file: Vec<PathBuf>,
+    /// Write the container id to this file (which must not exist)
+    #[arg(long, value_name = "FILE")]
+    pub cidfile: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// Fills mounts and env of the spec (`-v` included, for its named volumes) and returns
+    /// the container's labels: the user's, and the named volumes used.
+    pub fn apply(
+        &self,
+        state: &StateLayout,
+        volume_flags: &[String],
+        spec: &mut SpecOptions,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let mut used = Vec::new();
+        for v in volume_flags {
+            let (source, rest) = v.split_once(':').unwrap_or((v, ""));
+            if volumes::is_volume_name(source) && !rest.is_empty() {
+                let dir = volumes::ensure(state, source)?;
+                spec.volumes
+                    .push(format!("{}:{rest}", dir.display()).parse()?);
+                used.push(source.to_string());
+            } else {
+                spec.volumes.push(v.parse()?);
+            }
+        }
+        for m in &self.mount {
+            match mounts::parse_mount(m)? {
+                MountArg::Bind(v) => spec.volumes.push(v),
+                MountArg::Tmpfs(t) => spec.tmpfs.push(t),
+                MountArg::Volume {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let host = volumes::ensure(state, &name)?;
+                    spec.volumes.push(Volume {
+                        host,
+                        container: target,
+                        read_only,
+                    });
+                    used.push(name);
+                }
+            }
+        }
+        for t in &self.tmpfs {
+            spec.tmpfs.push(mounts::parse_tmpfs(t)?);
+        }
+        // Docker: the files' entries first, `-e` after them (so `-e` wins).
+        let mut env = Vec::new();
+        for f in &self.env_file {
+            env.extend(files::env_entries(files::read_kv_file("--env-file", f)?));
+        }
+        env.append(&mut spec.env);
+        spec.env = env;
+        let mut labels = HashMap::new();
+        let mut label_lines = Vec::new();
+        for f in &self.label_file {
+            label_lines.extend(files::read_kv_file("--label-file", f)?);
+        }
+        label_lines.extend(self.label.iter().cloned());
+        for l in label_lines {
+            let (k, v) = l.split_once('=').unwrap_or((&l, ""));
+            if k.is_empty() || k.starts_with(nestcache::labels::PREFIX) {
+                anyhow::bail!(
+                    "invalid --label {l:?}: empty, or a key under {} (nestcache's own)",
+                    nestcache::labels::PREFIX
+                );
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        nestcache::nested::run::add_volume_names(&mut labels, &used);
+        Ok(labels)
     }
 }

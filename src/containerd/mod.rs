@@ -11,6 +11,7 @@
 //! namespace is validated at connect so that header can never be malformed.
 
 mod containers;
+mod error;
 pub mod events;
 pub mod io;
 /// The label names, a ground-floor module of their own (the shim uses them without the
@@ -28,6 +29,7 @@ use tonic::{Code, Status};
 use crate::{Error, Result};
 
 pub use containers::{Container, NewContainer};
+pub use error::ContainerdError;
 pub use tasks::{ExitStatus, NewTask, TaskState, TaskStatus, TaskWait};
 
 /// containerd's default gRPC socket.
@@ -165,17 +167,14 @@ impl Client {
                 self.namespace,
                 status.message()
             )),
-            Code::Unavailable => Error::Containerd {
+            code => ContainerdError {
                 address: self.address.clone(),
-                message: format!(
-                    "{what}: containerd stopped answering ({}); is it still running?",
-                    status.message()
-                ),
-            },
-            _ => Error::Containerd {
-                address: self.address.clone(),
-                message: format!("{what}: {}", status.message()),
-            },
+                namespace: self.namespace.clone(),
+                what: what.to_string(),
+                code,
+                message: status.message().to_string(),
+            }
+            .into(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod run;
 pub mod spec;
 pub mod user;
 pub mod verify;
+pub mod volumes;
 
 mod cleanup;
 mod phases;

@@ -27,6 +27,9 @@ use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
 use crate::rootfs::Overlay;
 
+/// Where `--init` puts nestcache's init inside the container.
+pub const INIT_PATH: &str = "/sbin/nestcache-init";
+
 /// Everything `run` is asked for.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -47,6 +50,13 @@ pub struct RunOptions {
     pub mount_cache: bool,
     pub cache_rw: bool,
     pub runtime: Runtime,
+    /// `--label`/`--label-file` (no `io.nestcache.` keys) and nestcache's own extra
+    /// labels (the named volumes used, stop signal and timeout).
+    pub labels: std::collections::HashMap<String, String>,
+    /// `--volumes-from ID[:ro|:rw]`: that nested container's bind mounts and volumes.
+    pub volumes_from: Vec<String>,
+    /// `--cidfile`: written with the id once the container exists (must not exist).
+    pub cidfile: Option<std::path::PathBuf>,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
 }
@@ -121,6 +131,12 @@ pub async fn run(
         s = signals.recv() => return Err(interrupted(s)),
     };
     phases.mark("check id, prepare image");
+    let mut opts = opts;
+    for from in &opts.volumes_from.clone() {
+        let (vols, names) = volumes_from(client, from).await?;
+        opts.spec.volumes.extend(vols);
+        add_volume_names(&mut opts.labels, &names);
+    }
     // Ports are claimed here: one in use fails the run before anything of it exists.
     let mut plan = plan_network(client, state, &cache, &id, &image, &opts).await?;
     phases.mark("plan network");
@@ -139,7 +155,12 @@ pub async fn run(
             client
                 .create_container(NewContainer {
                     id: id.clone(),
-                    labels: labels_for(&cache, &opts.image, &image, opts.mount_cache),
+                    labels: opts
+                        .labels
+                        .clone()
+                        .into_iter()
+                        .chain(labels_for(&cache, &opts.image, &image, opts.mount_cache))
+                        .collect(),
                     spec,
                     runtime: Some(opts.runtime.containerd_name().to_string()),
                     runtime_options: shim_options(&opts.runtime, &cache),
@@ -158,6 +179,12 @@ pub async fn run(
     }
     phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
+    if let Some(f) = &opts.cidfile {
+        if let Err(e) = write_cidfile(f, &id) {
+            let _ = cleanup::remove(client, &id, &paths, Duration::from_secs(2)).await;
+            return Err(e);
+        }
+    }
     let target = Target {
         client,
         cache: &cache,
@@ -439,6 +466,91 @@ async fn create_and_run(
         }
     }
     Ok(report)
+}
+
+/// `--cidfile`: the id, in a file that must not exist yet (as Docker refuses to overwrite
+/// one a running container may still be named by).
+fn write_cidfile(path: &std::path::Path, id: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx(|| {
+            format!(
+                "--cidfile {}: create (it must not exist yet)",
+                path.display()
+            )
+        })?;
+    f.write_all(id.as_bytes())
+        .ctx(|| format!("--cidfile {}: write", path.display()))
+}
+
+/// `--volumes-from ID[:ro|:rw]`: the bind mounts of nested container ID that are its
+/// volumes (not the cache, not host files nestcache binds itself), and the named volumes
+/// among them.
+async fn volumes_from(client: &Client, arg: &str) -> Result<(Vec<spec::Volume>, Vec<String>)> {
+    let (from, mode) = match arg.rsplit_once(':') {
+        Some((id, m @ ("ro" | "rw"))) => (id, Some(m == "ro")),
+        _ => (arg, None),
+    };
+    let c = super::manage::get(client, from).await?;
+    let skip: Vec<std::path::PathBuf> = [
+        c.label(labels::PATH).unwrap_or_default(),
+        "/etc/resolv.conf",
+        "/etc/hosts",
+        "/etc/hostname",
+        INIT_PATH,
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
+    let mut vols = Vec::new();
+    for m in c.spec()?.mounts().clone().unwrap_or_default() {
+        let opts = m.options().clone().unwrap_or_default();
+        if m.typ().as_deref() != Some("bind") || skip.contains(m.destination()) {
+            continue;
+        }
+        let Some(source) = m.source().clone() else {
+            continue;
+        };
+        vols.push(spec::Volume {
+            host: source,
+            container: m.destination().clone(),
+            read_only: mode.unwrap_or(opts.iter().any(|o| o == "ro")),
+        });
+    }
+    let names = c
+        .label(labels::VOLUMES)
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((vols, names))
+}
+
+/// Records named volumes in the VOLUMES label (comma-separated, no repeats).
+pub fn add_volume_names(labels: &mut std::collections::HashMap<String, String>, names: &[String]) {
+    let mut all: Vec<String> = labels
+        .get(labels::VOLUMES)
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    for n in names {
+        if !all.contains(n) {
+            all.push(n.clone());
+        }
+    }
+    if !all.is_empty() {
+        labels.insert(labels::VOLUMES.to_string(), all.join(","));
+    }
 }
 
 /// A failed task create or start: [`ExecError`] when runc could not invoke the command

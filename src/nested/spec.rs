@@ -15,6 +15,8 @@ use oci_spec::runtime::{
 use super::user::{ResolvedUser, UserDb};
 use crate::error::{Error, Result};
 
+pub mod files;
+pub mod mounts;
 pub mod resources;
 pub mod seccomp;
 pub mod security;
@@ -149,6 +151,8 @@ pub struct SpecOptions {
     pub security: Security,
     /// `--group-add`: group names (of the image's /etc/group) or numbers.
     pub group_add: Vec<String>,
+    /// `--tmpfs` and `--mount type=tmpfs`.
+    pub tmpfs: Vec<mounts::Tmpfs>,
 }
 
 impl SpecOptions {
@@ -173,6 +177,7 @@ impl SpecOptions {
             resources: Resources::default(),
             security: Security::default(),
             group_add: Vec::new(),
+            tmpfs: Vec::new(),
         }
     }
 }
@@ -590,6 +595,22 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
         }
         m.push(bind(&v.host, &v.container, v.read_only)?);
         seen.push(v.container.clone());
+    }
+    for t in &opts.tmpfs {
+        if t.target == Path::new("/") || seen.contains(&t.target) {
+            return Err(Error::Invalid(format!(
+                "--tmpfs {}: the root or a path already mounted",
+                t.target.display()
+            )));
+        }
+        let options: Vec<&str> = t.options.iter().map(String::as_str).collect();
+        m.push(mount(
+            &t.target.to_string_lossy(),
+            "tmpfs",
+            "tmpfs",
+            &options,
+        )?);
+        seen.push(t.target.clone());
     }
     Ok(m)
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::AtFlags;
-use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
@@ -21,7 +21,7 @@ use super::error::Fail;
 use super::lower;
 use super::path::RelPath;
 use super::stream::{self, Limits};
-use super::tree::{io_err, kind, lstat_at, Tree};
+use super::tree::{io_err, Tree};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 
@@ -190,16 +190,13 @@ pub fn finish_with_lowers(
             if !found.meta.is_dir() {
                 return Ok(());
             }
-            let Some((parent, name)) = rel.split_last() else {
+            // Skipped when a later entry replaced it; an I/O error fails the layer.
+            let Some(dir) = tree.existing_dir(rel)? else {
                 return Ok(());
             };
-            let dir = match tree.dir(parent, None) {
-                Ok(d) => d,
-                Err(_) => return Ok(()),
-            };
-            if !matches!(lstat_at(dir, name), Ok(Some(st)) if kind(&st) == SFlag::S_IFDIR) {
+            let Some((_, name)) = rel.split_last() else {
                 return Ok(());
-            }
+            };
             let m = &found.meta;
             fchownat(
                 Some(dir),

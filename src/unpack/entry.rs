@@ -255,9 +255,7 @@ impl Applier<'_> {
         etype: EntryType,
         meta: &Meta,
     ) -> Res<()> {
-        let h = e.header();
-        let major = h.device_major().ok().flatten().unwrap_or(0);
-        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let (major, minor) = device_numbers(e.header(), etype)?;
         let kind = match etype {
             EntryType::Char => SFlag::S_IFCHR,
             EntryType::Block => SFlag::S_IFBLK,
@@ -513,15 +511,11 @@ impl Applier<'_> {
                 .map_err(|e| io_err("set times of layer root", e))?;
                 continue;
             }
-            let Some((parent, name)) = d.rel.split_last() else {
+            // Skipped when a later entry replaced it; an I/O error is the layer's failure.
+            let Some(dir) = self.tree.existing_dir(&d.rel)? else {
                 continue;
             };
-            let Ok(dir) = self.tree.dir(parent, None) else {
-                continue;
-            };
-            if !matches!(lstat_at(dir, name), Ok(Some(st)) if kind(&st) == SFlag::S_IFDIR) {
-                continue;
-            }
+            let name = last(&d.rel);
             fchmodat(
                 Some(dir),
                 name,
@@ -540,6 +534,30 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// The xattr holding a file's capabilities.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// A device node's numbers; unparseable ones are refused, never read as 0/0 (which an
+/// overlay lower takes for a whiteout, silently hiding the file beneath). A fifo has none.
+fn device_numbers(h: &tar::Header, etype: EntryType) -> Res<(u32, u32)> {
+    if etype == EntryType::Fifo {
+        return Ok((0, 0));
+    }
+    let field = |which: &str, v: io::Result<Option<u32>>| match v {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(Fail::Invalid(format!(
+            "device node without a {which} number (not a ustar/GNU header)"
+        ))),
+        Err(e) => Err(Fail::Invalid(format!(
+            "unparseable device {which} number: {e}"
+        ))),
+    };
+    Ok((
+        field("major", h.device_major())?,
+        field("minor", h.device_minor())?,
+    ))
 }
 
 fn last(rel: &RelPath) -> &OsStr {
@@ -572,6 +590,15 @@ fn own_at(dir: RawFd, name: &OsStr, rel: &RelPath, meta: &Meta) -> Res<()> {
 /// Filesystems without xattr support, or xattrs the kernel refuses for a file type (user.*
 /// on symlinks), are logged and skipped as containerd does; anything else fails the layer.
 fn xattr_failed(rel: &RelPath, key: &OsStr, err: io::Error) -> Res<()> {
+    if key.as_bytes() == CAPABILITY_XATTR {
+        // File capabilities are what lets a non-root binary do its job (ping, newuidmap):
+        // losing them silently changes how the image runs.
+        return Err(io_err(
+            format!("set file capabilities ({key:?}) on {rel} (is the unpacker root, in the initial user namespace?)"),
+            err,
+        )
+        .into());
+    }
     match Errno::from_raw(err.raw_os_error().unwrap_or(0)) {
         Errno::ENOTSUP | Errno::EPERM => {
             tracing::warn!("{rel}: xattr {key:?} not set: {err}");
@@ -598,4 +625,54 @@ pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Res<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(Path::new(s)).unwrap()
+    }
+
+    #[test]
+    fn lost_file_capabilities_fail_the_layer_other_xattrs_may_be_skipped() {
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        let caps = xattr_failed(&rel("bin/ping"), OsStr::new("security.capability"), eperm());
+        assert!(matches!(caps, Err(Fail::Io(what, _)) if what.contains("file capabilities")));
+        let enotsup = io::Error::from_raw_os_error(libc::ENOTSUP);
+        assert!(
+            xattr_failed(&rel("bin/ping"), OsStr::new("security.capability"), enotsup).is_err()
+        );
+        assert!(xattr_failed(&rel("link"), OsStr::new("user.note"), eperm()).is_ok());
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        assert!(xattr_failed(&rel("f"), OsStr::new("user.note"), eio).is_err());
+    }
+
+    fn device_header(major: &[u8]) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(EntryType::Char);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        let u = h.as_ustar_mut().unwrap();
+        u.dev_major = [0; 8];
+        u.dev_major[..major.len()].copy_from_slice(major);
+        h
+    }
+
+    #[test]
+    fn unparseable_device_numbers_are_refused_not_read_as_a_whiteout() {
+        assert_eq!(
+            device_numbers(&device_header(b"0000001"), EntryType::Char).ok(),
+            Some((1, 3))
+        );
+        let bad = device_numbers(&device_header(b"zz"), EntryType::Char);
+        assert!(matches!(bad, Err(Fail::Invalid(why)) if why.contains("unparseable device major")));
+        // An old (v7) header has no device fields at all.
+        let mut old = tar::Header::new_old();
+        old.set_entry_type(EntryType::Block);
+        assert!(device_numbers(&old, EntryType::Block).is_err());
+        // A fifo has none and needs none.
+        assert_eq!(device_numbers(&old, EntryType::Fifo).ok(), Some((0, 0)));
+    }
 }

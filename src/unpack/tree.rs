@@ -92,6 +92,26 @@ impl Tree {
         self.cursor.clear();
     }
 
+    /// The fd of the directory holding directory `rel`, when `rel` still is a directory:
+    /// `None` when a later entry removed it or replaced it (or a parent) with something
+    /// else, which is not an error; any other failure is.
+    pub fn existing_dir(&mut self, rel: &RelPath) -> TreeResult<Option<RawFd>> {
+        let Some((parent, name)) = rel.split_last() else {
+            return Ok(None);
+        };
+        let dir = match self.dir(parent, None) {
+            Ok(d) => d,
+            Err(TreeError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // A parent replaced by a symlink or a file: nothing of ours is left below it.
+            Err(TreeError::Unsafe(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match lstat_at(dir, name).map_err(|e| io_err(format!("stat {rel}"), e))? {
+            Some(st) if kind(&st) == SFlag::S_IFDIR => Ok(Some(dir)),
+            _ => Ok(None),
+        }
+    }
+
     /// The fd of directory `parts`, walking without following symlinks. Missing
     /// directories are created as `missing` says, or reported as `NotFound` without it.
     pub fn dir(&mut self, parts: &[OsString], missing: Option<MissingDir>) -> TreeResult<RawFd> {
@@ -291,5 +311,19 @@ mod tests {
             .unwrap();
         let (_, kept) = tree.prepare(&rel("k"), true, &mut implicit).unwrap();
         assert!(kept && t.path().join("k/inner").is_dir());
+    }
+
+    #[test]
+    fn existing_dir_is_none_only_when_replaced_or_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let mut tree = Tree::open(t.path()).unwrap();
+        tree.dir(rel("a/b").parts(), Some(&mut implicit)).unwrap();
+        assert!(tree.existing_dir(&rel("a/b")).unwrap().is_some());
+        assert!(tree.existing_dir(&rel("a/gone")).unwrap().is_none());
+        assert!(tree.existing_dir(&rel("nope/b")).unwrap().is_none());
+        std::fs::write(t.path().join("a/file"), b"").unwrap();
+        assert!(tree.existing_dir(&rel("a/file")).unwrap().is_none());
+        std::os::unix::fs::symlink("a", t.path().join("link")).unwrap();
+        assert!(tree.existing_dir(&rel("link/b")).unwrap().is_none());
     }
 }

@@ -7,6 +7,7 @@
 //! - [`cmd`]: the workspace's binaries and running commands.
 //! - [`containerd`]: an isolated nestcache environment against the run's containerd, and
 //!   a private containerd for tests that stop or restart it.
+//! - [`cri`]: a private containerd with the CRI plugin and CNI, and a CRI client.
 //! - [`ctr`]: `ctr` against containerd with the nestcache shim, events, task guards.
 //! - [`images`]: tiny tamperable OCI layouts, OCI and docker archives, and the store CLI.
 //! - [`layers`]: layer tarballs built byte by byte, hostile ones included.
@@ -16,6 +17,7 @@
 
 pub mod cmd;
 pub mod containerd;
+pub mod cri;
 pub mod ctr;
 pub mod images;
 pub mod layers;

@@ -235,12 +235,10 @@ fn read_limited(
         .into_reader()
         .take(limit + 1)
         .read_to_end(&mut body)
-        .map_err(|e| {
-            Error::Other(format!(
-                "read {what} from {}: {}",
-                client.where_(),
-                client.describe_io_error(&e)
-            ))
+        .map_err(|e| RegistryError::Transport {
+            repo: client.where_(),
+            what: format!("read {what}"),
+            why: client.describe_io_error(&e),
         })?;
     if body.len() as u64 > limit {
         return Err(Error::Invalid(format!(
@@ -335,11 +333,11 @@ impl<'a> BlobStream<'a> {
             // No range support: read past what was already passed on.
             let skipped =
                 io::copy(&mut (&mut body).take(self.offset), &mut io::sink()).map_err(|e| {
-                    Error::Other(format!(
-                        "re-read {what} from {}: {}",
-                        self.client.where_(),
-                        self.client.describe_io_error(&e)
-                    ))
+                    RegistryError::Transport {
+                        repo: self.client.where_(),
+                        what: format!("re-read {what}"),
+                        why: self.client.describe_io_error(&e),
+                    }
                 })?;
             if skipped != self.offset {
                 return Err(Error::Invalid(format!(
