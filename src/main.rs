@@ -4,24 +4,15 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let is_run = cli::exit::is_run(&argv);
-    let args = match cli::Cli::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            // Help and version go to stdout with 0; a bad command line is `run`'s 125.
-            let _ = e.print();
-            return match e.use_stderr() {
-                false => ExitCode::SUCCESS,
-                true if is_run => ExitCode::from(cli::exit::RUN_FAILED),
-                true => ExitCode::from(e.exit_code().clamp(0, 255) as u8),
-            };
-        }
-    };
     cli::init_tracing();
+    let args = match cli::parse(is_run) {
+        Ok(a) => a,
+        Err(cli::ParseFailure::Usage(code)) => return code,
+        Err(cli::ParseFailure::Config(e)) => return fail(&e, is_run),
+    };
     if !matches!(args.command, cli::Command::Run(_) | cli::Command::Exec(_)) {
         restore_default_sigpipe();
     }
@@ -37,11 +28,18 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("nestcache: {}", cli::one_line(&e));
-            ExitCode::from(cli::exit::for_error(&e, is_run))
-        }
+        Err(e) => fail(&e, is_run),
     }
+}
+
+/// One line on stderr, and with `--json` an error object on stdout too.
+fn fail(e: &anyhow::Error, is_run: bool) -> ExitCode {
+    let code = cli::exit::for_error(e, is_run);
+    eprintln!("nestcache: {}", cli::one_line(e));
+    if cli::json_requested() {
+        cli::print_json_error(e, code);
+    }
+    ExitCode::from(code)
 }
 
 /// Rust ignores SIGPIPE, so `nestcache cache ls | head` would end in a panic on the

@@ -130,6 +130,10 @@ fn exec_inspect_top_stats_kill_wait() {
     drop(stdin);
     let o = child.wait_with_output().expect("exec -i");
     assert_eq!(text(&o.stdout).trim(), "1000");
+    let o = f.env.run(&["exec", "c1", "no-such-command"]);
+    assert_eq!(code(&o), Some(127), "{}", text(&o.stderr));
+    let o = f.env.run(&["exec", "c1", "/etc"]);
+    assert_eq!(code(&o), Some(126), "{}", text(&o.stderr));
     let e = f.env.fails(&["exec", "-u", "ghost", "c1", "true"]);
     assert!(e.contains("ghost"), "{e}");
     let e = f.env.fails(&["exec", "nope", "true"]);
@@ -335,4 +339,97 @@ fn events_show_a_run_from_create_to_exit() {
             "{topic} missing from {seen:?}"
         );
     }
+}
+
+#[test]
+fn tag_normalised_refs_config_file_and_json_errors() {
+    let f = Fixture::new("lc-cfg");
+    // `tag` gives the image Docker's short name; the full spelling finds it too.
+    f.env.ok(&["tag", &f.image, "busybox", "--cache", &f.cache]);
+    let args = [
+        "run",
+        "--cache",
+        &f.cache,
+        "--rm",
+        "docker.io/library/busybox:latest",
+        "--",
+        "echo",
+        "hi",
+    ];
+    assert_eq!(f.env.ok(&args), "hi\n");
+    let ls = f.env.ok(&["images", "ls", "--cache", &f.cache]);
+    assert!(
+        ls.contains(" kB") || ls.contains(" MB"),
+        "human sizes: {ls}"
+    );
+
+    // The config file is below the environment: CONTAINERD_NAMESPACE (set by the test
+    // env) wins over the file's namespace, the file's default_ttl applies.
+    let home = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(home.path().join("nestcache")).expect("mkdir");
+    std::fs::write(
+        home.path().join("nestcache/config.toml"),
+        "namespace = \"from-file\"\ndefault_ttl = \"7m\"\n",
+    )
+    .expect("write");
+    let cache = unique("cfg");
+    let out = f
+        .env
+        .cmd()
+        .env("XDG_CONFIG_HOME", home.path())
+        .args(["cache", "create", &cache, "--path", "/c", "--json"])
+        .output()
+        .expect("cache create");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let info: serde_json::Value =
+        serde_json::from_str(&f.env.ok(&["cache", "inspect", &cache, "--json"])).expect("JSON");
+    assert!(
+        info["expires"].is_string(),
+        "default_ttl from the file: {made} / {info}"
+    );
+    f.env.ok(&["cache", "rm", &cache]);
+    std::fs::write(
+        home.path().join("nestcache/config.toml"),
+        "namespce = \"typo\"\n",
+    )
+    .expect("write");
+    let out = f
+        .env
+        .cmd()
+        .env("XDG_CONFIG_HOME", home.path())
+        .args(["ps"])
+        .output()
+        .expect("ps");
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("config.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --json: failures are an object on stdout too.
+    let out = f.env.run(&["cache", "inspect", "nope", "--json"]);
+    assert!(!out.status.success());
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("error JSON on stdout");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nope")),
+        "{e}"
+    );
+
+    // Completion scripts and man pages.
+    let bash = f.env.ok(&["completion", "bash"]);
+    assert!(
+        bash.contains("complete") && bash.contains("exec"),
+        "bash completion"
+    );
+    let man = tempfile::tempdir().expect("temp dir");
+    f.env.ok(&["man", man.path().to_str().expect("utf-8")]);
+    let page =
+        std::fs::read_to_string(man.path().join("nestcache-exec.1")).expect("nestcache-exec.1");
+    assert!(
+        page.contains(".TH") && page.contains("interactive"),
+        "{page}"
+    );
 }

@@ -92,7 +92,12 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
                 name: a.name,
                 path: a.path,
                 content_dir: a.content_dir,
-                ttl: a.ttl.as_deref().map(parse_ttl).transpose()?,
+                ttl: a
+                    .ttl
+                    .as_deref()
+                    .or(super::config::loaded().default_ttl.as_deref())
+                    .map(parse_ttl)
+                    .transpose()?,
                 reuse: a.reuse,
             };
             let created = cache::create(&client, &StateLayout::new(&g.state_dir), &opts).await?;

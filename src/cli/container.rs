@@ -93,6 +93,9 @@ pub struct InspectArgs {
     /// A Go-template-like format applied to each (e.g. '{{.State.Pid}}'), or `json`
     #[arg(short = 'f', long)]
     pub format: Option<String>,
+    /// JSON (the default; accepted for uniformity)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,9 +141,6 @@ pub struct PsArgs {
     /// Show stopped containers too
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Only ids
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
     /// KEY=VALUE: name, id, label, status, ancestor, cache (repeatable)
     #[arg(long)]
     pub filter: Vec<String>,
@@ -224,7 +224,15 @@ pub async fn exec(g: &Globals, a: ExecArgs) -> anyhow::Result<ExitCode> {
         tty: a.tty,
         detach: a.detach,
     };
-    let exit = exec::exec(&client, &state, &a.container, &opts).await?;
+    let exit = match exec::exec(&client, &state, &a.container, &opts).await {
+        Ok(exit) => exit,
+        // The command could not be invoked: 126 / 127, as `docker exec`.
+        Err(e @ nestcache::Error::Exec(_)) => {
+            eprintln!("nestcache: {e}");
+            return Ok(ExitCode::from(super::exit::for_run_error(&e)));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(super::output::exit_code(exit.map(|e| e.code).unwrap_or(0)))
 }
 
@@ -486,7 +494,7 @@ pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if a.json {
         super::print_json(&list)?;
-    } else if a.quiet {
+    } else if g.quiet {
         for n in &list {
             println!("{}", n.id);
         }

@@ -11,6 +11,18 @@ pub enum ImagesCmd {
     Ls(LsArgs),
     /// Remove a ref
     Rm(RmArgs),
+    /// Give an image another ref (as `docker tag`; SRC in any spelling, or a digest)
+    Tag(TagArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    pub source: String,
+    pub target: String,
+    #[command(flatten)]
+    pub target_store: Target,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -48,12 +60,24 @@ pub async fn run(g: &Globals, c: ImagesCmd) -> anyhow::Result<ExitCode> {
                         "{:<40} {:<19} {:>12} {:>6}  {}",
                         i.reference,
                         digest,
-                        i.size,
+                        super::output::human_size(i.size),
                         i.layers,
                         i.platform.as_deref().unwrap_or("-")
                     ),
                     Some(e) => println!("{:<40} {:<19} error: {e}", i.reference, digest),
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImagesCmd::Tag(a) => {
+            let store = a.target_store.open_existing(g).await?;
+            let d = store.tag(&a.source, &a.target)?;
+            if a.json {
+                super::print_json(
+                    &serde_json::json!({"ref": a.target, "digest": d.digest().to_string()}),
+                )?;
+            } else {
+                println!("{} -> {}", a.target, d.digest());
             }
             Ok(ExitCode::SUCCESS)
         }

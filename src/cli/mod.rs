@@ -2,6 +2,7 @@
 //! library and print, and hold no logic of their own.
 
 mod cache;
+pub mod config;
 mod container;
 mod env;
 pub mod exit;
@@ -10,6 +11,7 @@ mod node;
 mod output;
 mod run;
 mod run_flags;
+mod shell;
 mod stage;
 mod store;
 mod system;
@@ -52,6 +54,9 @@ pub struct Globals {
     /// nestcache's state directory (embedded containerd, default content dirs, nested containers)
     #[arg(long, global = true, env = "NESTCACHE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Less chatter: no `verified:` line or notices; `ps` prints only ids
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +71,7 @@ pub enum Command {
     Cache(cache::CacheCmd),
     /// Stage an image into a cache's content dir (or a plain store directory)
     Stage(stage::StageArgs),
-    /// Images in a store: ls, rm
+    /// Images in a store: ls, rm, tag
     #[command(subcommand)]
     Images(images::ImagesCmd),
     /// The content store: check, gc, unpack
@@ -100,6 +105,12 @@ pub enum Command {
     Events(container::EventsArgs),
     /// Print a detached nested container's output
     Logs(container::LogsArgs),
+    /// Give an image another ref (`images tag`)
+    Tag(images::TagArgs),
+    /// Print a shell completion script (bash, zsh, fish)
+    Completion(shell::CompletionArgs),
+    /// Write man pages (nestcache.1 and one per subcommand) into DIR
+    Man(shell::ManArgs),
     /// List a nested container's published ports
     Port(run::PortArgs),
     /// Node setup for Kubernetes: install, uninstall, status
@@ -133,10 +144,63 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => container::stats(&g, a).await,
         Command::Events(a) => container::events(&g, a).await,
         Command::Logs(a) => container::logs(&g, a).await,
+        Command::Tag(a) => images::run(&g, images::ImagesCmd::Tag(a)).await,
+        Command::Completion(a) => shell::completion(a),
+        Command::Man(a) => shell::man(a),
         Command::Port(a) => run::port(&g, a).await,
         Command::Node(c) => node::run(&g, c).await,
         Command::Volume(c) => volume::run(&g, c).await,
     }
+}
+
+/// Parses the command line, then fills what flags and environment left unset from the
+/// config file (see `config.rs`).
+pub fn parse(is_run: bool) -> Result<Cli, ParseFailure> {
+    use clap::{CommandFactory, FromArgMatches};
+    let m = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (m, mut cli) = match m {
+        Ok(found) => found,
+        Err(e) => return Err(ParseFailure::Usage(usage_error(e, is_run))),
+    };
+    let file =
+        config::load(&config::files(|k| std::env::var(k).ok())).map_err(ParseFailure::Config)?;
+    config::apply(&mut cli.globals, &m, file);
+    Ok(cli)
+}
+
+/// Why the command line did not become a [`Cli`].
+pub enum ParseFailure {
+    /// Help, version or a bad command line: printed already; exit with this code.
+    Usage(ExitCode),
+    /// The config file is unreadable or malformed.
+    Config(anyhow::Error),
+}
+
+/// Prints clap's answer (and with `--json` an error object) and picks the exit code:
+/// help and version 0, a bad command line `run`'s 125 or clap's 2.
+fn usage_error(e: clap::Error, is_run: bool) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let code = if is_run {
+        exit::RUN_FAILED
+    } else {
+        e.exit_code().clamp(0, 255) as u8
+    };
+    if json_requested() {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let message = first.trim_start_matches("error: ");
+        println!(
+            "{}",
+            serde_json::json!({"error": {"message": message, "exit_code": code}})
+        );
+    }
+    let _ = e.print();
+    ExitCode::from(code)
 }
 
 /// `RUST_LOG` controls logs; they go to stderr and are silent by default.
@@ -162,6 +226,21 @@ pub fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// With `--json`, a failure is also an object on stdout, so a script reading stdout
+/// always gets JSON: `{"error": {"message": "...", "exit_code": N}}`.
+pub fn print_json_error(e: &anyhow::Error, exit_code: u8) {
+    let v = serde_json::json!({"error": {"message": one_line(e), "exit_code": exit_code}});
+    println!("{v}");
+}
+
+/// Whether `--json` was asked for (before any `--` that starts a container's command).
+pub fn json_requested() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -184,7 +263,9 @@ pub async fn connect(g: &Globals) -> anyhow::Result<nestcache::containerd::Clien
     let client = nestcache::env::connect(&connect_options(g)).await?;
     let connected = started.elapsed();
     for r in nestcache::cache::reap_expired(&client).await {
-        eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+        if !g.quiet {
+            eprintln!("nestcache: removed cache {} ({})", r.name, r.reason);
+        }
     }
     // Networks of containers whose task is gone (a crash, a containerd restart) and of
     // caches that are gone.

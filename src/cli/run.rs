@@ -241,10 +241,11 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let detach = opts.detach;
     let json = a.json;
+    let quiet = g.quiet;
     let client = super::connect(g).await?;
     let report = nested::run(&client, &state, opts, |v| {
         // A failure comes back as the run's error; say only the success here.
-        if !json && v.ok {
+        if !json && !quiet && v.ok {
             eprintln!("nestcache: {}", v.summary());
         }
     })

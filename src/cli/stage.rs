@@ -152,6 +152,7 @@ impl RegistryArgs {
                 min_rate: self.registry_min_rate,
                 ..Default::default()
             },
+            registries: super::config::loaded().registry_settings(),
         }
     }
 }
@@ -185,7 +186,7 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
         platform,
         verify_existing: a.verify_existing,
         no_unpack: a.no_unpack,
-        progress: !a.json,
+        progress: !a.json && !g.quiet,
         max_layer_size: Some(a.max_layer_size),
         ..Default::default()
     };
@@ -218,15 +219,15 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     } else {
         let reused = report.layers.iter().filter(|l| l.reused).count();
         println!(
-            "staged {} ({}, {}) into {}: {} layers ({} reused), {} bytes written, {} reused, {:.2}s",
+            "staged {} ({}, {}) into {}: {} layers ({} reused), {} written, {} reused, {:.2}s",
             report.reference,
             report.manifest_digest,
             report.platform,
             report.store,
             report.layers.len(),
             reused,
-            report.bytes_written,
-            report.bytes_reused,
+            super::output::human_size(report.bytes_written),
+            super::output::human_size(report.bytes_reused),
             report.seconds
         );
     }

@@ -4,6 +4,7 @@
 
 pub mod media;
 pub mod platform;
+pub mod reference;
 mod resolve;
 
 use std::str::FromStr;

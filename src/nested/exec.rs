@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Process;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::exec_error::{classify, ExecError};
 use super::manage::{get, running_pid};
 use super::rootpath::ContainerRoot;
 use super::user::UserDb;
@@ -56,7 +57,10 @@ pub async fn exec(
         client
             .exec_process(id, &exec_id, &process, &Stdio::null())
             .await?;
-        client.start_process(id, &exec_id).await?;
+        if let Err(e) = client.start_process(id, &exec_id).await {
+            let _ = client.delete_process(id, &exec_id).await;
+            return Err(invoke_error(id, &process, e));
+        }
         return Ok(None);
     }
     let dir = state.container_dir(id).join(&exec_id);
@@ -88,7 +92,7 @@ async fn attached(
     // and a FIFO nobody holds open drops what was written into it.
     if let Err(e) = client.start_process(id, exec_id).await {
         drop(raw);
-        return Err(e);
+        return Err(invoke_error(id, process, e));
     }
     let mut copies = open.start();
     let stdin_closed = copies.stdin_closed.take();
@@ -102,6 +106,26 @@ async fn attached(
     let exit = exit?;
     copies.wait_output().await?;
     Ok(exit)
+}
+
+/// runc's "not found" / "not executable" as an [`ExecError`] (so `exec` exits 127 / 126
+/// as Docker does), any other failure as it was.
+fn invoke_error(id: &str, process: &Process, e: Error) -> Error {
+    let message = e.to_string();
+    match classify(&message) {
+        Some(failure) => ExecError {
+            id: id.to_string(),
+            command: process
+                .args()
+                .as_ref()
+                .and_then(|a| a.first().cloned())
+                .unwrap_or_default(),
+            failure,
+            message,
+        }
+        .into(),
+        None => e,
+    }
 }
 
 /// Waits for the exec'd process, passing SIGINT/SIGTERM/SIGHUP on, closing its stdin once

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use super::manage::NestedInfo;
 use crate::error::{Error, Result};
-use crate::source::registry::Reference;
 
 /// Parsed `--filter` flags.
 #[derive(Debug, Clone, Default)]
@@ -85,11 +84,7 @@ fn matches_one(key: &str, value: &str, c: &NestedInfo) -> bool {
     }
 }
 
-/// A reference the way Docker spells it in full (`busybox` is
-/// `docker.io/library/busybox:latest`); None for what is not a reference (a digest).
-pub fn normalize(reference: &str) -> Option<String> {
-    Reference::parse(reference).ok().map(|r| r.to_string())
-}
+pub use crate::image::reference::normalize;
 
 #[cfg(test)]
 mod tests {

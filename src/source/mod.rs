@@ -85,6 +85,9 @@ pub struct SourceOptions {
     pub insecure: bool,
     /// Progress bounds on every registry request.
     pub deadlines: registry::Deadlines,
+    /// Per registry host (`docker.io`, `host:5000`): mirrors to try first, credentials
+    /// (from nestcache's config file).
+    pub registries: std::collections::BTreeMap<String, registry::RegistrySettings>,
 }
 
 /// Parses a source string with default options.

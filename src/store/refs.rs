@@ -118,6 +118,14 @@ impl Store {
         })
     }
 
+    /// Points ref `target` at what `source` (a ref, in any spelling, or a digest) names,
+    /// as `docker tag`. Returns the descriptor.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Descriptor> {
+        let d = self.root_descriptor(source)?;
+        self.set_ref(target, &d)?;
+        Ok(d)
+    }
+
     /// Removes ref `name`; its blobs stay until `store gc`.
     pub fn remove_ref(&self, name: &str) -> Result<Descriptor> {
         self.update_index(|manifests| {
@@ -156,6 +164,19 @@ impl Store {
             .find(|d| ref_name(d) == Some(ref_or_digest))
         {
             return Ok(d.clone());
+        }
+        // `busybox` finds `docker.io/library/busybox:latest` and the other way round.
+        if let Some(wanted) = image::reference::normalize(ref_or_digest) {
+            let same: Vec<&Descriptor> = index
+                .manifests()
+                .iter()
+                .filter(|d| {
+                    ref_name(d).and_then(image::reference::normalize).as_ref() == Some(&wanted)
+                })
+                .collect();
+            if let [d] = same[..] {
+                return Ok(d.clone());
+            }
         }
         Err(StoreError::RefNotFound {
             name: ref_or_digest.to_string(),

@@ -73,6 +73,13 @@ pub fn lookup(file: &Path, registry: &str, repository: &str) -> Result<Option<Cr
     };
     let v: serde_json::Value = serde_json::from_slice(&data)
         .map_err(|e| Error::Invalid(format!("auth file {}: not JSON: {e}", file.display())))?;
+    // Docker's order: the registry's own helper, else the store for all, else `auths`.
+    if let Some(helper) = credential_helper(&v, registry) {
+        let program = helper_program(&helper, std::env::var_os("PATH").as_deref())?;
+        if let Some(c) = helper_get(&program, &helper_server(registry))? {
+            return Ok(Some(c));
+        }
+    }
     let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
@@ -117,6 +124,103 @@ pub fn lookup(file: &Path, registry: &str, repository: &str) -> Result<Option<Cr
         })),
         _ => Err(bad()),
     }
+}
+
+/// The helper a docker config names for `registry`: `credHelpers` (keys normalised as
+/// `auths` keys are), else `credsStore`.
+fn credential_helper(config: &serde_json::Value, registry: &str) -> Option<String> {
+    let own = config
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| normalise_key(k, registry) == registry)
+                .and_then(|(_, v)| v.as_str())
+        });
+    own.or_else(|| config.get("credsStore").and_then(|s| s.as_str()))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// What the docker-credential-helpers protocol calls the server: Docker Hub's legacy
+/// URL, the host for every other registry.
+fn helper_server(registry: &str) -> String {
+    if registry == "docker.io" {
+        "https://index.docker.io/v1/".into()
+    } else {
+        registry.to_string()
+    }
+}
+
+/// `docker-credential-NAME` on `path` (the PATH variable).
+fn helper_program(name: &str, path: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Err(Error::Invalid(format!(
+            "credential helper {name:?}: a helper is a name (docker-credential-NAME on PATH), not a path"
+        )));
+    }
+    let file = format!("docker-credential-{name}");
+    path.into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(&file))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NotFound(format!("credential helper {file} on PATH")))
+}
+
+/// Runs `PROGRAM get` with the server on stdin (the docker-credential-helpers protocol);
+/// None when the helper has no credentials for it.
+pub fn helper_get(program: &Path, server: &str) -> Result<Option<Credentials>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let shown = program.display();
+    let mut child = Command::new(program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(format!("run credential helper {shown}"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading is judged by its answer, not this write.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("run credential helper {shown}"), e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // The protocol's "not found" answer (on stdout, exit 1) is no credentials.
+        if stdout.contains("credentials not found") {
+            return Ok(None);
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Invalid(format!(
+            "credential helper {shown} get {server}: {} ({})",
+            out.status,
+            why.trim().lines().next().unwrap_or("no message")
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::Invalid(format!(
+            "credential helper {shown} get {server}: answer is not {{\"Username\", \"Secret\"}} JSON: {e}"
+        ))
+    })?;
+    if a.username == "<token>" {
+        return Err(Error::Invalid(format!(
+            "credential helper {shown} gave an identity token for {server}; nestcache needs a username and password"
+        )));
+    }
+    Ok(Some(Credentials {
+        username: a.username,
+        password: a.secret,
+    }))
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `https://host:5000/v2/` → `host:5000`.
@@ -247,6 +351,71 @@ mod tests {
         assert_eq!(c.password, "pa:ss");
         assert!(!format!("{c:?}").contains("pa:ss"));
         assert!(Credentials::parse("nocolon").is_err());
+    }
+
+    /// A fake docker-credential-NAME: answers for `good.example`, "not found" otherwise,
+    /// and records the server it was asked about.
+    fn fake_helper(dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(format!("docker-credential-{name}"));
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\necho \"$server\" > {}/asked\n\
+             case $server in good.example) echo '{{\"ServerURL\":\"good.example\",\"Username\":\"hu\",\"Secret\":\"hp\"}}';;\n\
+             broken.example) echo 'no' ; echo 'keychain locked' >&2; exit 3;;\n\
+             *) echo 'credentials not found in native keychain'; exit 1;;\nesac\n",
+            dir.display()
+        );
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn credential_helpers_by_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = fake_helper(dir.path(), "nctest");
+        let c = helper_get(&helper, "good.example").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("hu", "hp"));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("asked")).unwrap(),
+            "good.example\n"
+        );
+        assert_eq!(helper_get(&helper, "other.example").unwrap(), None);
+        let e = helper_get(&helper, "broken.example")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keychain locked"), "{e}");
+        // Found by name on PATH; never a path of the config's choosing.
+        let path = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).unwrap();
+        assert_eq!(helper_program("nctest", Some(&path)).unwrap(), helper);
+        assert!(matches!(
+            helper_program("../x", Some(&path)),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            helper_program("absent", Some(&path)),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn which_helper_a_docker_config_names() {
+        let cfg = serde_json::json!({"credsStore": "desktop",
+            "credHelpers": {"good.example": "nctest", "https://index.docker.io/v1/": "hub"}});
+        assert_eq!(
+            credential_helper(&cfg, "good.example").as_deref(),
+            Some("nctest")
+        );
+        assert_eq!(credential_helper(&cfg, "docker.io").as_deref(), Some("hub"));
+        assert_eq!(
+            credential_helper(&cfg, "else.example").as_deref(),
+            Some("desktop")
+        );
+        assert_eq!(
+            credential_helper(&serde_json::json!({"auths": {}}), "x"),
+            None
+        );
+        assert_eq!(helper_server("docker.io"), "https://index.docker.io/v1/");
     }
 
     #[test]

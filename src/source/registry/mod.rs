@@ -39,6 +39,16 @@ application/vnd.docker.distribution.manifest.v2+json;q=0.9";
 /// to the registry and to two cores hashing.
 const PARALLEL_BLOBS: usize = 4;
 
+/// What nestcache's config file says about one registry host.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// Hosts (`mirror.example:5000`) serving the same repositories, tried in order before
+    /// the registry itself; one that fails or lacks the image is skipped.
+    pub mirrors: Vec<String>,
+    /// Used when neither `--creds` nor `--authfile` is given.
+    pub credentials: Option<auth::Credentials>,
+}
+
 pub struct RegistrySource {
     reference: Reference,
     client: Client,
@@ -59,6 +69,9 @@ impl RegistrySource {
                 }
                 auth::lookup(file, &reference.registry, &reference.repository)?
             }
+            (None, None) if configured(opts, &reference.registry).is_some() => {
+                configured(opts, &reference.registry)
+            }
             (None, None) => {
                 let mut found = None;
                 for f in auth::default_auth_files() {
@@ -75,6 +88,9 @@ impl RegistrySource {
             tls_ca: opts.tls_ca.clone(),
             deadlines: opts.deadlines,
         };
+        if let Some(found) = from_mirrors(&reference, opts, &transport) {
+            return Ok(found);
+        }
         let client = Client::new(
             reference.api_host(),
             &reference.repository,
@@ -93,6 +109,46 @@ impl RegistrySource {
     pub fn reference(&self) -> &Reference {
         &self.reference
     }
+}
+
+/// The config file's credentials for `host`.
+fn configured(opts: &SourceOptions, host: &str) -> Option<auth::Credentials> {
+    opts.registries.get(host)?.credentials.clone()
+}
+
+/// The image from the first mirror of its registry that serves it (as containerd's
+/// `hosts.toml` mirrors: any failure moves on, and the registry itself comes last).
+fn from_mirrors(
+    reference: &Reference,
+    opts: &SourceOptions,
+    transport: &Transport,
+) -> Option<RegistrySource> {
+    let mirrors = opts.registries.get(&reference.registry)?.mirrors.clone();
+    for mirror in mirrors {
+        let attempt = Client::new(
+            &mirror,
+            &reference.repository,
+            configured(opts, &mirror),
+            transport,
+        )
+        .and_then(|client| {
+            let (root, root_bytes) = fetch_root(&client, reference)?;
+            Ok(RegistrySource {
+                reference: reference.clone(),
+                client,
+                root,
+                root_bytes,
+            })
+        });
+        match attempt {
+            Ok(found) => return Some(found),
+            Err(e) => tracing::info!(
+                "mirror {mirror} of {}: {e}; trying the next",
+                reference.registry
+            ),
+        }
+    }
+    None
 }
 
 impl Source for RegistrySource {
