@@ -1,13 +1,21 @@
-//! Builds the keeper (keeper/keeper.rs), the cache container's PID 1, as a small static
-//! binary with the same rustc, into OUT_DIR; `src/cache/keeper.rs` embeds it.
-//! It is std-only so that plain `rustc` builds it, with no Cargo and no crates.
+//! Builds the keeper (keeper/keeper.rs), the cache container's PID 1, and the init of
+//! `run --init` (init/init.rs) as small static binaries with the same rustc, into
+//! OUT_DIR; `src/cache/keeper.rs` and `src/nested/init.rs` embed them. They are std-only
+//! so that plain `rustc` builds them, with no Cargo and no crates.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=keeper/keeper.rs");
+    // Std-only static binaries bound into containers: (source, output name).
+    for (src, name) in [("keeper/keeper.rs", "keeper"), ("init/init.rs", "init")] {
+        build_static(src, name);
+    }
+}
+
+fn build_static(src: &str, name: &str) {
+    println!("cargo:rerun-if-changed={src}");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target = env::var("TARGET").expect("cargo sets TARGET");
@@ -18,7 +26,7 @@ fn main() {
             "--crate-type",
             "bin",
             "--crate-name",
-            "keeper",
+            name,
         ])
         .args(["--target", &target])
         .args(["-C", "target-feature=+crt-static"])
@@ -27,12 +35,9 @@ fn main() {
         .args(["-C", "strip=symbols"])
         .args(["-C", "debuginfo=0"])
         .arg("-o")
-        .arg(out.join("keeper"))
-        .arg("keeper/keeper.rs")
+        .arg(out.join(name))
+        .arg(src)
         .status()
-        .unwrap_or_else(|e| panic!("running {rustc} for keeper/keeper.rs: {e}"));
-    assert!(
-        status.success(),
-        "building keeper/keeper.rs failed: {status}"
-    );
+        .unwrap_or_else(|e| panic!("running {rustc} for {src}: {e}"));
+    assert!(status.success(), "building {src} failed: {status}");
 }

@@ -31,6 +31,7 @@ pub mod containerd;
 pub mod digest;
 pub mod env;
 pub mod error;
+pub mod fsutil;
 pub mod image;
 pub mod labels;
 pub mod layout;

@@ -483,3 +483,89 @@ fn mounts_volumes_env_labels_and_cidfile() {
     f.env.ok(&["rm", "labelled"]);
     f.assert_nothing_left();
 }
+
+#[test]
+fn init_stop_signal_and_stop_timeout() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-init");
+    let exit_code = |id: &str| {
+        f.ps().into_iter().find(|c| c["id"] == id).expect("listed")["exit_code"].as_u64()
+    };
+    // `sleep` as PID 1 ignores SIGTERM: stop waits --stop-timeout, then SIGKILL (137).
+    f.ok(&[
+        "-d",
+        "--name",
+        "plain",
+        "--stop-timeout",
+        "1",
+        &img,
+        "sleep",
+        "60",
+    ]);
+    f.wait_running("plain");
+    f.env.ok(&["stop", "plain"]);
+    assert_eq!(exit_code("plain"), Some(137));
+    // With --init, SIGTERM reaches sleep, which dies of it (143) well before a 60 s
+    // timeout that would end in SIGKILL (137).
+    f.ok(&[
+        "-d",
+        "--init",
+        "--name",
+        "inited",
+        "--stop-timeout",
+        "60",
+        &img,
+        "sleep",
+        "60",
+    ]);
+    let pid = f.wait_running("inited");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.starts_with(b"/sbin/nestcache-init\0--\0sleep"),
+        "{cmdline:?}"
+    );
+    f.env.ok(&["stop", "inited"]);
+    assert_eq!(exit_code("inited"), Some(143));
+    // --stop-signal: SIGINT instead (130).
+    f.ok(&[
+        "-d",
+        "--init",
+        "--name",
+        "int",
+        "--stop-signal",
+        "SIGINT",
+        &img,
+        "sleep",
+        "60",
+    ]);
+    f.wait_running("int");
+    f.env.ok(&["stop", "int"]);
+    assert_eq!(exit_code("int"), Some(130));
+    // Exit codes pass through the init; a missing command is still 127.
+    assert_eq!(
+        f.run(&["--rm", "--init", &img, "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    let out = f.run(&["--rm", "--init", &img, "/no/such"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    // Orphans are reaped: no zombie is left under the init.
+    let out = f.ok(&[
+        "--rm",
+        "--init",
+        &img,
+        "sh",
+        "-c",
+        "sh -c 'sleep 0.2 &'; sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l",
+    ]);
+    assert_eq!(out.trim(), "0");
+    for id in ["plain", "inited", "int"] {
+        f.env.ok(&["rm", id]);
+    }
+    let e = f
+        .env
+        .fails(&f.args(&["--rm", "--stop-signal", "SIGNOPE", &img, "true"]));
+    assert!(e.contains("SIGNOPE"), "{e}");
+    f.assert_nothing_left();
+}

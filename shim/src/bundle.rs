@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ShimError;
 use crate::runc::Runc;
+use crate::store_rootfs::StoreLease;
 
 /// The annotations naming the store and the image in it (shared with the CLI).
 pub use nestcache::labels::{ANNOTATION_IMAGE, ANNOTATION_STORE};
@@ -133,6 +134,9 @@ pub struct Record {
     pub rootfs_mounted: bool,
     /// The per-container dir of a store-assembled rootfs (upper, work, lower links).
     pub store_dir: Option<PathBuf>,
+    /// The store lease of a store-assembled rootfs, released at delete.
+    #[serde(default)]
+    pub lease: Option<StoreLease>,
 }
 
 impl Record {
@@ -218,6 +222,10 @@ mod tests {
             runc: Runc::new(None, None, "ns", dir.path()),
             rootfs_mounted: true,
             store_dir: Some(dir.path().join("nestcache")),
+            lease: Some(StoreLease {
+                store: "/var/lib/nestcache/store".into(),
+                id: "shim@ns@c@0123abcd".into(),
+            }),
         };
         record.save(dir.path()).unwrap();
         assert_eq!(Record::load(dir.path()), Some(record));

@@ -12,6 +12,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics::TASK_EXIT_EVENT_TOPIC;
 use containerd_shim::protos::types::mount::Mount;
 use log::{info, warn};
+use nestcache::store::LeaseHolder;
 
 use crate::bundle::{Record, Spec};
 use crate::cgroups;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub exits: Arc<Exits>,
     /// `$NESTCACHE_STATE_DIR` as the shim saw it (an allowed store root by default).
     pub state_dir_env: Option<String>,
+    /// containerd's address, as store leases name their holder.
+    pub containerd_address: String,
 }
 
 /// A task to create (CreateTaskRequest, converted).
@@ -106,9 +109,11 @@ impl Container {
             runc: runc.clone(),
             rootfs_mounted: false,
             store_dir: None,
+            lease: None,
         };
         record.save(new.bundle)?;
-        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record) {
+        let holder = LeaseHolder::new(&shared.containerd_address, &shared.namespace, new.id);
+        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder) {
             let _ = mounts::teardown(new.bundle, Some(&record));
             return Err(ShimError::Rootfs(e));
         }
@@ -254,7 +259,8 @@ impl Container {
         self.init.check(Step::Delete)?;
         self.init.lifecycle.delete(&self.init)?;
         self.init.step(Step::Delete)?;
-        for exec in lock(&self.execs).drain().map(|(_, p)| p) {
+        let execs: Vec<_> = lock(&self.execs).drain().map(|(_, p)| p).collect();
+        for exec in execs {
             exec.force_deleted();
             let _ = exec.lifecycle.delete(&exec);
             exec.drop_io();

@@ -9,7 +9,9 @@ use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
 
 use crate::bundle::{self, Record, Spec};
-use crate::{image_config, store_rootfs};
+use crate::image_config;
+use crate::store_rootfs::{self, StoreLease};
+use nestcache::store::LeaseHolder;
 
 pub fn rootfs_dir(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
@@ -22,6 +24,7 @@ pub fn setup(
     mounts: &[Mount],
     spec: &Spec,
     record: &mut Record,
+    holder: &LeaseHolder,
 ) -> Result<(), String> {
     let target = rootfs_dir(bundle);
     if let Some(wanted) = spec.store_image()? {
@@ -35,11 +38,16 @@ pub fn setup(
             );
         }
         let dir = store_rootfs::container_dir(bundle);
+        let lease = StoreLease {
+            store: wanted.store.clone(),
+            id: holder.lease_id("shim"),
+        };
         record.rootfs_mounted = true;
         record.store_dir = Some(dir.clone());
+        record.lease = Some(lease.clone());
         record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
-        store_rootfs::mount(&wanted, &dir, &target)?;
+        store_rootfs::mount(&wanted, &lease, holder, &dir, &target)?;
         image_config::apply(bundle, &spec.annotations, &wanted)?;
         return bundle::set_root_to_bundle_rootfs(bundle);
     }
@@ -99,7 +107,7 @@ pub fn unmount_all(target: &Path) -> Result<(), String> {
 }
 
 /// Undoes `setup` from its record: unmount the rootfs, remove a store rootfs's
-/// per-container dir. Safe to call twice and after a crash.
+/// per-container dir, release its store lease. Safe to call twice and after a crash.
 pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
     // containerd's contract: delete must leave bundle/rootfs unmounted, whatever the
     // record says (it may be missing when the shim died early). No dir, no mount.
@@ -109,6 +117,9 @@ pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
     }
     if let Some(dir) = record.and_then(|r| r.store_dir.as_deref()) {
         store_rootfs::cleanup(dir)?;
+    }
+    if let Some(lease) = record.and_then(|r| r.lease.as_ref()) {
+        store_rootfs::release(lease);
     }
     Ok(())
 }

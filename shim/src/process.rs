@@ -13,6 +13,9 @@ use crate::runc::{RuncError, RuncIo};
 use crate::state::{State, Step};
 use crate::stdio::{Io, Prepared, StdioPaths};
 
+/// How long delete waits for a process's output to be copied out.
+pub const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What Wait reports for a process deleted before it ever ran (it has no exit status).
 pub const NEVER_RAN_STATUS: u32 = 255;
 
@@ -221,9 +224,18 @@ impl Process {
             .map(f)
     }
 
-    /// Drops the shim's side of the stdio (on delete).
+    /// Drops the shim's side of the stdio (on delete), once what the process wrote is
+    /// copied out (at most OUTPUT_DRAIN, as containerd's runc shim waits at delete).
     pub fn drop_io(&self) {
-        self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(io) = io {
+            if !io.wait_output(OUTPUT_DRAIN) {
+                log::warn!(
+                    "{}: output still open after {OUTPUT_DRAIN:?} (a child holds it?)",
+                    self.describe()
+                );
+            }
+        }
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Service {
     exit: Arc<ExitSignal>,
     /// The socket this process serves on (only for the long-lived shim).
     socket: String,
+    /// containerd's address (the holder named in store leases).
+    address: String,
 }
 
 impl Shim for Service {
@@ -79,6 +81,7 @@ impl Shim for Service {
             bundle,
             exit: Arc::new(ExitSignal::default()),
             socket: args.socket.clone(),
+            address: args.address.clone(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Shim for Service {
         let events = Events::start(publisher, ttrpc_address, self.namespace.clone());
         let service = TaskService::new(
             &self.namespace,
+            &self.address,
             Arc::new(RuncCli),
             Arc::new(events),
             self.exit.clone(),

@@ -8,8 +8,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use log::warn;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -26,8 +27,42 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// How many output copiers of one process are still copying.
+#[derive(Clone, Default)]
+struct Outputs(Arc<(Mutex<usize>, Condvar)>);
+
+/// Counts one copier out when its thread ends, however it ends.
+struct CopierDone(Outputs);
+
+impl Drop for CopierDone {
+    fn drop(&mut self) {
+        let (count, changed) = &*self.0 .0;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        changed.notify_all();
+    }
+}
+
+impl Outputs {
+    fn start(&self) -> CopierDone {
+        *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        CopierDone(self.clone())
+    }
+
+    /// Waits until every copier hit EOF, or `limit` passed (a child of the process that
+    /// inherited its stdout can keep it open for ever). Whether all finished.
+    fn wait(&self, limit: Duration) -> bool {
+        let (count, changed) = &*self.0;
+        let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = changed
+            .wait_timeout_while(guard, limit, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard == 0
+    }
+}
+
 /// The live side of a process's stdio, kept by the shim while the process exists.
 pub struct Io {
+    outputs: Outputs,
     stdin: Arc<Mutex<Option<File>>>,
     console: Option<File>,
     _copiers: Vec<JoinHandle<()>>,
@@ -43,6 +78,7 @@ pub struct Prepared {
     paths: StdioPaths,
     stdin: Arc<Mutex<Option<File>>>,
     copiers: Vec<JoinHandle<()>>,
+    outputs: Outputs,
 }
 
 fn dev_null(write: bool) -> std::io::Result<OwnedFd> {
@@ -64,13 +100,16 @@ fn open_output(target: &str) -> std::io::Result<File> {
 
 fn copy_thread(
     name: &str,
+    outputs: &Outputs,
     mut from: impl Read + Send + 'static,
     to: impl FnOnce() -> std::io::Result<File> + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let label = name.to_string();
+    let done = outputs.start();
     std::thread::Builder::new()
         .name(format!("io-{name}"))
         .spawn(move || {
+            let _done = done;
             let mut out = match to() {
                 Ok(f) => f,
                 Err(e) => {
@@ -150,6 +189,7 @@ impl Prepared {
             check_scheme(target)?;
         }
         let stdin = Arc::new(Mutex::new(None));
+        let outputs = Outputs::default();
         if paths.terminal {
             // The path must fit sockaddr_un; bundle paths may not, /tmp does.
             let dir = tempfile::Builder::new()
@@ -169,6 +209,7 @@ impl Prepared {
                 paths: paths.clone(),
                 stdin,
                 copiers: Vec::new(),
+                outputs,
             });
         }
         let mut copiers = Vec::new();
@@ -186,7 +227,7 @@ impl Prepared {
             }
             let (r, w) = fifo_pipe()?;
             let t = target.to_string();
-            copiers.push(copy_thread(name, r, move || open_output(&t))?);
+            copiers.push(copy_thread(name, &outputs, r, move || open_output(&t))?);
             Ok(w)
         };
         let pass_stdout = output(&paths.stdout, "stdout")?;
@@ -203,6 +244,7 @@ impl Prepared {
             paths: paths.clone(),
             stdin,
             copiers,
+            outputs,
         })
     }
 
@@ -229,11 +271,17 @@ impl Prepared {
             }
             if !self.paths.stdout.is_empty() {
                 let t = self.paths.stdout.clone();
-                copiers.push(copy_thread("console", master_in, move || open_output(&t))?);
+                copiers.push(copy_thread(
+                    "console",
+                    &self.outputs,
+                    master_in,
+                    move || open_output(&t),
+                )?);
             }
             console = Some(master);
         }
         Ok(Io {
+            outputs: self.outputs,
             stdin: self.stdin,
             console,
             _copiers: copiers,
@@ -276,6 +324,12 @@ fn receive_master(listener: &UnixListener) -> std::io::Result<File> {
 }
 
 impl Io {
+    /// Waits (at most `limit`) until the output the process wrote is copied out: the
+    /// client closes its FIFOs once delete returns, so what is copied later is lost.
+    pub fn wait_output(&self, limit: Duration) -> bool {
+        self.outputs.wait(limit)
+    }
+
     /// CloseIO: the process reads EOF on stdin.
     pub fn close_stdin(&self) {
         self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -297,5 +351,32 @@ impl Io {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_output_returns_once_everything_written_is_copied_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let paths = StdioPaths {
+            stdout: format!("file://{}", out.display()),
+            ..Default::default()
+        };
+        let mut prepared = Prepared::new(&paths).unwrap();
+        let pass = prepared.take_pass().unwrap();
+        let io = prepared.finish().unwrap();
+        let data = vec![b'x'; 256 * 1024];
+        let mut w = File::from(pass.stdout);
+        let writer = std::thread::spawn(move || w.write_all(&data).unwrap());
+        writer.join().unwrap();
+        assert!(
+            io.wait_output(Duration::from_secs(30)),
+            "copier never finished"
+        );
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 256 * 1024);
     }
 }

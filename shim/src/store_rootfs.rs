@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use nestcache::rootfs::{self, Overlay};
-use nestcache::store::Store;
+use nestcache::store::{LeaseHolder, Store};
+use serde::{Deserialize, Serialize};
 
 use crate::bundle::StoreImage;
 
@@ -17,14 +18,40 @@ pub fn container_dir(bundle: &Path) -> PathBuf {
     bundle.join("nestcache")
 }
 
-/// Resolves the image in the store, checks that every layer its manifest lists is
-/// extracted, and mounts the overlay at `target` with upper/work under `dir`.
-pub fn mount(wanted: &StoreImage, dir: &Path, target: &Path) -> Result<(), String> {
+/// The store lease a store-rootfs container holds while it exists (recorded in the
+/// bundle, so the `delete` subcommand releases it after a crash too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreLease {
+    pub store: PathBuf,
+    pub id: String,
+}
+
+/// Resolves the image in the store, leases it to `holder` (so `store gc` keeps it while
+/// the container exists), checks that every layer its manifest lists is extracted, and
+/// mounts the overlay at `target` with upper/work under `dir`.
+pub fn mount(
+    wanted: &StoreImage,
+    lease: &StoreLease,
+    holder: &LeaseHolder,
+    dir: &Path,
+    target: &Path,
+) -> Result<(), String> {
     let what = format!("image {} in store {}", wanted.image, wanted.store.display());
     // open_existing: a wrong path must fail, not become an empty new store.
     let store = Store::open_existing(&wanted.store).map_err(|e| format!("{what}: {e}"))?;
-    // Holds off `store gc` while the layers are looked up and mounted. A store the node
-    // mounted read-only cannot take the lock file, and then has no gc running either.
+    let image = store
+        .resolve(&wanted.image, None)
+        .map_err(|e| format!("{what}: {e}"))?;
+    // The lease checks, under gc's lock, that the manifest is still there; from then on
+    // gc keeps it and everything it names.
+    if let Err(e) = store.acquire_lease(&lease.id, &image.manifest_digest, holder) {
+        if !read_only(&wanted.store) {
+            return Err(format!("{what}: lease: {e}"));
+        }
+        // A store the node mounted read-only has no gc running either.
+        log::warn!("{what}: read-only, no lease ({e})");
+    }
+    // Holds off `store gc` while the layers are looked up and mounted.
     let _lock = match store.writer_lock() {
         Ok(lock) => Some(lock),
         Err(e) => {
@@ -32,9 +59,6 @@ pub fn mount(wanted: &StoreImage, dir: &Path, target: &Path) -> Result<(), Strin
             None
         }
     };
-    let image = store
-        .resolve(&wanted.image, None)
-        .map_err(|e| format!("{what}: {e}"))?;
     let layers = rootfs::layer_dirs_in(store.layout(), &wanted.image, image.layers())
         .map_err(|e| format!("{what}: {e}"))?;
     // The upper dir lives in the bundle and goes with the task: never worth a sync.
@@ -52,6 +76,26 @@ pub fn mount(wanted: &StoreImage, dir: &Path, target: &Path) -> Result<(), Strin
         target.display()
     );
     Ok(())
+}
+
+fn read_only(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false)
+}
+
+/// Ends the container's lease (after its rootfs is down). A failure is logged: the lease
+/// then stays until `store gc` finds its container gone.
+pub fn release(lease: &StoreLease) {
+    let released = Store::open_existing(&lease.store).and_then(|s| s.release_lease(&lease.id));
+    match released {
+        Ok(_) => log::info!("released lease {} in {}", lease.id, lease.store.display()),
+        Err(e) => log::warn!(
+            "release lease {} in {}: {e}",
+            lease.id,
+            lease.store.display()
+        ),
+    }
 }
 
 /// Removes the per-container dir; the overlay must be unmounted already.

@@ -67,8 +67,10 @@ fn delete_response(snap: &Snapshot) -> DeleteResponse {
 }
 
 impl TaskService {
+    /// `containerd_address` names containerd in the store leases the shim takes.
     pub fn new(
         namespace: &str,
+        containerd_address: &str,
         runtime: Arc<dyn Runtime>,
         events: Arc<dyn EventSink>,
         exit: Arc<ExitSignal>,
@@ -82,6 +84,7 @@ impl TaskService {
                 events,
                 exits,
                 state_dir_env: std::env::var("NESTCACHE_STATE_DIR").ok(),
+                containerd_address: containerd_address.to_string(),
             }),
             registry: Registry::default(),
             exit,

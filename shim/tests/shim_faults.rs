@@ -128,7 +128,18 @@ fn killed_shim_leaves_no_mount_for_a_store_rootfs() {
         &["/bin/sleep", "1000"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    let leases = || {
+        let st = nestcache::store::Store::open_existing(&store).unwrap();
+        st.leases()
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.holder.container == id)
+            .count()
+    };
+    assert_eq!(leases(), 1, "no lease while running");
     kill_shim_and_check(&ctr, &id);
+    // containerd's `delete` of the dead shim's task released it.
+    assert_eq!(leases(), 0, "the lease outlived its container");
 }
 
 #[test]

@@ -190,6 +190,46 @@ fn missing_store_unknown_image_and_unextracted_layer_fail_create_clearly() {
     );
 }
 
+/// The store's leases held by container `id`.
+fn leases_of(store: &Path, id: &str) -> Vec<nestcache::store::Lease> {
+    let st = nestcache::store::Store::open_existing(store).unwrap();
+    let leases = st.leases().unwrap();
+    leases
+        .into_iter()
+        .filter(|l| l.holder.container == id)
+        .collect()
+}
+
+#[test]
+fn a_running_store_container_holds_a_lease_gc_respects_until_delete() {
+    testkit::require!(containerd, tool "ctr", tool "busybox", tool "umoci");
+    let ctr = Ctr::new("shim-store-lease");
+    let f = fixture("leased");
+    let id = unique("s");
+    let _guard = TaskGuard {
+        ctr: &ctr,
+        id: id.clone(),
+    };
+    let out = run_annotated(&ctr, &f, "leased", &["-d"], &id, &["/bin/sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let leases = leases_of(&f.store, &id);
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].manifest.to_string(), f.digest);
+    assert_eq!(leases[0].holder.namespace, ctr.namespace);
+    // The ref goes; gc keeps what the running container uses.
+    let st = nestcache::store::Store::open_existing(&f.store).unwrap();
+    st.remove_ref("leased").unwrap();
+    st.gc().unwrap();
+    let pid = ctr.task_pid(&id);
+    let marker = format!("/proc/{pid}/root/etc/nestcache-test");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "leased\n");
+    ctr.remove(&id);
+    assert!(
+        leases_of(&f.store, &id).is_empty(),
+        "the lease outlived its container"
+    );
+}
+
 #[test]
 fn a_store_outside_the_allowed_roots_is_refused() {
     let ctr = Ctr::new("shim-store-roots");

@@ -354,8 +354,5 @@ impl ContentDir {
 }
 
 fn nonce() -> Result<String> {
-    let mut buf = [0u8; 16];
-    let mut f = fs::File::open("/dev/urandom").ctx(|| "open /dev/urandom".into())?;
-    std::io::Read::read_exact(&mut f, &mut buf).ctx(|| "read /dev/urandom".into())?;
-    Ok(hex::encode(buf))
+    crate::fsutil::random_hex(16).ctx(|| "read /dev/urandom".into())
 }

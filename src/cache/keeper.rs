@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -25,28 +25,32 @@ static KEEPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keeper"));
 
 /// Makes sure `<state>/keeper/keeper` is this build's keeper; returns its path.
 pub fn install(state: &StateLayout) -> Result<PathBuf> {
-    fs::create_dir_all(state.keeper_dir())
-        .ctx(|| format!("create {}", state.keeper_dir().display()))?;
+    install_binary(&state.keeper_dir(), "keeper", KEEPER)
+}
+
+/// Makes sure `dir/name` holds `bytes` (mode 0755); returns its absolute path. Written
+/// atomically and only when different, so running containers keep their inode.
+pub(crate) fn install_binary(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     // containerd needs an absolute bind source, whatever --state-dir looks like.
-    let dir = fs::canonicalize(state.keeper_dir())
-        .ctx(|| format!("resolve {}", state.keeper_dir().display()))?;
-    let path = dir.join("keeper");
+    let dir = fs::canonicalize(dir).ctx(|| format!("resolve {}", dir.display()))?;
+    let path = dir.join(name);
     if let Ok(existing) = fs::read(&path) {
-        if Sha256::digest(&existing) == Sha256::digest(KEEPER) {
+        if Sha256::digest(&existing) == Sha256::digest(bytes) {
             return Ok(path);
         }
     }
     let mut tmp = tempfile::Builder::new()
-        .prefix(".keeper-")
+        .prefix(&format!(".{name}-"))
         .tempfile_in(&dir)
         .ctx(|| format!("create a temp file in {}", dir.display()))?;
-    tmp.write_all(KEEPER)
+    tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .and_then(|_| {
             tmp.as_file()
                 .set_permissions(fs::Permissions::from_mode(0o755))
         })
-        .ctx(|| format!("write the keeper into {}", dir.display()))?;
+        .ctx(|| format!("write {name} into {}", dir.display()))?;
     tmp.persist(&path)
         .map_err(|e| e.error)
         .ctx(|| format!("install {}", path.display()))?;

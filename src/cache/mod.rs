@@ -19,7 +19,6 @@ pub use create::create;
 pub use remove::{gc, reap_expired, remove, rm, running_users};
 pub use ttl::touch;
 
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -242,18 +241,8 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 }
 
 pub(crate) fn write_atomic(path: &Path, contents: &str) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .ctx(|| format!("create a temp file in {}", dir.display()))?;
-    tmp.write_all(contents.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .ctx(|| format!("write {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .ctx(|| format!("write {}", path.display()))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, contents.as_bytes())
+        .ctx(|| format!("write {}", path.display()))
 }
 
 pub(crate) fn path_str(p: &Path) -> Result<&str> {

@@ -54,13 +54,9 @@ pub struct KillArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait after SIGTERM before SIGKILL (a duration such as 500ms is taken too)
-    #[arg(
-        short = 't',
-        long = "time",
-        visible_alias = "timeout",
-        default_value = "10"
-    )]
-    pub time: String,
+    /// (default: the container's --stop-timeout, else 10)
+    #[arg(short = 't', long = "time", visible_alias = "timeout")]
+    pub time: Option<String>,
     #[arg(required = true)]
     pub containers: Vec<String>,
     #[arg(long)]
@@ -259,7 +255,7 @@ pub fn parse_grace(s: &str) -> anyhow::Result<Duration> {
 }
 
 pub async fn stop(g: &Globals, a: StopArgs) -> anyhow::Result<ExitCode> {
-    let grace = parse_grace(&a.time)?;
+    let grace = a.time.as_deref().map(parse_grace).transpose()?;
     let client = super::connect(g).await?;
     let state = StateLayout::new(&g.state_dir);
     let mut out = Vec::new();

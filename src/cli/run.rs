@@ -38,6 +38,8 @@ pub struct RunArgs {
     pub security: super::run_flags::SecurityArgs,
     #[command(flatten)]
     pub mounts: super::run_flags::MountArgs,
+    #[command(flatten)]
+    pub process: super::run_flags::ProcessArgs,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the caller's value)
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -210,7 +212,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     spec.workdir = a.workdir;
     spec.user = a.user;
     let state = StateLayout::new(&g.state_dir);
-    let labels = a.mounts.apply(&state, &a.volumes, &mut spec)?;
+    let mut labels = a.mounts.apply(&state, &a.volumes, &mut spec)?;
+    a.process.apply(&state, &mut spec, &mut labels)?;
     spec.entrypoint = a.entrypoint;
     spec.command = command_after_image(a.command);
     spec.hostname = a.hostname;

@@ -240,6 +240,17 @@ impl Client {
         id: &str,
         grace: Duration,
     ) -> Result<Option<ExitStatus>> {
+        self.stop_and_delete_task_with(id, libc::SIGTERM, grace)
+            .await
+    }
+
+    /// [`Client::stop_and_delete_task`] with `signal` instead of SIGTERM (`--stop-signal`).
+    pub async fn stop_and_delete_task_with(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<Option<ExitStatus>> {
         let Some(state) = self.task_state(id).await? else {
             return Ok(None);
         };
@@ -248,7 +259,7 @@ impl Client {
             TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing
         ) {
             let wait = self.wait_task(id);
-            self.kill_task(id, libc::SIGTERM, false).await?;
+            self.kill_task(id, signal, false).await?;
             if wait.result_within(grace).await?.is_none() {
                 let wait = self.wait_task(id);
                 self.kill_task(id, libc::SIGKILL, true).await?;

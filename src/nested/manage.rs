@@ -131,10 +131,22 @@ pub async fn stop(
     client: &Client,
     state: &StateLayout,
     id: &str,
-    grace: Duration,
+    grace: Option<Duration>,
 ) -> Result<Option<ExitStatus>> {
-    get(client, id).await?;
-    let exit = match client.stop_and_delete_task(id, grace).await {
+    let c = get(client, id).await?;
+    // `run --stop-signal/--stop-timeout` recorded them; `stop -t` overrides the timeout.
+    let signal = c
+        .label(labels::STOP_SIGNAL)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(libc::SIGTERM);
+    let grace = grace
+        .or_else(|| {
+            c.label(labels::STOP_TIMEOUT)
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs)
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    let exit = match client.stop_and_delete_task_with(id, signal, grace).await {
         Ok(e) => e,
         // The task ended and was deleted meanwhile (by the `run` that waited for it).
         Err(Error::NotFound(_)) => None,
@@ -153,6 +165,9 @@ pub async fn stop(
     }
     Ok(exit)
 }
+
+/// How long `stop` waits after the stop signal before SIGKILL, as Docker.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Removes nested container `id`: refuses a running one unless `force` (then kills it).
 pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool) -> Result<()> {

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod exec_error;
 pub mod filter;
 pub mod image;
+pub mod init;
 pub mod inspect;
 pub mod manage;
 pub mod network;
@@ -31,7 +32,6 @@ mod cleanup;
 mod phases;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 
 use crate::cache::CacheInfo;
@@ -95,11 +95,8 @@ impl ContainerPaths {
 
 /// `nested-` and 12 random hex digits.
 fn generate_id() -> Result<String> {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .ctx(|| "read /dev/urandom".into())?;
-    Ok(format!("nested-{}", hex::encode(b)))
+    let hex = crate::fsutil::random_hex(6).ctx(|| "read /dev/urandom".into())?;
+    Ok(format!("nested-{hex}"))
 }
 
 /// The labels of a nested container.

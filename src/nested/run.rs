@@ -27,9 +27,6 @@ use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
 use crate::rootfs::Overlay;
 
-/// Where `--init` puts nestcache's init inside the container.
-pub const INIT_PATH: &str = "/sbin/nestcache-init";
-
 /// Everything `run` is asked for.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -500,7 +497,7 @@ async fn volumes_from(client: &Client, arg: &str) -> Result<(Vec<spec::Volume>, 
         "/etc/resolv.conf",
         "/etc/hosts",
         "/etc/hostname",
-        INIT_PATH,
+        spec::INIT_PATH,
     ]
     .iter()
     .map(std::path::PathBuf::from)

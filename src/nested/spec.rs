@@ -24,6 +24,9 @@ pub mod security;
 pub use resources::Resources;
 pub use security::Security;
 
+/// Where `--init` puts nestcache's init inside the container.
+pub const INIT_PATH: &str = "/sbin/nestcache-init";
+
 /// containerd's default PATH for a container whose image sets none.
 pub const DEFAULT_PATH_ENV: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -153,6 +156,8 @@ pub struct SpecOptions {
     pub group_add: Vec<String>,
     /// `--tmpfs` and `--mount type=tmpfs`.
     pub tmpfs: Vec<mounts::Tmpfs>,
+    /// `--init`: the host path of nestcache's init, run as PID 1 in front of the command.
+    pub init: Option<PathBuf>,
 }
 
 impl SpecOptions {
@@ -178,6 +183,7 @@ impl SpecOptions {
             security: Security::default(),
             group_add: Vec::new(),
             tmpfs: Vec::new(),
+            init: None,
         }
     }
 }
@@ -362,6 +368,10 @@ fn process_args(image: Option<&ImageConfig>, opts: &SpecOptions) -> Result<Vec<S
             "no command: the image has no Entrypoint or Cmd; give one after `--` or with --entrypoint"
                 .into(),
         ));
+    }
+    if opts.init.is_some() {
+        let init = [INIT_PATH.to_string(), "--".to_string()];
+        return Ok(init.into_iter().chain(args).collect());
     }
     Ok(args)
 }
@@ -595,6 +605,10 @@ fn mounts(opts: &SpecOptions) -> Result<Vec<Mount>> {
         }
         m.push(bind(&v.host, &v.container, v.read_only)?);
         seen.push(v.container.clone());
+    }
+    if let Some(init) = &opts.init {
+        m.push(bind(init, Path::new(INIT_PATH), true)?);
+        seen.push(PathBuf::from(INIT_PATH));
     }
     for t in &opts.tmpfs {
         if t.target == Path::new("/") || seen.contains(&t.target) {

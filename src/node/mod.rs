@@ -362,23 +362,13 @@ fn drop_backup_if_same(file: &Path, r: &mut Report) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Writes through a temp file and rename, keeping an existing file's mode.
+/// Writes durably through a temp file and rename ([`crate::fsutil::write_atomic`]),
+/// keeping an existing file's mode.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), NodeError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io_err(|| format!("create {}", dir.display())))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(io_err(|| format!("temp file in {}", dir.display())))?;
-    use std::io::Write;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io_err(|| format!("write {}", tmp.path().display())))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        std::fs::set_permissions(tmp.path(), meta.permissions())
-            .map_err(io_err(|| format!("chmod {}", tmp.path().display())))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| io_err(|| format!("replace {}", path.display()))(e.error))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, data)
+        .map_err(io_err(|| format!("replace {}", path.display())))
 }
 
 fn remove_if_present(p: &Path) -> Result<bool, NodeError> {

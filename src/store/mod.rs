@@ -247,9 +247,7 @@ impl Store {
 
 /// fsyncs a directory so that a rename into it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("fsync directory {}", dir.display()))
+    crate::fsutil::sync_dir(dir).ctx(|| format!("fsync directory {}", dir.display()))
 }
 
 #[cfg(test)]

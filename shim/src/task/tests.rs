@@ -51,6 +51,7 @@ fn harness() -> Harness {
     let events = Arc::new(RecordingEvents::default());
     let svc = TaskService::new(
         "test",
+        "/run/test/containerd.sock",
         rt.clone(),
         events.clone(),
         Arc::new(ExitSignal::default()),
