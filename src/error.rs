@@ -41,8 +41,6 @@ pub enum Error {
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
-    Ingest(#[from] crate::store::IngestError),
-    #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

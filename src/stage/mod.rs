@@ -22,7 +22,9 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, PlatformChoice, PlatformSpec, ResolvedImage};
 use crate::source::Source;
-use crate::store::{check_declared_size, lock, validate_ref_name, Ingested, Present, Store};
+use crate::store::{
+    check_declared_size, lock, validate_ref_name, Ingested, Present, Store, StoreError,
+};
 use crate::unpack::{clean_stale_tmp, ensure_unpacked, Limits};
 
 /// Default for [`StageOptions::max_layer_size`]: above the largest layers real images
@@ -378,7 +380,7 @@ fn ingest_layers(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         // Typed refusals (size, space) keep their type; the rest gets the source's name.
         return Err(match e {
-            e @ Error::Ingest(_) => e,
+            e @ Error::Store(StoreError::BlobTooLarge { .. } | StoreError::NoSpace { .. }) => e,
             e => Error::Other(format!("{}: {e}", source.describe())),
         });
     }

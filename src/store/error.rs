@@ -48,6 +48,29 @@ pub enum StoreError {
         referenced_by: String,
         why: String,
     },
+    /// A descriptor declares more than the limit: refused before anything is read.
+    #[error("{what} {digest}: declared size {size} bytes is above the limit of {limit} bytes (raise it with --max-layer-size or NESTCACHE_MAX_LAYER_SIZE)")]
+    BlobTooLarge {
+        what: String,
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+    /// The store's filesystem has less room than the bytes still to come.
+    #[error("{what}: needs {needed} bytes but {} has only {available} bytes free", dir.display())]
+    NoSpace {
+        what: String,
+        needed: u64,
+        available: u64,
+        dir: PathBuf,
+    },
+    /// The source sent more bytes than the descriptor declares.
+    #[error("{what} {digest}: source sent more than the {size} bytes its descriptor declares")]
+    BlobOverflow {
+        what: String,
+        digest: Digest,
+        size: u64,
+    },
     #[error("store gc refused: {problem}; fix or remove that ref or lease first")]
     GcRefused { problem: Box<StoreError> },
 }

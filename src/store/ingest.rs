@@ -8,7 +8,6 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{sync_dir, temp, Store, StoreError};
 use crate::digest::{hash_reader, Digest, Hasher};
@@ -45,31 +44,6 @@ pub struct Ingested {
     pub by_other: bool,
 }
 
-/// Blob ingest refusals the user can meet (the descriptor or the disk, not the bytes).
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("{what} {digest}: declared size {size} bytes is above the limit of {limit} bytes (raise it with --max-layer-size or NESTCACHE_MAX_LAYER_SIZE)")]
-    TooLarge {
-        what: String,
-        digest: Digest,
-        size: u64,
-        limit: u64,
-    },
-    #[error("{what}: needs {needed} bytes but {dir} has only {available} bytes free")]
-    NoSpace {
-        what: String,
-        needed: u64,
-        available: u64,
-        dir: PathBuf,
-    },
-    #[error("{what} {digest}: source sent more than the {size} bytes its descriptor declares")]
-    Overflow {
-        what: String,
-        digest: Digest,
-        size: u64,
-    },
-}
-
 /// What to do with a blob of the right size already in `blobs/` when the ingest starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Present {
@@ -85,7 +59,7 @@ pub type Opener<'a, 'r> = dyn FnMut(u64) -> Result<Box<dyn Read + 'r>> + 'a;
 /// Refuses a declared size above `limit` before anything is read.
 pub fn check_declared_size(what: &str, digest: &Digest, size: u64, limit: u64) -> Result<()> {
     if size > limit {
-        return Err(IngestError::TooLarge {
+        return Err(StoreError::BlobTooLarge {
             what: what.to_string(),
             digest: digest.clone(),
             size,
@@ -160,7 +134,8 @@ impl Store {
             tracing::info!("{what} {expected}: another stager is writing it; waiting for it");
         })?
         .ok_or_else(|| Error::Other(format!("lock {}", path.display())))?;
-        let _live = temp::Registered::new(&path, temp::Kind::File);
+        // Recorded once ours (while we wait, the file is another stager's).
+        let _live = temp::Registered::new(&path, temp::Kind::File)?;
         let mut tmp = RemoveOnDrop(Some(path.clone()));
         let now = self.blob_identity(expected);
         if now.is_some() && now != bad && self.blob_size(expected) == Some(size) {
@@ -297,7 +272,7 @@ impl Store {
         let available =
             u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
         if needed > available {
-            return Err(IngestError::NoSpace {
+            return Err(StoreError::NoSpace {
                 what: what.to_string(),
                 needed,
                 available,
@@ -395,7 +370,7 @@ fn copy_verified(
             Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
         };
         if hasher.len() + n as u64 > size {
-            return Err(IngestError::Overflow {
+            return Err(StoreError::BlobOverflow {
                 what: what.to_string(),
                 digest: expected.clone(),
                 size,
@@ -431,16 +406,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A temp path unique across processes and threads: pid + a process-wide counter, and
-/// `create_new` refuses any leftover of a dead process that had the same pid.
+/// A temp path unique across processes and threads.
 pub(crate) fn unique_temp_path(dir: &Path, tag: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    dir.join(format!("{}-{n}-{nanos}-{tag}.tmp", std::process::id()))
+    temp::unique_path(dir, "", &format!("-{tag}{INGEST_SUFFIX}"))
 }
 
 /// A temp file removed on drop unless persisted by rename; held by an flock meanwhile,
@@ -453,13 +421,14 @@ pub(crate) struct TempFile {
 
 impl TempFile {
     pub(crate) fn create(path: &Path) -> Result<TempFile> {
+        let live = temp::Registered::new(path, temp::Kind::File)?;
         let file = temp::lock_file(path, false, &mut || {})?.ok_or_else(|| {
             Error::Other(format!("{} is in use by another process", path.display()))
         })?;
         Ok(TempFile {
             path: path.to_path_buf(),
             file: Some(file),
-            _live: temp::Registered::new(path, temp::Kind::File),
+            _live: live,
         })
     }
 
@@ -540,7 +509,7 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                Error::Ingest(IngestError::TooLarge {
+                Error::Store(StoreError::BlobTooLarge {
                     size: 33,
                     limit: 32,
                     ..
@@ -561,7 +530,7 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                Error::Ingest(IngestError::NoSpace {
+                Error::Store(StoreError::NoSpace {
                     needed: u64::MAX,
                     ..
                 })

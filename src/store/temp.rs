@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use nix::errno::Errno;
@@ -31,20 +31,31 @@ pub enum Kind {
 
 static LIVE: Mutex<BTreeMap<u64, (PathBuf, Kind)>> = Mutex::new(BTreeMap::new());
 static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Set (under LIVE's lock) by [`remove_live`]: no new temp path may be made after it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn live() -> std::sync::MutexGuard<'static, BTreeMap<u64, (PathBuf, Kind)>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A temp path of this process, recorded for [`remove_live`] until dropped.
+/// A temp path of this process, recorded for [`remove_live`] until dropped. Made before
+/// the path is created, so that a signal between the two leaves nothing unrecorded.
 #[derive(Debug)]
 pub struct Registered(u64);
 
 impl Registered {
-    pub fn new(path: &Path, kind: Kind) -> Registered {
+    /// Fails once [`remove_live`] has run: the process is exiting, nothing new is made.
+    pub fn new(path: &Path, kind: Kind) -> Result<Registered> {
+        let mut live = live();
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(Error::Other(format!(
+                "interrupted: not creating {}",
+                path.display()
+            )));
+        }
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        live().insert(id, (path.to_path_buf(), kind));
-        Registered(id)
+        live.insert(id, (path.to_path_buf(), kind));
+        Ok(Registered(id))
     }
 }
 
@@ -58,7 +69,12 @@ impl Drop for Registered {
 /// removed. For a signal handler that exits right after: writers may still be writing
 /// into what it unlinks, which no one will see.
 pub fn remove_live() -> usize {
-    remove_entries(std::mem::take(&mut *live()).into_values().collect())
+    let entries = {
+        let mut live = live();
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        std::mem::take(&mut *live).into_values().collect()
+    };
+    remove_entries(entries)
 }
 
 fn remove_entries(entries: Vec<(PathBuf, Kind)>) -> usize {
@@ -67,7 +83,7 @@ fn remove_entries(entries: Vec<(PathBuf, Kind)>) -> usize {
         .filter(|(path, kind)| {
             let res = match kind {
                 Kind::File => fs::remove_file(path),
-                Kind::Dir => fs::remove_dir_all(path),
+                Kind::Dir => remove_dir_racing(path),
             };
             match res {
                 Ok(()) => true,
@@ -79,6 +95,18 @@ fn remove_entries(entries: Vec<(PathBuf, Kind)>) -> usize {
             }
         })
         .count()
+}
+
+/// Removes a directory a writer may still be filling: a few tries, since an entry it
+/// creates meanwhile makes the final rmdir fail with ENOTEMPTY.
+fn remove_dir_racing(path: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            res => return res,
+        }
+    }
 }
 
 /// A locked temp file: the lock is the proof of ownership, held until drop.
@@ -139,27 +167,65 @@ pub fn lock_file(path: &Path, wait: bool, on_wait: &mut dyn FnMut()) -> Result<O
     }
 }
 
-/// A new locked directory `<parent>/<prefix><random>`; retries when a reclaimer removed
-/// it between its creation and the lock.
-pub fn locked_dir(parent: &Path, prefix: &str) -> Result<(tempfile::TempDir, Flock<File>)> {
-    loop {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(parent)
-            .ctx(|| format!("create a directory in {}", parent.display()))?;
-        let f = File::open(dir.path()).ctx(|| format!("open {}", dir.path().display()))?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) if still_at(&lock, dir.path())? => return Ok((dir, lock)),
-            // Removed or being removed by a reclaimer: make another.
-            Ok(_) | Err((_, Errno::EWOULDBLOCK)) => continue,
-            Err((_, e)) => {
-                return Err(Error::io(
-                    format!("lock {}", dir.path().display()),
-                    e.into(),
-                ))
+/// A locked temp directory of this process, removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct LockedDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+    _live: Registered,
+}
+
+impl LockedDir {
+    /// A new locked directory `<parent>/<prefix><pid>-<n>-<nanos>`; retries when a
+    /// reclaimer removed it between its creation and the lock.
+    pub fn new(parent: &Path, prefix: &str) -> Result<LockedDir> {
+        loop {
+            let path = unique_path(parent, prefix, "");
+            let live = Registered::new(&path, Kind::Dir)?;
+            fs::create_dir(&path).ctx(|| format!("create {}", path.display()))?;
+            let f = File::open(&path).ctx(|| format!("open {}", path.display()))?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) if still_at(&lock, &path)? => {
+                    return Ok(LockedDir {
+                        path,
+                        _lock: lock,
+                        _live: live,
+                    })
+                }
+                // Removed or being removed by a reclaimer: make another.
+                Ok(_) | Err((_, Errno::EWOULDBLOCK)) => continue,
+                Err((_, e)) => return Err(Error::io(format!("lock {}", path.display()), e.into())),
             }
         }
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockedDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// A name unique across processes and threads: pid + a process-wide counter + the time.
+pub fn unique_path(dir: &Path, prefix: &str, suffix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    dir.join(format!(
+        "{prefix}{}-{n}-{nanos}{suffix}",
+        std::process::id()
+    ))
 }
 
 /// If nobody holds the lock of `path` (its owner died), calls `reclaim` with the lock held
@@ -260,7 +326,7 @@ mod tests {
         fs::write(&f, b"x").unwrap();
         fs::create_dir_all(d.join("sub")).unwrap();
         let is_live = |p: &Path| live().values().any(|(q, _)| q == p);
-        let a = Registered::new(&f, Kind::File);
+        let a = Registered::new(&f, Kind::File).unwrap();
         assert!(is_live(&f));
         drop(a);
         assert!(!is_live(&f));

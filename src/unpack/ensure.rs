@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use nix::fcntl::Flock;
-
 use super::apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 use super::stream::Limits;
 use crate::digest::{chain_ids, Digest};
@@ -269,19 +267,13 @@ fn apply_one(
 /// `layers/tmp/unpack-<random>/`, locked while this process works in it, removed on drop
 /// (or by a SIGINT/SIGTERM handler through [`temp::remove_live`]).
 struct WorkDir {
-    dir: tempfile::TempDir,
-    _lock: Flock<File>,
-    _live: temp::Registered,
+    dir: temp::LockedDir,
 }
 
 impl WorkDir {
     fn new(layout: &ContentLayout) -> Result<WorkDir> {
-        let (dir, lock) = temp::locked_dir(&layout.layers_tmp_dir(), "unpack-")?;
-        let live = temp::Registered::new(dir.path(), temp::Kind::Dir);
         Ok(WorkDir {
-            dir,
-            _lock: lock,
-            _live: live,
+            dir: temp::LockedDir::new(&layout.layers_tmp_dir(), "unpack-")?,
         })
     }
 

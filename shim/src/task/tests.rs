@@ -407,3 +407,31 @@ fn update_hands_the_resources_to_runc_and_refuses_garbage() {
     }
     assert_eq!(h.rt.calls_starting("update"), 1);
 }
+
+#[test]
+fn hostile_exec_ids_and_missing_specs_are_invalid_arguments() {
+    let h = harness();
+    h.running("c");
+    for id in ["", "../escape", ".hidden", "a/b", "x y"] {
+        let req = ExecProcessRequest {
+            id: "c".into(),
+            exec_id: id.into(),
+            spec: Some(Any::default()).into(),
+            ..Default::default()
+        };
+        let (c, message) = code(h.svc.exec(&ctx(), req));
+        assert_eq!(c, Code::INVALID_ARGUMENT, "{id:?}: {message}");
+    }
+    let no_spec = ExecProcessRequest {
+        id: "c".into(),
+        exec_id: "e".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(h.svc.exec(&ctx(), no_spec)).0, Code::INVALID_ARGUMENT);
+    let (c, _) = code(h.start("c", "never-added"));
+    assert_eq!(c, Code::NOT_FOUND);
+    assert!(
+        !h.dir.path().join("c/execs").exists(),
+        "nothing written for refused execs"
+    );
+}
