@@ -433,3 +433,41 @@ fn tag_normalised_refs_config_file_and_json_errors() {
         "{page}"
     );
 }
+
+#[test]
+fn logs_keep_streams_apart_with_tail_since_and_times() {
+    let f = Fixture::new("lc-logs");
+    let script = "echo err1 >&2; sleep 0.2; seq 1 5";
+    let run = [
+        "run", "--cache", &f.cache, "-d", "--name", "l1", &f.image, "--", "sh", "-c", script,
+    ];
+    f.env.ok(&run);
+    assert_eq!(f.env.ok(&["wait", "l1"]).trim(), "0");
+    let o = f.env.run(&["logs", "l1"]);
+    assert_eq!(
+        (text(&o.stdout), text(&o.stderr)),
+        ("1\n2\n3\n4\n5\n".into(), "err1\n".into())
+    );
+    assert_eq!(f.env.ok(&["logs", "--tail", "2", "l1"]), "4\n5\n");
+    let o = f.env.run(&["logs", "-n", "0", "l1"]);
+    assert_eq!(
+        (text(&o.stdout), text(&o.stderr)),
+        (String::new(), String::new())
+    );
+    assert_eq!(
+        f.env.ok(&["logs", "--since", "2099-01-01T00:00:00Z", "l1"]),
+        ""
+    );
+    assert_eq!(
+        f.env.ok(&["logs", "--since", "1h", "l1"]).lines().count(),
+        5
+    );
+    let stamped = f.env.ok(&["logs", "-t", "--tail", "1", "l1"]);
+    let (time, line) = stamped.trim_end().split_once(' ').expect("TIME LINE");
+    assert!(
+        time.starts_with("20") && time.ends_with('Z') && line == "5",
+        "{stamped}"
+    );
+    let e = f.env.fails(&["logs", "--since", "yesterday", "l1"]);
+    assert!(e.contains("--since"), "{e}");
+}

@@ -237,8 +237,13 @@ fn detached_logs_ps_stop_rm() {
     f.wait_running("d1");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let logs = f.env.ok(&["logs", "d1"]);
-        if logs.contains("out") && logs.contains("err") {
+        // The streams stay apart: stdout to stdout, stderr to stderr.
+        let o = f.env.run(&["logs", "d1"]);
+        let logs = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        if logs.0 == "out\n" && logs.1 == "err\n" {
             break;
         }
         assert!(Instant::now() < deadline, "logs: {logs:?}");

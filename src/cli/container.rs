@@ -153,6 +153,43 @@ pub struct LogsArgs {
     /// Keep printing as the container writes
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only the last N lines ("all" for every line)
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Only lines since an RFC 3339 time or a duration back from now (10m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Prefix each line with its time (RFC 3339, nanoseconds)
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+}
+
+/// The log's streams to ours: stdout to stdout, stderr to stderr.
+struct StdSink;
+
+impl nestcache::nested::logs::Sink for StdSink {
+    fn line(&mut self, stream: &str, text: &[u8]) -> nestcache::Result<()> {
+        use std::io::Write;
+        let r = if stream == "stderr" {
+            let mut e = std::io::stderr().lock();
+            e.write_all(text).and_then(|_| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(text).and_then(|_| o.flush())
+        };
+        r.map_err(|e| nestcache::Error::io("write the log", e))
+    }
+}
+
+/// The hidden subcommand containerd's runc shim runs as the logging binary.
+#[derive(Debug, Args)]
+pub struct LogDriverArgs {
+    pub log: std::path::PathBuf,
+}
+
+pub fn log_driver(a: LogDriverArgs) -> anyhow::Result<ExitCode> {
+    nestcache::nested::logs::drive(&a.log)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What happened to one id of a several-id command.
@@ -530,10 +567,27 @@ pub async fn ps(g: &Globals, a: PsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn logs(g: &Globals, a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let tail =
+        match a.tail.as_str() {
+            "all" => None,
+            n => Some(n.parse::<usize>().map_err(|_| {
+                anyhow::anyhow!("invalid --tail {n:?}: a number of lines or \"all\"")
+            })?),
+        };
+    let now = std::time::SystemTime::now();
+    let opts = nestcache::nested::logs::LogOptions {
+        follow: a.follow,
+        tail,
+        since: a
+            .since
+            .as_deref()
+            .map(|s| nestcache::nested::logs::parse_since(s, now))
+            .transpose()?,
+        timestamps: a.timestamps,
+    };
     let client = super::connect(g).await?;
     let state = StateLayout::new(&g.state_dir);
-    let mut out = std::io::stdout();
-    manage::logs(&client, &state, &a.container, a.follow, &mut out).await?;
+    manage::logs_with(&client, &state, &a.container, &opts, &mut StdSink).await?;
     Ok(ExitCode::SUCCESS)
 }
 

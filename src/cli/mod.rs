@@ -107,6 +107,9 @@ pub enum Command {
     Logs(container::LogsArgs),
     /// Give an image another ref (`images tag`)
     Tag(images::TagArgs),
+    /// containerd's logging binary for detached containers (run by the shim, not by hand)
+    #[command(name = "__log-driver", hide = true)]
+    LogDriver(container::LogDriverArgs),
     /// Print a shell completion script (bash, zsh, fish)
     Completion(shell::CompletionArgs),
     /// Write man pages (nestcache.1 and one per subcommand) into DIR
@@ -145,6 +148,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(a) => container::events(&g, a).await,
         Command::Logs(a) => container::logs(&g, a).await,
         Command::Tag(a) => images::run(&g, images::ImagesCmd::Tag(a)).await,
+        Command::LogDriver(a) => container::log_driver(a),
         Command::Completion(a) => shell::completion(a),
         Command::Man(a) => shell::man(a),
         Command::Port(a) => run::port(&g, a).await,

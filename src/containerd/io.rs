@@ -38,10 +38,45 @@ impl Stdio {
         }
     }
 
+    /// Output through a logging binary the shim starts (containerd's `binary://`):
+    /// `PROGRAM __log-driver LOG` with the task's stdout on fd 3 and stderr on fd 4,
+    /// writing timestamped JSON lines with the streams kept apart (see `log_driver`).
+    pub fn log_binary(program: &Path, log: &Path) -> Stdio {
+        // containerd turns each query pair into two arguments: the key, then the value.
+        let uri = format!(
+            "binary://{}?{}={}",
+            percent(&program.to_string_lossy()),
+            LOG_DRIVER_ARG,
+            percent(&log.to_string_lossy())
+        );
+        Stdio {
+            stdin: String::new(),
+            stdout: uri.clone(),
+            stderr: uri,
+            terminal: false,
+        }
+    }
+
     /// No stdio at all.
     pub fn null() -> Stdio {
         Stdio::default()
     }
+}
+
+/// The subcommand by which the nestcache binary is its own logging driver.
+pub const LOG_DRIVER_ARG: &str = "__log-driver";
+
+/// Percent-encodes what a URI's path or query value must not hold raw.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The FIFOs of one attached task.
@@ -337,6 +372,19 @@ mod tests {
         assert!(s2.terminal);
         f.remove();
         assert!(std::fs::read_dir(t.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn log_binary_uri_escapes_the_paths() {
+        let s = Stdio::log_binary(
+            Path::new("/bin/nestcache"),
+            Path::new("/st ate/c?1/log.json"),
+        );
+        assert_eq!(
+            s.stdout,
+            "binary:///bin/nestcache?__log-driver=/st%20ate/c%3F1/log.json"
+        );
+        assert_eq!(s.stdout, s.stderr);
     }
 
     #[test]

@@ -235,6 +235,46 @@ pub async fn logs(
     }
 }
 
+/// `logs` with Docker's options: the JSON log the log driver keeps (streams apart,
+/// times), else the raw log of a container run by nestcache's shim (no times there).
+pub async fn logs_with(
+    client: &Client,
+    state: &StateLayout,
+    id: &str,
+    opts: &super::logs::LogOptions,
+    out: &mut (dyn super::logs::Sink + Send),
+) -> Result<()> {
+    get(client, id).await?;
+    let json = ContainerPaths::new(state, id).dir.join(super::JSON_LOG);
+    if json.exists() {
+        let running = || async {
+            Ok(matches!(
+                client.task_state(id).await?,
+                Some(t) if t.status != TaskStatus::Stopped
+            ))
+        };
+        return super::logs::print_json_log(&json, opts, out, running).await;
+    }
+    if opts.since.is_some() || opts.timestamps || opts.tail.is_some() {
+        return Err(Error::Invalid(format!(
+            "{id} keeps a raw log (run with --runtime shim, or by an older nestcache): --since, --tail and -t need the JSON log"
+        )));
+    }
+    struct Raw<'a>(&'a mut (dyn super::logs::Sink + Send));
+    impl Write for Raw<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .line("stdout", buf)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    logs(client, state, id, opts.follow, &mut Raw(out)).await
+}
+
 /// The pid of the running (or created) task of nested container `id`; Invalid when it
 /// has none.
 pub async fn running_pid(client: &Client, id: &str) -> Result<u32> {

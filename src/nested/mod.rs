@@ -18,6 +18,7 @@ pub mod filter;
 pub mod image;
 pub mod init;
 pub mod inspect;
+pub mod logs;
 pub mod manage;
 pub mod network;
 pub mod procs;
@@ -70,6 +71,24 @@ impl std::str::FromStr for Runtime {
                 "invalid --runtime {other:?}: expected runc or shim"
             ))),
         }
+    }
+}
+
+/// A detached container's JSON log (see [`logs`]), beside the raw `log`.
+pub const JSON_LOG: &str = "log.json";
+
+/// A detached task's output: through nestcache's log driver under containerd's runc
+/// shim (streams apart, timestamps), a raw file under nestcache's shim, which does not
+/// start logging binaries.
+pub fn detached_stdio(paths: &ContainerPaths, runtime: Runtime) -> crate::containerd::io::Stdio {
+    use crate::containerd::io::Stdio;
+    let driver = std::env::current_exe().ok().filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("nestcache"))
+    });
+    match (runtime, driver) {
+        (Runtime::Runc, Some(exe)) => Stdio::log_binary(&exe, &paths.dir.join(JSON_LOG)),
+        _ => Stdio::log_file(&paths.log),
     }
 }
 

@@ -19,7 +19,7 @@ use super::spec::{self, CacheMount, SpecOptions};
 use super::verify::{verify_mount, Verification};
 use super::{cleanup, generate_id, labels_for, ContainerPaths, Runtime};
 use crate::cache;
-use crate::containerd::io::{Fifos, RawTerminal, Stdio};
+use crate::containerd::io::{Fifos, RawTerminal};
 use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
 use crate::labels;
@@ -361,7 +361,7 @@ async fn create_and_run(
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
-        (Stdio::log_file(&paths.log), None)
+        (super::detached_stdio(paths, opts.runtime), None)
     } else {
         let fifos = Fifos::create(&paths.dir, opts.interactive, tty)?;
         let open = fifos.open()?;
