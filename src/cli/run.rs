@@ -289,6 +289,13 @@ pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("nestcache: {}", v.summary());
     }
+    // And its network, when it has one of nestcache's: a failed CHECK is an error.
+    let layout = network::NetLayout::new(&g.state_dir);
+    if let Some(line) = network::check(&layout, &a.container).await? {
+        if !a.json {
+            println!("{line}");
+        }
+    }
     Ok(if v.ok {
         ExitCode::SUCCESS
     } else {

@@ -370,22 +370,30 @@ async fn create_and_run(
         (fifos.stdio(), Some((fifos, open)))
     };
     phases.mark("overlay dirs, fifos");
-    if let Some(n) = network.as_mut() {
-        n.attach().await?;
-        phases.mark("attach network (CNI ADD)");
+    // The namespace exists before the task joins it; CNI ADD then runs while runc
+    // creates the task (its process does not run until start, so it never sees an
+    // unconfigured network) instead of before it: ADD costs a start almost nothing.
+    if let Some(n) = network.as_ref() {
+        n.create_namespace()?;
     }
-    let pid = client
-        .create_task(NewTask {
-            container_id: id.to_string(),
-            rootfs,
-            stdin: stdio.stdin,
-            stdout: stdio.stdout,
-            stderr: stdio.stderr,
-            terminal: stdio.terminal,
-        })
-        .await
-        .map_err(|e| start_error(id, argv0, "could not be created", e))?;
-    phases.mark("create task");
+    let create = client.create_task(NewTask {
+        container_id: id.to_string(),
+        rootfs,
+        stdin: stdio.stdin,
+        stdout: stdio.stdout,
+        stderr: stdio.stderr,
+        terminal: stdio.terminal,
+    });
+    let add = async {
+        match network.as_mut() {
+            Some(n) => n.add().await,
+            None => Ok(()),
+        }
+    };
+    let (created, added) = tokio::join!(create, add);
+    let pid = created.map_err(|e| start_error(id, argv0, "could not be created", e))?;
+    added?;
+    phases.mark("create task, CNI ADD");
 
     let verification = if opts.mount_cache {
         let v = verify_mount(pid, &cache.path, &cache.content_dir).await?;
