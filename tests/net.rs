@@ -115,14 +115,18 @@ impl Net {
 
     /// The recorded address of container `id` on the cache's bridge.
     fn ip_of(&self, id: &str) -> String {
+        self.try_ip_of(id).expect("an address")
+    }
+
+    /// The address, once CNI ADD has recorded one.
+    fn try_ip_of(&self, id: &str) -> Option<String> {
         let rec = self
             .net_dir()
             .join("containers")
             .join(id)
             .join("record.json");
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&rec).expect("record")).expect("record json");
-        v["ip"].as_str().expect("an address").to_string()
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).ok()?).ok()?;
+        v["ip"].as_str().map(str::to_string)
     }
 
     fn network_json(&self) -> serde_json::Value {
@@ -322,6 +326,38 @@ fn published_port_answers_from_the_host_and_containers_find_each_other_by_name()
     assert_eq!(got.matches("hello from web").count(), 3, "{got}");
     assert!(got.contains(&format!("{gateway}\tgw")), "{got}");
     assert!(got.contains("nameserver 192.0.2.53"), "{got}");
+
+    // --hostname: /etc/hostname, and the name in its own /etc/hosts.
+    let named = n.nested_ok(
+        &["--rm", "--hostname", "box"],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/hostname; hostname; grep -w box /etc/hosts",
+        ],
+    );
+    assert!(
+        named.starts_with("box\nbox\n") && named.lines().count() == 3,
+        "{named}"
+    );
+
+    // CNI CHECK through `verify`, and it fails once the interface is gone.
+    assert!(n.ok(&["verify", "web"]).contains("checked (CNI CHECK)"));
+    let netns = n.net_dir().join("netns").join("web");
+    let gone = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "link", "set", "eth0", "down"])
+        .status()
+        .expect("nsenter");
+    assert!(gone.success());
+    let e = n.fails(&["verify", "web"]);
+    assert!(e.contains("CNI CHECK") || e.contains("CHECK"), "{e}");
+    let up = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "link", "set", "eth0", "up"])
+        .status()
+        .expect("nsenter");
+    assert!(up.success());
 
     // web's /etc/hosts is kept current: a peer appears while it runs, goes when it goes.
     n.nested_ok(&["-d", "--name", "peer"], &["sleep", "30"]);
@@ -587,8 +623,7 @@ fn every_way_out_releases_the_network() {
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !n.net_dir().join("containers/crash/hosts").exists() || n.ok(&["ps"]).lines().count() < 2
-    {
+    while n.try_ip_of("crash").is_none() || !n.ok(&["ps"]).contains("running") {
         assert!(Instant::now() < deadline, "crash never ran");
         std::thread::sleep(Duration::from_millis(100));
     }

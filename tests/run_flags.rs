@@ -569,3 +569,38 @@ fn init_stop_signal_and_stop_timeout() {
     assert!(e.contains("SIGNOPE"), "{e}");
     f.assert_nothing_left();
 }
+
+#[test]
+fn pull_missing_always_never_with_stage() {
+    testkit::require!(containerd);
+    let f = Fixture::new("flags-pull");
+    let layout = f.images.path().join("src");
+    let write = |value: &str| {
+        let mut spec = mkimage::preset("small").expect("preset");
+        spec.ref_name = "src".into();
+        spec.config.env.push(format!("X={value}"));
+        let _ = std::fs::remove_dir_all(&layout);
+        spec.write_layout(&layout).expect("mkimage");
+    };
+    let source = format!("oci:{}:src", layout.display());
+    let x = |pull: &str| {
+        f.run(&[
+            "--rm", "--stage", &source, "--pull", pull, "p", "sh", "-c", "echo $X",
+        ])
+    };
+    write("1");
+    assert_eq!(stdout(&x("missing")), "1\n");
+    write("2");
+    // missing: IMAGE is in the store, nothing is staged; always: the source again.
+    assert_eq!(stdout(&x("missing")), "1\n");
+    assert_eq!(stdout(&x("always")), "2\n");
+    // never: only what the store has.
+    let out = f.run(&["--rm", "--stage", &source, "--pull", "never", "q", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!f
+        .env
+        .ok(&["images", "ls", "--cache", &f.cache])
+        .contains('q'));
+    assert_eq!(x("sometimes").status.code(), Some(125));
+    f.assert_nothing_left();
+}

@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Stage this source first
     #[arg(long)]
     pub stage: Option<String>,
+    /// When to stage --stage: missing (IMAGE not in the store), always, never
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
     /// Image ref or manifest digest in the cache's store
     pub image: String,
     /// Command and arguments (replace the image's Cmd)
@@ -240,6 +243,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         labels,
         volumes_from: a.mounts.volumes_from.clone(),
         cidfile: a.mounts.cidfile.clone(),
+        pull: a.pull.parse()?,
         network,
     };
     let detach = opts.detach;
@@ -284,6 +288,13 @@ pub async fn verify(g: &Globals, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         println!("{}", v.summary());
     } else {
         eprintln!("nestcache: {}", v.summary());
+    }
+    // And its network, when it has one of nestcache's: a failed CHECK is an error.
+    let layout = network::NetLayout::new(&g.state_dir);
+    if let Some(line) = network::check(&layout, &a.container).await? {
+        if !a.json {
+            println!("{line}");
+        }
     }
     Ok(if v.ok {
         ExitCode::SUCCESS

@@ -20,14 +20,21 @@ pub async fn remove(
     grace: Duration,
     content_dir: &Path,
 ) -> Result<()> {
-    match client.stop_and_delete_task(id, grace).await {
+    // The network is nestcache's (its namespace is bind-mounted): CNI DEL need not wait
+    // for the task's delete, so both run at once.
+    let layout = crate::network::NetLayout::new(&paths.state_root);
+    let (stopped, detached) = tokio::join!(
+        client.stop_and_delete_task(id, grace),
+        crate::network::detach(&layout, id)
+    );
+    match stopped {
         // Deleted meanwhile by a concurrent `stop` or `rm`: what we wanted.
         Ok(_) | Err(Error::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
     // Before the record goes: a DEL that keeps failing leaves the container for `rm`
     // (or the reaper) to try again.
-    crate::network::detach(&crate::network::NetLayout::new(&paths.state_root), id).await?;
+    detached?;
     client.delete_container(id).await?;
     match std::fs::remove_dir_all(&paths.dir) {
         Ok(()) => {}

@@ -38,6 +38,7 @@ pub async fn prepare(
     image: &str,
     stage: Option<&str>,
     source_options: &SourceOptions,
+    pull: Pull,
     lease: &LeaseFor,
 ) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
@@ -45,24 +46,54 @@ pub async fn prepare(
     let stage = stage.map(|s| (s.to_string(), source_options.clone()));
     let lease = lease.clone();
     tokio::task::spawn_blocking(move || {
-        prepare_blocking(&content_dir, &image, stage.as_ref(), &lease)
+        prepare_blocking(&content_dir, &image, stage.as_ref(), pull, &lease)
     })
     .await
     .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+}
+
+/// `--pull`: when `--stage SOURCE` is staged, as Docker's `--pull` decides when to pull.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pull {
+    /// Stage only when IMAGE is not in the store yet (Docker's default).
+    #[default]
+    Missing,
+    /// Stage every time (the source may have changed).
+    Always,
+    /// Never stage: IMAGE must be in the store.
+    Never,
+}
+
+impl std::str::FromStr for Pull {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "missing" => Ok(Pull::Missing),
+            "always" => Ok(Pull::Always),
+            "never" => Ok(Pull::Never),
+            other => Err(Error::Invalid(format!(
+                "invalid --pull {other:?}: expected missing, always or never"
+            ))),
+        }
+    }
 }
 
 fn prepare_blocking(
     content_dir: &Path,
     image: &str,
     stage: Option<&(String, SourceOptions)>,
+    pull: Pull,
     (lease_id, holder): &LeaseFor,
 ) -> Result<PreparedImage> {
+    let stage = stage.filter(|_| pull != Pull::Never);
     let store = match stage {
         Some(_) => Store::open(content_dir)?,
         None => Store::open_existing(content_dir)?,
     };
     if let Some((source, source_options)) = stage {
-        stage_into(&store, source, source_options, image)?;
+        if pull == Pull::Always || store.resolve(image, None).is_err() {
+            stage_into(&store, source, source_options, image)?;
+        }
     }
     // From resolving to leasing, gc waits: what we resolve and extract is what we lease.
     let _gc = store.writer_lock()?;

@@ -96,7 +96,14 @@ pub async fn reap(client: &Client, state: &StateLayout) -> Vec<String> {
         return Vec::new();
     }
     match live(client).await {
-        Ok((ids, caches)) => network::reap::reap(&layout, client.namespace(), &ids, &caches).await,
+        Ok((ids, caches)) => {
+            let running = async |id: &str| match client.task_state(id).await {
+                Ok(t) => t.is_some_and(|t| t.status != TaskStatus::Stopped),
+                // Unknown is not dead.
+                Err(_) => true,
+            };
+            network::reap::reap(&layout, client.namespace(), &ids, &caches, running).await
+        }
         Err(e) => {
             tracing::warn!("reaping networks: {e}");
             Vec::new()

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub volumes_from: Vec<String>,
     /// `--cidfile`: written with the id once the container exists (must not exist).
     pub cidfile: Option<std::path::PathBuf>,
+    /// `--pull`: when `stage` is staged.
+    pub pull: image::Pull,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
 }
@@ -128,7 +130,7 @@ pub async fn run(
     // pid in the lease keeps gc from reclaiming it.
     let lease = super::cli_lease(client, &id);
     let prepared = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, &lease) => r,
+        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, opts.pull, &lease) => r,
         s = signals.recv() => Err(interrupted(s)),
     };
     let image = match prepared {
@@ -402,22 +404,30 @@ async fn create_and_run(
         (fifos.stdio(), Some((fifos, open)))
     };
     phases.mark("overlay dirs, fifos");
-    if let Some(n) = network.as_mut() {
-        n.attach().await?;
-        phases.mark("attach network (CNI ADD)");
+    // The namespace exists before the task joins it; CNI ADD then runs while runc
+    // creates the task (its process does not run until start, so it never sees an
+    // unconfigured network) instead of before it: ADD costs a start almost nothing.
+    if let Some(n) = network.as_ref() {
+        n.create_namespace()?;
     }
-    let pid = client
-        .create_task(NewTask {
-            container_id: id.to_string(),
-            rootfs,
-            stdin: stdio.stdin,
-            stdout: stdio.stdout,
-            stderr: stdio.stderr,
-            terminal: stdio.terminal,
-        })
-        .await
-        .map_err(|e| start_error(id, argv0, "could not be created", e))?;
-    phases.mark("create task");
+    let create = client.create_task(NewTask {
+        container_id: id.to_string(),
+        rootfs,
+        stdin: stdio.stdin,
+        stdout: stdio.stdout,
+        stderr: stdio.stderr,
+        terminal: stdio.terminal,
+    });
+    let add = async {
+        match network.as_mut() {
+            Some(n) => n.add().await,
+            None => Ok(()),
+        }
+    };
+    let (created, added) = tokio::join!(create, add);
+    let pid = created.map_err(|e| start_error(id, argv0, "could not be created", e))?;
+    added?;
+    phases.mark("create task, CNI ADD");
 
     let verification = if opts.mount_cache {
         let v = verify_mount(pid, &cache.path, &cache.content_dir).await?;

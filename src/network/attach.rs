@@ -74,7 +74,20 @@ impl Prepared {
     /// Creates the namespace and runs CNI ADD; writes the /etc files and tells the peers.
     /// On an error the caller runs [`detach`].
     pub async fn attach(&mut self) -> Result<()> {
-        netns::create(&self.record.netns)?;
+        self.create_namespace()?;
+        self.add().await
+    }
+
+    /// The namespace and the /etc files (runc binds them at create), so that a task may
+    /// be created in it while [`Prepared::add`] runs; /etc/hosts gets the container's
+    /// own address once ADD has given it one, before the process starts.
+    pub fn create_namespace(&self) -> Result<()> {
+        write_own_files(&self.dir, &self.record, &self.layout)?;
+        Ok(netns::create(&self.record.netns)?)
+    }
+
+    /// CNI ADD in the namespace; the /etc files; the peers told.
+    pub async fn add(&mut self) -> Result<()> {
         let runner = Runner {
             bin_dirs: self.record.bin_dirs.clone(),
         };
@@ -282,6 +295,30 @@ fn refresh_peers(layout: &NetLayout, namespace: &str, cache: &str) -> Result<()>
     Ok(())
 }
 
+/// CNI CHECK of `id`'s attachment against the result ADD cached: is its interface,
+/// address, route and rules still what ADD made? None when it has no bridge network.
+pub async fn check(layout: &NetLayout, id: &str) -> Result<Option<String>> {
+    let Ok(r) = record::read(&layout.container_dir(id)) else {
+        return Ok(None);
+    };
+    let Some(cached) = r.result.as_ref() else {
+        return Ok(None);
+    };
+    let runner = Runner {
+        bin_dirs: r.bin_dirs.clone(),
+    };
+    runner
+        .check(&r.conflist, &attachment(&r, "eth0"), &runtime(&r), cached)
+        .await?;
+    let ip =
+        r.ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "no address".into());
+    Ok(Some(format!(
+        "network {}: {ip} checked (CNI CHECK)",
+        r.conflist.name
+    )))
+}
+
 /// How often DEL is tried before giving up (plugins can fail transiently: iptables
 /// lock contention, a netlink race).
 const DEL_TRIES: u32 = 3;
@@ -294,7 +331,18 @@ pub async fn detach(layout: &NetLayout, id: &str) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let _lock = record::lock(&dir, true)?;
+    let lock = record::lock(&dir, true)?;
+    detach_locked(layout, id, lock).await
+}
+
+/// [`detach`] for a caller that already holds the container's lock (flock is per open
+/// file: taking it again in the same process would wait forever).
+pub(super) async fn detach_locked(
+    layout: &NetLayout,
+    id: &str,
+    _lock: Option<Flock<File>>,
+) -> Result<()> {
+    let dir = layout.container_dir(id);
     let Ok(r) = record::read(&dir) else {
         // Died before the record was written: only the dir (and maybe claims) exist.
         ports::release(&dir);

@@ -137,7 +137,15 @@ impl Runner {
     ) -> Result<(), NetworkError> {
         for p in &list.plugins {
             let conf = plugin_conf(list, p, Some(cached), runtime);
-            self.exec(Command::Check, p, &conf, at).await?;
+            match self.exec(Command::Check, p, &conf, at).await {
+                // portmap 1.1 (Debian 12's) checks for an IPv6 DNAT chain even when the
+                // result has no IPv6 address, so it never made one.
+                Err(NetworkError::Plugin { plugin, msg, .. })
+                    if plugin == "portmap" && msg.contains("ipv6") && !has_ipv6(cached) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
@@ -204,6 +212,7 @@ impl Runner {
                     String::new(),
                 )
             })?;
+        let started = std::time::Instant::now();
         let body = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin that exits without reading its stdin is reported by its status.
@@ -216,6 +225,13 @@ impl Runner {
                 String::new(),
             )
         })?;
+        tracing::debug!(
+            plugin = kind,
+            command = command.as_str(),
+            ifname = %at.ifname,
+            ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "cni"
+        );
         if out.status.success() {
             if out.stdout.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Value::Null);
@@ -269,6 +285,17 @@ fn plugin_conf(list: &ConfList, plugin: &Value, prev: Option<&Value>, runtime: &
         conf.insert("runtimeConfig".into(), Value::Object(rc));
     }
     Value::Object(conf)
+}
+
+fn has_ipv6(result: &Value) -> bool {
+    result
+        .get("ips")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("address")?.as_str())
+                .any(|a| a.contains(':'))
+        })
 }
 
 /// The first IPv4 address (without prefix) of a CNI result's `ips`.

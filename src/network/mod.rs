@@ -27,7 +27,7 @@ pub mod reap;
 pub mod record;
 pub mod subnet;
 
-pub use attach::{detach, prepare, remove_network, Prepared, Request};
+pub use attach::{check, detach, prepare, remove_network, Prepared, Request};
 pub use error::NetworkError;
 pub use mode::{NetMode, NetworkOptions};
 pub use ports::PortMapping;

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::attach::{detach, remove_network};
+use super::attach::{detach_locked, remove_network};
 use super::record::{self, NetLayout};
 
 /// Whether anything of `namespace` is recorded (the reaper has work to look at).
@@ -14,26 +14,35 @@ pub fn has_any(layout: &NetLayout) -> bool {
     any(layout.containers_dir()) || any(layout.state_root.join("net").join("networks"))
 }
 
-/// Detaches containers of `namespace` not in `live` (ids with a task that runs) and not
-/// being set up right now (their lock is held), and removes networks of caches not in
-/// `caches`. Returns what it released; failures are logged and left for next time.
-pub async fn reap(
+/// Detaches containers of `namespace` whose task is gone and that are not being set up
+/// right now (their lock is held), and removes networks of caches not in `caches`.
+/// `live` (ids with a task, listed before) skips most; `running` asks afresh, under the
+/// container's lock, so a container whose task started after `live` was listed is not
+/// taken for dead. Returns what it released; failures are logged and left for next time.
+pub async fn reap<F>(
     layout: &NetLayout,
     namespace: &str,
     live: &HashSet<String>,
     caches: &HashSet<String>,
-) -> Vec<String> {
+    running: F,
+) -> Vec<String>
+where
+    F: AsyncFn(&str) -> bool,
+{
     let mut out = Vec::new();
     for (dir, r) in record::all(layout) {
         if r.namespace != namespace || live.contains(&r.id) {
             continue;
         }
-        match record::lock(&dir, false) {
-            Ok(Some(l)) => drop(l),
+        let lock = match record::lock(&dir, false) {
+            Ok(Some(l)) => l,
             // Being set up or torn down by another nestcache.
             _ => continue,
+        };
+        if running(&r.id).await {
+            continue;
         }
-        match detach(layout, &r.id).await {
+        match detach_locked(layout, &r.id, Some(lock)).await {
             Ok(()) => out.push(format!("network of {}", r.id)),
             Err(e) => tracing::warn!("releasing the network of {}: {e}", r.id),
         }
