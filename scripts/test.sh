@@ -13,4 +13,5 @@ nc_containerd_start "$dir"
 echo "private containerd at $CONTAINERD_ADDRESS" >&2
 # Every prerequisite is here now: a test that finds one missing fails instead of skipping.
 export NESTCACHE_TEST_REQUIRE=1
-cargo test --workspace "$@"
+# Every test binary runs, so one failure does not hide the others.
+cargo test --workspace --no-fail-fast "$@"

@@ -175,7 +175,18 @@ mod tests {
 
     fn globals(args: &[&str], env: &[(&str, &str)], file: &str) -> Globals {
         // clap reads env values when the command is built: set them for this build
-        // only (no other test of this binary reads them).
+        // only (no other test of this binary reads them), and hide the ambient ones
+        // (scripts/test.sh exports CONTAINERD_ADDRESS) so only `env` counts.
+        const AMBIENT: [&str; 3] = [
+            "CONTAINERD_ADDRESS",
+            "CONTAINERD_NAMESPACE",
+            "NESTCACHE_STATE_DIR",
+        ];
+        let saved: Vec<(&str, Option<std::ffi::OsString>)> =
+            AMBIENT.iter().map(|k| (*k, std::env::var_os(k))).collect();
+        for k in AMBIENT {
+            std::env::remove_var(k);
+        }
         for (k, v) in env {
             std::env::set_var(k, v);
         }
@@ -186,6 +197,11 @@ mod tests {
         let m = cmd.try_get_matches_from(argv).unwrap();
         for (k, _) in env {
             std::env::remove_var(k);
+        }
+        for (k, v) in saved {
+            if let Some(v) = v {
+                std::env::set_var(k, v);
+            }
         }
         let mut g = super::super::Cli::from_arg_matches(&m).unwrap().globals;
         apply(
