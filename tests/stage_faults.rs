@@ -9,27 +9,7 @@ use std::time::{Duration, Instant};
 
 use testkit::cmd::cargo_bin;
 use testkit::images::*;
-
-/// Temp files and work dirs in a store: `ingest/*`, `layers/tmp/*`, `.nestcache/*.tmp`.
-fn temp_leftovers(store: &Path) -> Vec<String> {
-    let list = |dir: &str| -> Vec<String> {
-        fs::read_dir(store.join(dir))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut left = list("ingest");
-    left.extend(list("layers/tmp"));
-    left.extend(
-        list(".nestcache")
-            .into_iter()
-            .filter(|n| n.ends_with(".tmp")),
-    );
-    left
-}
+use testkit::leaks::temp_leftovers;
 
 /// A one-layer image whose layer is `len` zero bytes in one file: a tiny gzip blob that
 /// takes `len` bytes (and a while) to extract.

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::images::*;
+use testkit::leaks::temp_leftovers;
 
 /// Size of everything in a directory's regular files.
 fn bytes_in(dir: &Path) -> u64 {
@@ -255,27 +256,6 @@ fn sigkill_at_many_moments_always_leaves_a_consistent_store() {
     ok(&["store", "unpack", "x", "--store", &store]);
     ok(&["store", "gc", "--store", &store]);
     assert_intact(&store);
-}
-
-/// Temp files and work dirs in a store: `ingest/*`, `layers/tmp/*`, `.nestcache/*.tmp`.
-fn temp_leftovers(store: &Path) -> Vec<String> {
-    let list = |dir: &str| -> Vec<String> {
-        fs::read_dir(store.join(dir))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut left = list("ingest");
-    left.extend(list("layers/tmp"));
-    left.extend(
-        list(".nestcache")
-            .into_iter()
-            .filter(|n| n.ends_with(".tmp")),
-    );
-    left
 }
 
 #[test]

@@ -553,29 +553,13 @@ async fn volumes_from(client: &Client, arg: &str) -> Result<(Vec<spec::Volume>, 
             read_only: mode.unwrap_or(opts.iter().any(|o| o == "ro")),
         });
     }
-    let names = c
-        .label(labels::VOLUMES)
-        .map(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = super::volumes::names_in_label(c.label(labels::VOLUMES));
     Ok((vols, names))
 }
 
 /// Records named volumes in the VOLUMES label (comma-separated, no repeats).
 pub fn add_volume_names(labels: &mut std::collections::HashMap<String, String>, names: &[String]) {
-    let mut all: Vec<String> = labels
-        .get(labels::VOLUMES)
-        .map(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut all = super::volumes::names_in_label(labels.get(labels::VOLUMES).map(String::as_str));
     for n in names {
         if !all.contains(n) {
             all.push(n.clone());

@@ -118,18 +118,22 @@ async fn users(client: &Client) -> Result<Vec<(String, Vec<String>)>> {
     Ok(found
         .into_iter()
         .map(|c| {
-            let vols = c
-                .label(labels::VOLUMES)
-                .map(|v| {
-                    v.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let vols = names_in_label(c.label(labels::VOLUMES));
             (c.id, vols)
         })
         .collect())
+}
+
+/// The named volumes a container's VOLUMES label records (comma-separated).
+pub fn names_in_label(label: Option<&str>) -> Vec<String> {
+    label
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `-v SOURCE:…`: a named volume when SOURCE is not a path.

@@ -25,15 +25,10 @@ pub fn assert_no_leaks(env: &Env, content: &Path) {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    for dir in ["ingest", "layers/tmp", ".nestcache/leases"] {
-        let left = names_in(&content.join(dir));
-        assert!(left.is_empty(), "{dir} left: {left:?}");
-    }
-    let tmp: Vec<String> = names_in(&content.join(".nestcache"))
-        .into_iter()
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    assert!(tmp.is_empty(), "temp files left in .nestcache: {tmp:?}");
+    let tmp = temp_leftovers(content);
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+    let leases = names_in(&content.join(".nestcache/leases"));
+    assert!(leases.is_empty(), ".nestcache/leases left: {leases:?}");
     for what in ["containers", "tasks"] {
         let left: Vec<String> = ctr_ls(env, what)
             .into_iter()
@@ -78,6 +73,24 @@ pub fn ctr_ls(env: &Env, what: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Temp files and work dirs in a store: `ingest/*`, `layers/tmp/*`, `.nestcache/*.tmp`.
+pub fn temp_leftovers(store: &Path) -> Vec<String> {
+    let list = |dir: &str| -> Vec<String> {
+        names_in(&store.join(dir))
+            .into_iter()
+            .map(|n| format!("{dir}/{n}"))
+            .collect()
+    };
+    let mut left = list("ingest");
+    left.extend(list("layers/tmp"));
+    left.extend(
+        list(".nestcache")
+            .into_iter()
+            .filter(|n| n.ends_with(".tmp")),
+    );
+    left
 }
 
 /// The names in `dir` (none when it does not exist).
