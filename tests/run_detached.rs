@@ -29,7 +29,16 @@ fn detached_with_a_terminal_logs_its_console() {
         let name = format!("tty-{runtime}");
         let script = "tty; echo out; echo err >&2";
         f.ok(&[
-            "-d", "-t", "--runtime", runtime, "--name", &name, &img, "sh", "-c", script,
+            "-d",
+            "-t",
+            "--runtime",
+            runtime,
+            "--name",
+            &name,
+            &img,
+            "sh",
+            "-c",
+            script,
         ]);
         assert_eq!(f.env.ok(&["wait", &name]).trim(), "0");
         // One console carries both streams, with the terminal's CR LF line ends.
@@ -57,13 +66,9 @@ fn detached_rm_is_removed_when_it_exits() {
     // A watcher that dies leaves the container to the reaper: once its task has exited,
     // the next command removes it.
     f.ok(&["-d", "--rm", "--name", "orphan", &img, "sleep", "300"]);
-    let labels: serde_json::Value = serde_json::from_str(&f.env.ok(&[
-        "inspect",
-        "-f",
-        "{{.Config.Labels}}",
-        "orphan",
-    ]))
-    .expect("labels JSON");
+    let labels: serde_json::Value =
+        serde_json::from_str(&f.env.ok(&["inspect", "-f", "{{.Config.Labels}}", "orphan"]))
+            .expect("labels JSON");
     let owner = labels["io.nestcache.owner"].as_str().expect("owner label");
     let pid: i32 = owner.split(':').next().unwrap().parse().expect("owner pid");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("watcher cmdline");
