@@ -27,9 +27,9 @@ use std::sync::OnceLock;
 use log::{info, warn};
 use serde_json::Value;
 
-use nestcache::nested::user::UserDb;
 use nestcache::rootfs::{self, LayerStack};
 use nestcache::store::Store;
+use nestcache::user::UserDb;
 
 use crate::bundle::StoreImage;
 
