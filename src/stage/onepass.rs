@@ -111,7 +111,7 @@ impl<'a> OnePass<'a> {
     /// the extractor's own errors keep their type.
     fn source_error(&self, e: Error) -> Error {
         match e {
-            e @ (Error::Store(_) | Error::Invalid(_)) => e,
+            e @ (Error::Store(_) | Error::Unpack(_) | Error::Invalid(_)) => e,
             e => Error::Other(format!("{}: {e}", self.source.describe())),
         }
     }

@@ -27,5 +27,6 @@ pub use ensure::{
     clean_stale_tmp, ensure_layers, ensure_layers_with, ensure_unpacked, existing_layer, Feed,
     LayerBlob, StoreBlobs,
 };
+pub use error::{GuardTrip, UnpackError};
 pub use path::RelPath;
 pub use stream::Limits;
