@@ -90,13 +90,11 @@ pub fn read(dir: &Path) -> Result<ContainerNet, NetworkError> {
     })
 }
 
-/// Writes the record by rename, so a reader never sees half of one.
+/// Writes the record durably by rename, so a reader never sees half of one.
 pub fn write(dir: &Path, r: &ContainerNet) -> Result<(), NetworkError> {
     let file = record_file(dir);
-    let tmp = dir.join("record.json.tmp");
     let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
-    std::fs::write(&tmp, bytes).map_err(|e| NetworkError::file("write", &tmp, e))?;
-    std::fs::rename(&tmp, &file).map_err(|e| NetworkError::file("write", &file, e))
+    crate::fsutil::write_atomic(&file, &bytes).map_err(|e| NetworkError::file("write", &file, e))
 }
 
 /// Every record in the layout (unreadable ones skipped), with its dir.
