@@ -59,9 +59,13 @@ fn detached_with_a_terminal_logs_its_console() {
 fn detached_rm_is_removed_when_it_exits() {
     testkit::require!(containerd);
     let (f, img) = fixture("det-rm");
-    f.ok(&["-d", "--rm", "--name", "gone", &img, "sh", "-c", "exit 3"]);
+    // With an anonymous volume, which goes with it.
+    f.ok(&[
+        "-d", "--rm", "--name", "gone", "-v", "/data", &img, "sh", "-c", "exit 3",
+    ]);
     until_none_left(&f);
     testkit::leaks::assert_no_leaks(&f.env, &f.content);
+    assert_eq!(f.env.ok(&["volume", "ls", "-q"]), "");
 
     // A watcher that dies leaves the container to the reaper: once its task has exited,
     // the next command removes it.
