@@ -50,6 +50,8 @@ pub enum Error {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    #[error(transparent)]
+    Adopt(#[from] crate::cache::AdoptError),
     #[error("{0}")]
     Other(String),
 }

@@ -170,8 +170,7 @@ fn a_store_outside_the_state_dir_gets_a_shim_config_the_runtime_names() {
     let cfg = r.join("etc/containerd/config.toml");
     let shim_json = r.join("etc/nestcache/shim.json");
     ok(&node(r, &["install", "--store", "/srv/nc-store"]));
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&shim_json).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&shim_json).unwrap()).unwrap();
     assert_eq!(
         v,
         serde_json::json!({"store_roots": ["/var/lib/nestcache", "/srv/nc-store"]})
@@ -194,7 +193,9 @@ fn a_store_outside_the_state_dir_gets_a_shim_config_the_runtime_names() {
     ok(&node(r, &["install"]));
     assert_eq!(restarts(r), 2, "the runtime's options changed");
     assert!(!shim_json.exists());
-    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("ConfigPath"));
+    assert!(!std::fs::read_to_string(&cfg)
+        .unwrap()
+        .contains("ConfigPath"));
 
     ok(&node(r, &["install", "--store", "/srv/nc-store"]));
     assert!(shim_json.is_file());

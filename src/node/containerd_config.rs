@@ -382,10 +382,12 @@ root = "/var/lib/containerd"
         assert!(c.set_shim_config(Some("/other.json")).unwrap());
         assert_eq!(c.shim_config(), Some("/other.json"));
         assert!(c.set_shim_config(None).unwrap());
-        assert!(reparsed(&c)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
-            ["nestcache"]
-            .get("options")
-            .is_none());
+        assert!(
+            reparsed(&c)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+                ["nestcache"]
+                .get("options")
+                .is_none()
+        );
         c.set_shim_config(Some("/x.json")).unwrap();
         assert!(c.remove_runtime());
         assert_eq!(c.render().trim_end(), V2.trim_end(), "options go with it");
