@@ -52,6 +52,8 @@ pub enum Error {
     Lease(#[from] crate::store::LeaseError),
     #[error(transparent)]
     Adopt(#[from] crate::cache::AdoptError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
     #[error("{0}")]
     Other(String),
 }
@@ -72,6 +74,7 @@ impl Error {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
             Error::Registry(e) => e.is_not_found(),
+            Error::Unpack(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

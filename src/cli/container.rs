@@ -187,6 +187,25 @@ pub struct LogDriverArgs {
     pub log: std::path::PathBuf,
 }
 
+/// `__watch-rm ID`: started by `run -d --rm`, removes ID once its task exits.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    pub id: String,
+}
+
+pub async fn watch_rm(g: &Globals, a: WatchArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let client = nestcache::env::connect(&super::connect_options(g)).await?;
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    nestcache::nested::watch::watch(&client, &state, &a.id, |ready| {
+        // `run` reads this one line and then goes; nothing more is written to stdout.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{ready}").and_then(|_| out.flush());
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn log_driver(a: LogDriverArgs) -> anyhow::Result<ExitCode> {
     nestcache::nested::logs::drive(&a.log)?;
     Ok(ExitCode::SUCCESS)
