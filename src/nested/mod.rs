@@ -25,7 +25,6 @@ pub mod procs;
 pub mod rootpath;
 pub mod run;
 pub mod spec;
-pub mod user;
 pub mod verify;
 pub mod volumes;
 pub mod watch;
