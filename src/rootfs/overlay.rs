@@ -173,6 +173,7 @@ impl Overlay {
     }
 
     /// The overlay as a containerd mount (task-create `rootfs`).
+    #[cfg(feature = "cli")]
     pub fn to_containerd_mount(&self) -> containerd_client::types::Mount {
         containerd_client::types::Mount {
             r#type: "overlay".into(),
@@ -287,11 +288,14 @@ mod tests {
         assert!(o
             .relative_mount_data()
             .starts_with("lowerdir=2:1:0,upperdir="));
-        let m = o.to_containerd_mount();
-        assert_eq!(
-            (m.r#type.as_str(), m.source.as_str()),
-            ("overlay", "overlay")
-        );
+        #[cfg(feature = "cli")]
+        {
+            let m = o.to_containerd_mount();
+            assert_eq!(
+                (m.r#type.as_str(), m.source.as_str()),
+                ("overlay", "overlay")
+            );
+        }
         assert_eq!(Overlay::existing(&dir).unwrap(), o);
         o.remove().unwrap();
         assert!(!lower.exists() && !dir.join("upper").exists() && !dir.join("work").exists());
