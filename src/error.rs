@@ -56,7 +56,16 @@ pub enum Error {
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error(transparent)]
+    Adopt(#[from] crate::cache::AdoptError),
+    #[error(transparent)]
     Unpack(#[from] crate::unpack::UnpackError),
+    /// `--platform` asked for another platform than the image's (Docker's wording).
+    #[error("image {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
     #[error("{0}")]
     Other(String),
 }

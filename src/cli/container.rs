@@ -345,10 +345,11 @@ pub async fn wait(g: &Globals, a: IdsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn inspect(g: &Globals, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
     let mut found = Vec::new();
     let mut failed = false;
     for id in &a.containers {
-        match inspect::inspect(&client, id).await {
+        match inspect::inspect(&client, &state, id).await {
             Ok(i) => found.push(serde_json::to_value(i)?),
             Err(e) => {
                 eprintln!("nestcache: {id}: {e}");
