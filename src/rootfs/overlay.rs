@@ -339,8 +339,11 @@ mod tests {
         let dir = t.path().join("c");
         let mut l = layers(t.path(), 2);
         l.push(t.path().join("missing"));
-        let e = Overlay::prepare(&dir, &l).unwrap_err().to_string();
-        assert!(e.contains("missing"), "{e}");
+        let e = Overlay::prepare(&dir, &l).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("missing")),
+            "{e}"
+        );
         assert!(!dir.join("lower").exists());
         let e = Overlay::prepare(&dir, &vec![t.path().join("x"); MAX_LAYERS + 1])
             .unwrap_err()
