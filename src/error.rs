@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Variants of the modules behind feature `cli` (source, stage, containerd, cache, env,
+/// nested, network, node) carry `#[cfg(feature = "cli")]`: the shim builds the crate
+/// without it (`cargo build -p containerd-shim-nestcache` checks).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context}: {source}")]
@@ -55,6 +58,7 @@ pub enum Error {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     Adopt(#[from] crate::cache::AdoptError),
     #[error(transparent)]
