@@ -132,10 +132,17 @@ impl RuncState {
     /// Why this container is not the plain case, if it is not.
     pub fn not_plain(&self) -> Option<Fallback> {
         let hooks = self.config.hooks.iter().flatten();
-        if let Some((kind, _)) = hooks.into_iter().find(|(_, h)| h.iter().flatten().count() > 0) {
+        if let Some((kind, _)) = hooks
+            .into_iter()
+            .find(|(_, h)| h.iter().flatten().count() > 0)
+        {
             return Some(format!("it has {kind} hooks"));
         }
-        if self.intel_rdt_path.as_deref().is_some_and(|p| !p.is_empty()) {
+        if self
+            .intel_rdt_path
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+        {
             return Some("it uses Intel RDT".into());
         }
         let own_pid_ns = self

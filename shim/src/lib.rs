@@ -14,7 +14,7 @@
 //!   delete in-process where it may) and `events::EventSink` (events), faked in tests;
 //! - `cgroups`: Stats, from the init's cgroup (v1 and v2);
 //! - `bundle`, `mounts`, `store_rootfs`, `stdio`, `exits`, `command`: the machinery;
-//! - `timing`: per-phase milliseconds at debug level.
+//! - `timing`: per-phase milliseconds (NESTCACHE_SHIM_TIMING=1).
 
 pub mod bundle;
 pub mod cgroups;

@@ -17,9 +17,9 @@ use log::warn;
 use nestcache::labels::NESTCACHE_SHIM_GROUP;
 
 use crate::bundle::{Record, Spec};
+use crate::direct::Direct;
 use crate::events::Events;
 use crate::mounts;
-use crate::direct::Direct;
 use crate::runc::Runc;
 use crate::task::TaskService;
 

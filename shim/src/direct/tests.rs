@@ -70,7 +70,10 @@ fn ids_runc_would_refuse_never_name_a_state_dir() {
 fn init_alive_checks_pid_and_start_time() {
     let me = std::process::id() as i32;
     assert!(init_alive(me, own_start_time()));
-    assert!(!init_alive(me, own_start_time() + 1), "a reused pid is not the init");
+    assert!(
+        !init_alive(me, own_start_time() + 1),
+        "a reused pid is not the init"
+    );
     assert!(!init_alive(NO_SUCH_PID, 0));
 }
 
@@ -79,8 +82,14 @@ fn hooks_rdt_and_a_shared_pid_namespace_go_to_runc() {
     let tmp = tempfile::tempdir().unwrap();
     let runc = runc_at(tmp.path());
     let cases = [
-        (serde_json::json!({"config": {"Hooks": {"poststop": [{"path": "/x"}]}}}), "hooks"),
-        (serde_json::json!({"intel_rdt_path": "/sys/fs/resctrl/c"}), "Intel RDT"),
+        (
+            serde_json::json!({"config": {"Hooks": {"poststop": [{"path": "/x"}]}}}),
+            "hooks",
+        ),
+        (
+            serde_json::json!({"intel_rdt_path": "/sys/fs/resctrl/c"}),
+            "Intel RDT",
+        ),
         (
             serde_json::json!({"config": {"namespaces": [{"type": "NEWPID", "path": "/proc/1/ns/pid"}]}}),
             "pid namespace",
@@ -94,8 +103,17 @@ fn hooks_rdt_and_a_shared_pid_namespace_go_to_runc() {
         assert!(start(&runc, "c").unwrap_err().contains(why));
     }
     // Empty hook lists are no hooks.
-    write_state(&runc, "c", NO_SUCH_PID, 0, serde_json::json!({"config": {"Hooks": {"poststop": [], "prestart": null}}}));
-    assert!(load_state(&runc.root.join("c")).unwrap().not_plain().is_none());
+    write_state(
+        &runc,
+        "c",
+        NO_SUCH_PID,
+        0,
+        serde_json::json!({"config": {"Hooks": {"poststop": [], "prestart": null}}}),
+    );
+    assert!(load_state(&runc.root.join("c"))
+        .unwrap()
+        .not_plain()
+        .is_none());
 }
 
 #[test]
@@ -124,7 +142,10 @@ fn delete_removes_cgroups_and_state_of_a_stopped_container() {
     delete(&runc, "c").unwrap().unwrap();
     assert!(!dir.exists());
     assert!(!leaf.exists());
-    assert!(cg.join("memory/ns").exists(), "only the container's own cgroup goes");
+    assert!(
+        cg.join("memory/ns").exists(),
+        "only the container's own cgroup goes"
+    );
 }
 
 #[test]
@@ -155,7 +176,10 @@ fn start_reads_the_byte_runc_init_writes_and_removes_the_fifo() {
     };
     start(&runc, "c").unwrap().unwrap();
     writer.join().unwrap();
-    assert!(!fifo.exists(), "no fifo: runc reads the container as running");
+    assert!(
+        !fifo.exists(),
+        "no fifo: runc reads the container as running"
+    );
 }
 
 #[test]
