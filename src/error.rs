@@ -50,6 +50,17 @@ pub enum Error {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    #[error(transparent)]
+    Adopt(#[from] crate::cache::AdoptError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
+    /// `--platform` asked for another platform than the image's (Docker's wording).
+    #[error("image {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -70,6 +81,7 @@ impl Error {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
             Error::Registry(e) => e.is_not_found(),
+            Error::Unpack(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

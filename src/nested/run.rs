@@ -22,6 +22,7 @@ use crate::cache;
 use crate::containerd::io::{Fifos, RawTerminal};
 use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
+use crate::image::PlatformSpec;
 use crate::labels;
 use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
@@ -56,8 +57,24 @@ pub struct RunOptions {
     pub cidfile: Option<std::path::PathBuf>,
     /// `--pull`: when `stage` is staged.
     pub pull: image::Pull,
+    /// `--platform`: refuse an image of another platform (and pick this one from an
+    /// index); without it a foreign image runs, with a [`Notice::ForeignPlatform`].
+    pub platform: Option<PlatformSpec>,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
+}
+
+/// What `run` tells its caller while it works, before the process starts.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// The container sees the cache's content (or not: then the run fails).
+    Verified(&'a Verification),
+    /// No `--platform` was given and the image's platform is not the host's (Docker
+    /// warns the same way); the kernel may still run it (binfmt_misc, or arm on arm64).
+    ForeignPlatform {
+        image: &'a PlatformSpec,
+        host: &'a PlatformSpec,
+    },
 }
 
 /// How a run ended.
@@ -74,19 +91,14 @@ pub struct RunReport {
     pub cache_removed: bool,
 }
 
-/// Runs a nested container. `on_verified` is told the verification as soon as it is
-/// known (before the process starts), so the caller can report it.
+/// Runs a nested container. `notice` is told what the caller may report as soon as it is
+/// known (before the process starts): the verification, a foreign platform.
 pub async fn run(
     client: &Client,
     state: &StateLayout,
     opts: RunOptions,
-    on_verified: impl FnOnce(&Verification),
+    mut notice: impl FnMut(Notice<'_>),
 ) -> Result<RunReport> {
-    if opts.detach && opts.rm {
-        return Err(Error::Invalid(
-            "--rm cannot be combined with --detach: nothing waits for a detached container to remove it (use `nestcache rm` later)".into(),
-        ));
-    }
     if opts.detach && opts.rm_cache {
         return Err(Error::Invalid(
             "--rm-cache cannot be combined with --detach: the cache would go while the container still runs".into(),
@@ -129,8 +141,14 @@ pub async fn run(
     // `images rm` + `store gc` cannot take it away. Until the container exists, our own
     // pid in the lease keeps gc from reclaiming it.
     let lease = super::cli_lease(client, &id);
+    let request = image::ImageRequest {
+        image: opts.image.clone(),
+        stage: opts.stage.clone().map(|s| (s, opts.source_options.clone())),
+        pull: opts.pull,
+        platform: opts.platform.clone(),
+    };
     let prepared = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, opts.pull, &lease) => r,
+        r = image::prepare(&cache.content_dir, &request, &lease) => r,
         s = signals.recv() => Err(interrupted(s)),
     };
     let image = match prepared {
@@ -141,6 +159,13 @@ pub async fn run(
         }
     };
     phases.mark("check id, prepare image");
+    let host = PlatformSpec::host();
+    if opts.platform.is_none() && !host.matches(&image.platform) {
+        notice(Notice::ForeignPlatform {
+            image: &image.platform,
+            host: &host,
+        });
+    }
     let mut opts = opts;
     for from in &opts.volumes_from.clone() {
         let (vols, names) = match volumes_from(client, from).await {
@@ -223,7 +248,7 @@ pub async fn run(
         plan.prepared.take(),
         &mut signals,
         &mut phases,
-        on_verified,
+        |v| notice(Notice::Verified(v)),
     )
     .await;
     match result {
@@ -300,13 +325,13 @@ fn build_spec(
         // a shim process per nested container (most of a warm start's cost).
         spec_opts
             .annotations
-            .insert(labels::RUNC_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::RUNC_SHIM_GROUP.into(), cache.shim_group());
     }
     if opts.runtime == Runtime::Shim {
         // Likewise for nestcache's shim: the cache's nested containers share one.
         spec_opts
             .annotations
-            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.shim_group());
         spec_opts.annotations.insert(
             labels::ANNOTATION_STORE.into(),
             cache.content_dir.to_string_lossy().into_owned(),
@@ -397,7 +422,10 @@ async fn create_and_run(
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
-        (super::detached_stdio(paths, opts.runtime), None)
+        // With -t the shim copies the console to the same log, as nerdctl's `-d -t` does.
+        let mut stdio = super::detached_stdio(paths, opts.runtime);
+        stdio.terminal = tty;
+        (stdio, None)
     } else {
         let fifos = Fifos::create(&paths.dir, opts.interactive, tty)?;
         let open = fifos.open()?;
@@ -453,6 +481,9 @@ async fn create_and_run(
         return Err(interrupted(s));
     }
     let Some((fifos, open)) = fifos else {
+        if opts.rm {
+            super::watch::spawn(client, paths, id)?;
+        }
         client.start_task(id).await?;
         return Ok(report);
     };
