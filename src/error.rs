@@ -50,6 +50,9 @@ pub enum Error {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    /// A multi-step operation stopped by SIGINT/SIGTERM/SIGHUP (after undoing its steps).
+    #[error(transparent)]
+    Interrupted(#[from] crate::signals::InterruptedError),
     #[error("{0}")]
     Other(String),
 }

@@ -25,6 +25,7 @@
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 //! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
 //! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
+//! - [`signals`]: SIGINT/SIGTERM/SIGHUP caught during a multi-step operation.
 
 pub mod cache;
 pub mod containerd;
@@ -40,6 +41,7 @@ pub mod network;
 pub mod node;
 pub mod process;
 pub mod rootfs;
+pub mod signals;
 pub mod source;
 pub mod stage;
 pub mod store;

@@ -30,6 +30,7 @@ pub mod verify;
 pub mod volumes;
 
 mod cleanup;
+mod forward;
 mod phases;
 mod reap;
 
