@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nestcache::nested::spec::{self, CacheMount, SpecOptions};
-use nestcache::nested::user::UserDb;
+use nestcache::user::UserDb;
 use nestcache::rootfs::{unmount, Overlay};
 use oci_spec::image::ConfigBuilder;
 

@@ -50,6 +50,8 @@ pub enum Error {
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
     /// A multi-step operation stopped by SIGINT/SIGTERM/SIGHUP (after undoing its steps).
     #[error(transparent)]
     Interrupted(#[from] crate::signals::InterruptedError),
@@ -73,6 +75,7 @@ impl Error {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
             Error::Registry(e) => e.is_not_found(),
+            Error::Unpack(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

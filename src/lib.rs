@@ -4,7 +4,7 @@
 //! The module map — which module sits on which floor, what each may import, and the
 //! invariants each one owns — is `docs/ARCHITECTURE.md` in the repository;
 //! `tests/architecture.rs` holds the code to it. In short, from the ground up:
-//! [`error`], [`digest`], [`process`], [`labels`]; [`layout`], [`image`]; [`store`],
+//! [`error`], [`digest`], [`process`], [`labels`], [`user`]; [`layout`], [`image`]; [`store`],
 //! [`source`], [`containerd`]; [`unpack`]; [`stage`], [`rootfs`], [`cache`], [`env`];
 //! [`nested`], [`node`]; the CLI on top.
 //!
@@ -26,6 +26,7 @@
 //! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
 //! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
 //! - [`signals`]: SIGINT/SIGTERM/SIGHUP caught during a multi-step operation.
+//! - [`user`]: a `User` string resolved in an image's /etc/passwd and /etc/group (CLI and shim).
 
 pub mod cache;
 pub mod containerd;
@@ -46,5 +47,6 @@ pub mod source;
 pub mod stage;
 pub mod store;
 pub mod unpack;
+pub mod user;
 
 pub use error::{Error, Result};

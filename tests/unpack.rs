@@ -5,7 +5,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nestcache::digest::Digest;
-use nestcache::unpack::{apply_layer, Limits, Outcome};
+use nestcache::unpack::{apply_layer, GuardTrip, Limits, Outcome, UnpackError};
+use nestcache::Error;
 use tar::EntryType;
 use testkit::layers::*;
 
@@ -20,8 +21,8 @@ fn apply_ok(tar: &[u8], dest: &Path) {
     }
 }
 
-/// Applies a hostile layer; returns the error line after checking nothing is left.
-fn refused(tar: &[u8]) -> String {
+/// Applies a hostile layer; returns the unpacker's error after checking nothing is left.
+fn refused(tar: &[u8]) -> UnpackError {
     let (_t, dest) = scratch();
     let err = apply(&gzip(tar), GZIP, &Digest::of(tar), &dest).expect_err("hostile layer accepted");
     assert!(
@@ -29,7 +30,22 @@ fn refused(tar: &[u8]) -> String {
         "partial tree left behind at {}",
         dest.display()
     );
-    err.to_string()
+    unpack_error(err)
+}
+
+fn unpack_error(err: Error) -> UnpackError {
+    match err {
+        Error::Unpack(e) => e,
+        other => panic!("not an unpack error: {other:?}"),
+    }
+}
+
+/// An unsafe-path refusal of `entry`; returns why.
+fn unsafe_entry(e: UnpackError, want: &str) -> String {
+    match e {
+        UnpackError::UnsafeEntry { entry, why, .. } if entry == Path::new(want) => why,
+        other => panic!("expected entry {want:?} refused as unsafe, got {other:?}"),
+    }
 }
 
 #[test]
@@ -284,18 +300,15 @@ fn dot_dot_is_refused() {
             .file("../escape", b"x")
             .finish(),
     );
-    assert!(e.contains("../escape") && e.contains(".."), "{e}");
+    assert!(unsafe_entry(e, "../escape").contains(".."));
     let e = refused(&LayerTar::new().file("a/../../escape", b"x").finish());
-    assert!(e.contains("a/../../escape"), "{e}");
+    assert!(unsafe_entry(e, "a/../../escape").contains(".."));
 }
 
 #[test]
 fn absolute_path_is_refused() {
     let e = refused(&LayerTar::new().file("/etc/nc-unpack-test", b"x").finish());
-    assert!(
-        e.contains("/etc/nc-unpack-test") && e.contains("absolute"),
-        "{e}"
-    );
+    assert!(unsafe_entry(e, "/etc/nc-unpack-test").contains("absolute"));
     assert!(!Path::new("/etc/nc-unpack-test").exists());
 }
 
@@ -309,7 +322,7 @@ fn write_through_symlinked_parent_is_refused() {
             .file("evil/pwned", b"x")
             .finish(),
     );
-    assert!(e.contains("evil/pwned") && e.contains("symlink"), "{e}");
+    assert!(unsafe_entry(e, "evil/pwned").contains("symlink"));
     assert!(!outside.path().join("pwned").exists());
     // Relative symlinks climbing out are caught the same way.
     let e = refused(
@@ -319,7 +332,7 @@ fn write_through_symlinked_parent_is_refused() {
             .file("d/up/tmp/pwned", b"x")
             .finish(),
     );
-    assert!(e.contains("d/up/tmp/pwned"), "{e}");
+    assert!(unsafe_entry(e, "d/up/tmp/pwned").contains("symlink"));
 }
 
 #[test]
@@ -331,7 +344,7 @@ fn symlink_loop_is_refused() {
             .file("a/x", b"x")
             .finish(),
     );
-    assert!(e.contains("a/x") && e.contains("symlink"), "{e}");
+    assert!(unsafe_entry(e, "a/x").contains("symlink"));
 }
 
 #[test]
@@ -341,18 +354,18 @@ fn hardlink_escapes_are_refused() {
             .hardlink("passwd", "../../../../etc/passwd")
             .finish(),
     );
-    assert!(e.contains("passwd") && e.contains(".."), "{e}");
+    assert!(unsafe_entry(e, "passwd").contains(".."));
     let e = refused(&LayerTar::new().hardlink("passwd", "/etc/passwd").finish());
-    assert!(e.contains("absolute"), "{e}");
+    assert!(unsafe_entry(e, "passwd").contains("absolute"));
     let e = refused(
         &LayerTar::new()
             .symlink("etc", "/etc")
             .hardlink("passwd", "etc/passwd")
             .finish(),
     );
-    assert!(e.contains("passwd") && e.contains("symlink"), "{e}");
+    assert!(unsafe_entry(e, "passwd").contains("symlink"));
     let e = refused(&LayerTar::new().dir("d/", 0o755).hardlink("l", "d").finish());
-    assert!(e.contains("directory"), "{e}");
+    assert!(unsafe_entry(e, "l").contains("directory"));
 }
 
 #[test]
@@ -409,23 +422,36 @@ fn gzip_bomb_is_refused() {
         ratio_grace_bytes: 8 << 20,
         ..Limits::default()
     };
-    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("decompression guard") && err.contains("max_ratio") && err.contains("zeros"),
-        "{err}"
-    );
+    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits).unwrap_err();
+    match unpack_error(err) {
+        UnpackError::Guard {
+            layer,
+            entry,
+            tripped: GuardTrip::Ratio { limit, .. },
+        } => {
+            assert_eq!(layer, fake);
+            assert_eq!(entry.as_deref(), Some(Path::new("zeros")));
+            assert_eq!(limit, Limits::default().max_ratio);
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(!dest.exists());
     // The total-size limit works on its own too.
     let limits = Limits {
         max_layer_bytes: 1 << 20,
         ..Limits::default()
     };
-    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("max_layer_bytes"), "{err}");
+    let err = apply_layer(&blob[..], GZIP, &fake, &dest, Some(&[]), &limits).unwrap_err();
+    assert!(
+        matches!(
+            unpack_error(err),
+            UnpackError::Guard {
+                tripped: GuardTrip::LayerBytes { limit: 1048576 },
+                ..
+            }
+        ),
+        "max_layer_bytes"
+    );
     assert!(!dest.exists());
 }
 
@@ -441,13 +467,13 @@ fn entry_count_limit() {
         max_entries: 2,
         ..Limits::default()
     };
-    let err = apply_layer(&tar[..], TAR, &Digest::of(&tar), &dest, Some(&[]), &limits)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("max_entries") && err.contains("\"c\""),
-        "{err}"
-    );
+    let err = apply_layer(&tar[..], TAR, &Digest::of(&tar), &dest, Some(&[]), &limits).unwrap_err();
+    match unpack_error(err) {
+        UnpackError::TooManyEntries { entry, limit, .. } => {
+            assert_eq!((entry.as_path(), limit), (Path::new("c"), 2));
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(!dest.exists());
 }
 
@@ -459,17 +485,22 @@ fn tar_ending_mid_entry_is_refused() {
         .finish();
     let cut = &tar[..512 * 2 + 512 + 4096];
     let (_t, dest) = scratch();
-    let err = apply(cut, TAR, &Digest::of(&tar), &dest)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("big"), "{err}");
+    let err = unpack_error(apply(cut, TAR, &Digest::of(&tar), &dest).unwrap_err());
+    assert!(
+        matches!(&err, UnpackError::ShortEntry { entry, expected: 10_000, .. } if entry == Path::new("big")),
+        "{err:?}"
+    );
     assert!(!dest.exists());
     // The same, truncated inside the gzip stream.
     let gz = gzip(&tar);
-    let err = apply(&gz[..gz.len() / 2], GZIP, &Digest::of(&tar), &dest)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("truncated") || err.contains("ends"), "{err}");
+    let err = unpack_error(apply(&gz[..gz.len() / 2], GZIP, &Digest::of(&tar), &dest).unwrap_err());
+    assert!(
+        matches!(
+            &err,
+            UnpackError::Stream { .. } | UnpackError::ShortEntry { .. }
+        ),
+        "{err:?}"
+    );
     assert!(!dest.exists());
 }
 
@@ -478,13 +509,17 @@ fn wrong_diff_id_is_refused() {
     let tar = LayerTar::new().file("f", b"x").finish();
     let wrong = Digest::of(b"something else");
     let (_t, dest) = scratch();
-    let err = apply(&gzip(&tar), GZIP, &wrong, &dest)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&wrong.to_string()) && err.contains(&Digest::of(&tar).to_string()),
-        "{err}"
-    );
+    match unpack_error(apply(&gzip(&tar), GZIP, &wrong, &dest).unwrap_err()) {
+        UnpackError::DiffIdMismatch {
+            layer,
+            actual,
+            bytes,
+        } => assert_eq!(
+            (layer, actual, bytes),
+            (wrong, Digest::of(&tar), tar.len() as u64)
+        ),
+        other => panic!("{other:?}"),
+    }
     assert!(!dest.exists());
 }
 
@@ -536,7 +571,10 @@ fn cross_layer_hardlink_needs_lowers_and_copies_up() {
         &Limits::default(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("nowhere"), "{err}");
+    assert!(
+        matches!(unpack_error(err), UnpackError::LinkTargetMissing { entry, target, .. }
+            if entry == Path::new("x") && target == Path::new("nowhere"))
+    );
     assert!(!t.path().join("bad").exists());
 }
 
@@ -559,7 +597,7 @@ fn whiteout_forms() {
     // A whiteout that names nothing is refused.
     for bad in [".wh.", "dir/.wh..."] {
         let e = refused(&LayerTar::new().file(bad, b"").finish());
-        assert!(e.contains("whiteout"), "{bad}: {e}");
+        assert!(unsafe_entry(e, bad).contains("whiteout"), "{bad}");
     }
     // An opaque marker under a symlink cannot mark anything outside.
     let outside = tempfile::tempdir().unwrap();
@@ -569,7 +607,7 @@ fn whiteout_forms() {
             .file("o/.wh..wh..opq", b"")
             .finish(),
     );
-    assert!(e.contains("symlink"), "{e}");
+    assert!(unsafe_entry(e, "o/.wh..wh..opq").contains("symlink"));
     assert!(xattr::get(outside.path(), "trusted.overlay.opaque")
         .unwrap()
         .is_none());

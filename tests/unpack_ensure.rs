@@ -2,10 +2,12 @@
 //! what is already extracted, and cleanup of interrupted extractions.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use nestcache::digest::chain_ids;
 use nestcache::layout::ContentLayout;
-use nestcache::unpack::{ensure_layers, Limits};
+use nestcache::unpack::{ensure_layers, Limits, UnpackError};
+use nestcache::Error;
 use testkit::layers::*;
 
 #[test]
@@ -74,10 +76,12 @@ fn a_bad_layer_fails_the_image_and_leaves_nothing() {
         put_layer(store.path(), &good, true),
         put_layer(store.path(), &bad, true),
     ];
-    let err = ensure_layers(&layout, &layers, &Limits::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("../escape"), "{err}");
+    let err = ensure_layers(&layout, &layers, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Unpack(UnpackError::UnsafeEntry { layer, entry, .. })
+            if *layer == layers[1].diff_id && entry == Path::new("../escape")),
+        "{err:?}"
+    );
     assert!(!layout.layer_by_diff_id(&layers[1].diff_id).exists());
     assert_eq!(
         std::fs::read_dir(layout.layers_tmp_dir()).unwrap().count(),
@@ -87,12 +91,12 @@ fn a_bad_layer_fails_the_image_and_leaves_nothing() {
     // A missing blob names itself.
     std::fs::remove_file(layout.blob(&layers[1].digest)).unwrap();
     layers[1].diff_id = nestcache::digest::Digest::of(b"other");
-    let err = ensure_layers(&layout, &layers, &Limits::default())
-        .unwrap_err()
-        .to_string();
+    let err = ensure_layers(&layout, &layers, &Limits::default()).unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
     assert!(
-        err.contains(&layers[1].digest.to_string()) && err.contains("not in the store"),
-        "{err}"
+        matches!(&err, Error::Unpack(UnpackError::BlobMissing { blob, layer, .. })
+            if *blob == layers[1].digest && *layer == layers[1].diff_id),
+        "{err:?}"
     );
 }
 

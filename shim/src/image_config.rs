@@ -27,9 +27,9 @@ use std::sync::OnceLock;
 use log::{info, warn};
 use serde_json::Value;
 
-use nestcache::nested::user::UserDb;
 use nestcache::rootfs::{self, LayerStack};
 use nestcache::store::Store;
+use nestcache::user::UserDb;
 
 use crate::bundle::StoreImage;
 
@@ -281,10 +281,8 @@ pub fn apply(
         "{what}: {} from the store image's config (declared {name})",
         replaced.join(", ")
     );
-    let tmp = bundle.join(".config.json.image");
     let out = serde_json::to_vec(&spec).map_err(|e| format!("serialize spec: {e}"))?;
-    std::fs::write(&tmp, out).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("replace {}: {e}", path.display()))
+    crate::bundle::write_durably(&path, &out).map_err(|e| e.to_string())
 }
 
 /// The declared image's config document, from containerd's image and content stores.

@@ -187,6 +187,25 @@ pub struct LogDriverArgs {
     pub log: std::path::PathBuf,
 }
 
+/// `__watch-rm ID`: started by `run -d --rm`, removes ID once its task exits.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    pub id: String,
+}
+
+pub async fn watch_rm(g: &Globals, a: WatchArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let client = nestcache::env::connect(&super::connect_options(g)).await?;
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    nestcache::nested::watch::watch(&client, &state, &a.id, |ready| {
+        // `run` reads this one line and then goes; nothing more is written to stdout.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{ready}").and_then(|_| out.flush());
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn log_driver(a: LogDriverArgs) -> anyhow::Result<ExitCode> {
     nestcache::nested::logs::drive(&a.log)?;
     Ok(ExitCode::SUCCESS)
@@ -326,10 +345,11 @@ pub async fn wait(g: &Globals, a: IdsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn inspect(g: &Globals, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
     let mut found = Vec::new();
     let mut failed = false;
     for id in &a.containers {
-        match inspect::inspect(&client, id).await {
+        match inspect::inspect(&client, &state, id).await {
             Ok(i) => found.push(serde_json::to_value(i)?),
             Err(e) => {
                 eprintln!("nestcache: {id}: {e}");

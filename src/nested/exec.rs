@@ -12,12 +12,12 @@ use oci_spec::runtime::Process;
 use super::exec_error::{classify, ExecError};
 use super::manage::{get, running_pid};
 use super::rootpath::ContainerRoot;
-use super::user::UserDb;
 use crate::containerd::io::{Fifos, RawTerminal, Stdio};
 use crate::containerd::{Client, ExitStatus};
 use crate::error::{Error, Result};
 use crate::layout::StateLayout;
 use crate::signals::Signals;
+use crate::user::UserDb;
 
 /// What `exec` is asked for.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::user::UserDb;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, LayerStack};
@@ -12,6 +11,7 @@ use crate::source::SourceOptions;
 use crate::stage::{stage, StageOptions};
 use crate::store::{LeaseHolder, Store};
 use crate::unpack::Limits;
+use crate::user::UserDb;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
 const USER_DB_LIMIT: u64 = 4 << 20;

@@ -81,11 +81,6 @@ pub async fn run(
     opts: RunOptions,
     on_verified: impl FnOnce(&Verification),
 ) -> Result<RunReport> {
-    if opts.detach && opts.rm {
-        return Err(Error::Invalid(
-            "--rm cannot be combined with --detach: nothing waits for a detached container to remove it (use `nestcache rm` later)".into(),
-        ));
-    }
     if opts.detach && opts.rm_cache {
         return Err(Error::Invalid(
             "--rm-cache cannot be combined with --detach: the cache would go while the container still runs".into(),
@@ -396,7 +391,10 @@ async fn create_and_run(
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
-        (super::detached_stdio(paths, opts.runtime), None)
+        // With -t the shim copies the console to the same log, as nerdctl's `-d -t` does.
+        let mut stdio = super::detached_stdio(paths, opts.runtime);
+        stdio.terminal = tty;
+        (stdio, None)
     } else {
         let fifos = Fifos::create(&paths.dir, opts.interactive, tty)?;
         let open = fifos.open()?;
@@ -452,6 +450,9 @@ async fn create_and_run(
         return Err(interrupted(s));
     }
     let Some((fifos, open)) = fifos else {
+        if opts.rm {
+            super::watch::spawn(client, paths, id)?;
+        }
         client.start_task(id).await?;
         return Ok(report);
     };

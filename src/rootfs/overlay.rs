@@ -239,20 +239,12 @@ impl Overlay {
     }
 }
 
-/// Unmounts `target`; a target that is not mounted (or gone) is fine, so cleanup can
-/// run twice.
+/// Unmounts `target`, detaching it when busy; a target that is not mounted (or gone) is
+/// fine, so cleanup can run twice.
 pub fn unmount(target: &Path) -> Result<()> {
-    match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => {
-            // Something still holds it (a process chdir'd in): detach it now; the kernel
-            // frees it when the last user goes.
-            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| Error::io(format!("unmount {}", target.display()), e.into()))
-        }
-        Err(e) => Err(Error::io(format!("unmount {}", target.display()), e.into())),
-    }
+    crate::fsutil::unmount(target)
+        .map(drop)
+        .map_err(|e| Error::io(format!("unmount {}", target.display()), e))
 }
 
 #[cfg(test)]

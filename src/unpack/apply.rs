@@ -8,20 +8,14 @@
 use std::ffi::OsStr;
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::AtFlags;
-use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, UtimensatFlags};
-use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, Gid, Uid};
-
-use super::entry::{copy_xattrs, Applier, Parents, Step, COPY_BUFFER};
-use super::error::Fail;
+use super::entry::{Applier, Parents, Step, COPY_BUFFER};
+use super::error::{Fail, UnpackError};
 use super::lower;
 use super::path::RelPath;
 use super::stream::{self, Limits};
-use super::tree::{io_err, Tree};
+use super::tree::Tree;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 
@@ -98,15 +92,22 @@ fn extract(
     lowers: Option<&[PathBuf]>,
     limits: &Limits,
 ) -> Result<Outcome> {
-    let layer = format!("layer {diff_id}");
-    let stream_error = |entry: Option<&Path>, e: io::Error| -> Error {
-        let at = entry
-            .map(|p| format!(" (after entry {:?})", p))
-            .unwrap_or_default();
+    let stream_error = |entry: Option<&Path>, source: io::Error| -> Error {
+        let layer = diff_id.clone();
+        let entry = entry.map(Path::to_path_buf);
         match tripped.take() {
-            Some(why) => Error::Invalid(format!("{layer}: {why}{at}")),
-            None => Error::Invalid(format!("{layer}: corrupt or truncated stream{at}: {e}")),
+            Some(tripped) => UnpackError::Guard {
+                layer,
+                entry,
+                tripped,
+            },
+            None => UnpackError::Stream {
+                layer,
+                entry,
+                source,
+            },
         }
+        .into()
     };
     let tree = Tree::open(dest).ctx(|| format!("open {}", dest.display()))?;
     let mut ap = Applier {
@@ -133,16 +134,18 @@ fn extract(
             .map(|p| p.into_owned())
             .unwrap_or_else(|_| PathBuf::from(OsStr::from_bytes(&entry.path_bytes())));
         if count > limits.max_entries {
-            return Err(Error::Invalid(format!(
-                "{layer}: more than {} entries (limit max_entries, NESTCACHE_MAX_ENTRIES), at entry {name:?}",
-                limits.max_entries
-            )));
+            return Err(UnpackError::TooManyEntries {
+                layer: diff_id.clone(),
+                entry: name,
+                limit: limits.max_entries,
+            }
+            .into());
         }
         match ap.entry(&mut entry, &name) {
             Ok(Step::Next) => {}
             Ok(Step::NeedsLowers) => return Ok(Outcome::NeedsLowers { entry: name }),
             Err(Fail::Stream(e)) => return Err(stream_error(Some(&name), e)),
-            Err(f) => return Err(f.into_error(&layer, name)),
+            Err(f) => return Err(f.into_error(diff_id, name).into()),
         }
         last = Some(name);
     }
@@ -152,12 +155,15 @@ fn extract(
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(last.as_deref(), e))?;
     let (actual, tar_bytes) = rest.into_inner().finish();
     if actual != *diff_id {
-        return Err(Error::Invalid(format!(
-            "{layer}: uncompressed content has digest {actual} ({tar_bytes} bytes), expected diff_id {diff_id} (from the image config)"
-        )));
+        return Err(UnpackError::DiffIdMismatch {
+            layer: diff_id.clone(),
+            actual,
+            bytes: tar_bytes,
+        }
+        .into());
     }
     ap.finish_dirs()
-        .map_err(|f| f.into_error(&layer, PathBuf::from(".")))?;
+        .map_err(|f| f.into_error(diff_id, PathBuf::from(".")))?;
     Ok(Outcome::Done(LayerStats {
         diff_id: diff_id.clone(),
         tar_bytes,
@@ -180,7 +186,6 @@ pub fn finish_with_lowers(
     if implicit.is_empty() || lowers.is_empty() {
         return Ok(false);
     }
-    let layer = format!("layer {diff_id}");
     let mut tree = Tree::open(dest).ctx(|| format!("open {}", dest.display()))?;
     for rel in implicit {
         let res = (|| -> std::result::Result<(), Fail> {
@@ -197,29 +202,10 @@ pub fn finish_with_lowers(
             let Some((_, name)) = rel.split_last() else {
                 return Ok(());
             };
-            let m = &found.meta;
-            fchownat(
-                Some(dir),
-                name,
-                Some(Uid::from_raw(m.uid())),
-                Some(Gid::from_raw(m.gid())),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err(format!("chown {rel}"), e))?;
-            copy_xattrs(&found.path, &tree.full_path(rel))?;
-            fchmodat(
-                Some(dir),
-                name,
-                Mode::from_bits_truncate(m.mode() & 0o7777),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
-            let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
-            utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
-                .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+            lower::copy_meta(dir, name, rel, &found, &tree.full_path(rel))?;
             Ok(())
         })();
-        res.map_err(|f| f.into_error(&layer, rel.to_path()))?;
+        res.map_err(|f| f.into_error(diff_id, rel.to_path()))?;
     }
     Ok(true)
 }

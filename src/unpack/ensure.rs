@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
+use super::error::UnpackError;
 use super::stream::Limits;
 use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, IoContext, Result};
@@ -130,10 +131,11 @@ pub fn ensure_layers(
                 match apply_one(layout, &layers[i], &work, Some(&lowers), limits)? {
                     Outcome::Done(stats) => (work, stats.depends_on_lowers),
                     Outcome::NeedsLowers { entry } => {
-                        return Err(Error::Other(format!(
-                            "layer {}: entry {entry:?} still needs lower layers although they were given",
-                            layers[i].diff_id
-                        )))
+                        return Err(UnpackError::NeedsLowersAgain {
+                            layer: layers[i].diff_id.clone(),
+                            entry,
+                        }
+                        .into())
                     }
                 }
             }
@@ -241,12 +243,12 @@ fn apply_one(
 ) -> Result<Outcome> {
     let path = layout.blob(&layer.digest);
     let blob = File::open(&path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(format!(
-            "blob {} (layer with diff_id {}) is not in the store {}",
-            layer.digest,
-            layer.diff_id,
-            layout.root().display()
-        )),
+        io::ErrorKind::NotFound => UnpackError::BlobMissing {
+            blob: layer.digest.clone(),
+            layer: layer.diff_id.clone(),
+            store: layout.root().to_path_buf(),
+        }
+        .into(),
         _ => Error::io(format!("open blob {}", path.display()), e),
     })?;
     tracing::debug!(

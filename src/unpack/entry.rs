@@ -191,9 +191,10 @@ impl Applier<'_> {
             got += n as u64;
         }
         if got != want {
-            return Err(Fail::Invalid(format!(
-                "archive ends inside the entry: {got} of {want} bytes"
-            )));
+            return Err(Fail::Short {
+                expected: want,
+                actual: got,
+            });
         }
         let fd = file.as_raw_fd();
         fchown(
@@ -312,9 +313,7 @@ impl Applier<'_> {
                 return Ok(Step::NeedsLowers);
             };
             if !self.copy_up(lowers, &trel)? {
-                return Err(Fail::Invalid(format!(
-                    "hardlink target {target:?} is neither in this layer nor below"
-                )));
+                return Err(Fail::LinkTargetMissing(target.to_path_buf()));
             }
             self.parents.depends = true;
         }
@@ -400,27 +399,7 @@ impl Applier<'_> {
             )
             .map_err(|e| io_err(format!("create device node {trel}"), e))?;
         }
-        fchownat(
-            Some(dir),
-            name,
-            Some(Uid::from_raw(m.uid())),
-            Some(Gid::from_raw(m.gid())),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err(format!("chown {trel}"), e))?;
-        if !ft.is_symlink() {
-            fchmodat(
-                Some(dir),
-                name,
-                Mode::from_bits_truncate(m.mode() & 0o7777),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| io_err(format!("chmod {trel}"), e))?;
-        }
-        copy_xattrs(&found.path, &self.tree.full_path(trel))?;
-        let t = TimeSpec::new(m.mtime(), m.mtime_nsec());
-        utimensat(Some(dir), name, &t, &t, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| io_err(format!("set times of {trel}"), e))?;
+        lower::copy_meta(dir, name, trel, &found, &self.tree.full_path(trel))?;
         Ok(true)
     }
 
@@ -606,25 +585,6 @@ fn xattr_failed(rel: &RelPath, key: &OsStr, err: io::Error) -> Res<()> {
         }
         _ => Err(io_err(format!("set xattr {key:?} on {rel}"), err).into()),
     }
-}
-
-/// Copies xattrs from a lower file, except overlayfs' own (an inherited opaque marker or
-/// redirect would change what the merged tree shows).
-pub(super) fn copy_xattrs(from: &Path, to: &Path) -> Res<()> {
-    let names =
-        xattr::list(from).map_err(|e| io_err(format!("list xattrs of {}", from.display()), e))?;
-    for k in names {
-        if k.as_bytes().starts_with(b"trusted.overlay.") {
-            continue;
-        }
-        if let Some(v) = xattr::get(from, &k)
-            .map_err(|e| io_err(format!("read xattr of {}", from.display()), e))?
-        {
-            xattr::set(to, &k, &v)
-                .map_err(|e| io_err(format!("set xattr {k:?} on {}", to.display()), e))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,5 +24,6 @@ mod tree;
 
 pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 pub use ensure::{clean_stale_tmp, ensure_layers, ensure_unpacked, existing_layer, LayerBlob};
+pub use error::{GuardTrip, UnpackError};
 pub use path::RelPath;
 pub use stream::Limits;

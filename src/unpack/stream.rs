@@ -7,6 +7,8 @@ use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
+use super::error::GuardTrip;
+
 /// Limits against decompression bombs and absurd archives.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -70,19 +72,17 @@ impl Read for Guard<'_> {
         let n = self.inner.read(buf)?;
         self.expanded += n as u64;
         let why = if self.expanded > self.limits.max_layer_bytes {
-            Some(format!(
-                "decompression guard: layer expands past {} bytes (limit max_layer_bytes, NESTCACHE_MAX_LAYER_BYTES)",
-                self.limits.max_layer_bytes
-            ))
+            Some(GuardTrip::LayerBytes {
+                limit: self.limits.max_layer_bytes,
+            })
         } else if self.expanded > self.limits.ratio_grace_bytes
             && self.expanded > self.compressed.get().saturating_mul(self.limits.max_ratio)
         {
-            Some(format!(
-                "decompression guard: {} compressed bytes expand to more than {} (ratio above {}:1, limit max_ratio, NESTCACHE_MAX_RATIO)",
-                self.compressed.get(),
-                self.expanded,
-                self.limits.max_ratio
-            ))
+            Some(GuardTrip::Ratio {
+                compressed: self.compressed.get(),
+                expanded: self.expanded,
+                limit: self.limits.max_ratio,
+            })
         } else {
             None
         };
@@ -125,14 +125,14 @@ fn open<'a>(blob: Box<dyn Read + 'a>, limits: &Limits) -> io::Result<Guard<'a>> 
 
 /// Why the guard stopped a stream, readable from the consuming thread.
 #[derive(Clone, Default)]
-pub struct Tripped(Arc<Mutex<Option<String>>>);
+pub struct Tripped(Arc<Mutex<Option<GuardTrip>>>);
 
 impl Tripped {
-    fn set(&self, why: String) {
+    fn set(&self, why: GuardTrip) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
-    pub fn take(&self) -> Option<String> {
+    pub fn take(&self) -> Option<GuardTrip> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
