@@ -55,6 +55,13 @@ pub enum Error {
     /// A multi-step operation stopped by SIGINT/SIGTERM/SIGHUP (after undoing its steps).
     #[error(transparent)]
     Interrupted(#[from] crate::signals::InterruptedError),
+    /// `--platform` asked for another platform than the image's (Docker's wording).
+    #[error("image {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -604,3 +604,77 @@ fn pull_missing_always_never_with_stage() {
     assert_eq!(x("sometimes").status.code(), Some(125));
     f.assert_nothing_left();
 }
+
+#[test]
+fn platform_refuses_a_foreign_image_and_warns_without_it() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-platform");
+    let host = mkimage::Platform::host();
+    let foreign = host.other();
+    // A single-platform image of the other architecture (busybox of this one inside, so
+    // it runs: what is tested is what nestcache says about it).
+    let mut spec = mkimage::preset("small").expect("preset");
+    spec.ref_name = "foreign".into();
+    spec.platform = foreign.clone();
+    let foreign_img = f.stage(spec);
+    let (h, o) = (host.to_string(), foreign.to_string());
+
+    // Without --platform: it runs, with Docker's warning once.
+    let out = f.run(&["--rm", &foreign_img, "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (The host's name may carry a variant, linux/arm64/v8, that mkimage's does not.)
+    let warning =
+        format!("the requested image's platform ({o}) does not match the detected host platform (");
+    assert_eq!(
+        stderr(&out).matches(&warning).count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    // The host's image: no word.
+    let out = f.run(&["--rm", &img, "true"]);
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+
+    // --platform of the host: a foreign image is refused in one line (125), nothing runs.
+    let out = f.run(&["--rm", "--platform", &h, &foreign_img, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("nestcache: image {foreign_img} was found but does not match the specified platform: wanted {h}, actual: {o}")
+    );
+    // --platform of the image: it runs, no warning; a malformed one is a usage error.
+    let out = f.run(&["--rm", "--platform", &o, &foreign_img, "true"]);
+    assert!(
+        out.status.success() && !stderr(&out).contains("WARNING"),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.run(&["--rm", "--platform", "linux", &img, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+
+    // From a two-platform index, --platform with --stage picks that platform's manifest.
+    let mut multi = mkimage::preset("small").expect("preset");
+    multi.ref_name = "multi".into();
+    multi.multi_platform = true;
+    let layout = f.images.path().join("multi");
+    let built = multi.write_layout(&layout).expect("mkimage");
+    let other = built.other.expect("second platform");
+    assert_eq!(other.platform, foreign);
+    let source = format!("oci:{}:multi", layout.display());
+    // That platform's image is a stub layer with no `true`: the run gets as far as the
+    // exec (127), where the host's image would have run it.
+    let out = f.run(&[
+        "--rm",
+        "--platform",
+        &o,
+        "--stage",
+        &source,
+        "multi",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    let blob = |d: &str| f.content.join("blobs/sha256").join(&d["sha256:".len()..]);
+    assert!(blob(&other.manifest.digest).exists());
+    f.assert_nothing_left();
+}

@@ -47,7 +47,7 @@ use crate::store::{LeaseHolder, Store};
 
 pub use manage::NestedInfo;
 pub use reap::reap_orphans;
-pub use run::{run, RunOptions, RunReport};
+pub use run::{run, Notice, RunOptions, RunReport};
 
 /// Which runtime runs the nested container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use crate::cache;
 use crate::containerd::io::{Fifos, RawTerminal};
 use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
+use crate::image::PlatformSpec;
 use crate::labels;
 use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
@@ -55,8 +56,24 @@ pub struct RunOptions {
     pub cidfile: Option<std::path::PathBuf>,
     /// `--pull`: when `stage` is staged.
     pub pull: image::Pull,
+    /// `--platform`: refuse an image of another platform (and pick this one from an
+    /// index); without it a foreign image runs, with a [`Notice::ForeignPlatform`].
+    pub platform: Option<PlatformSpec>,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
+}
+
+/// What `run` tells its caller while it works, before the process starts.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// The container sees the cache's content (or not: then the run fails).
+    Verified(&'a Verification),
+    /// No `--platform` was given and the image's platform is not the host's (Docker
+    /// warns the same way); the kernel may still run it (binfmt_misc, or arm on arm64).
+    ForeignPlatform {
+        image: &'a PlatformSpec,
+        host: &'a PlatformSpec,
+    },
 }
 
 /// How a run ended.
@@ -73,13 +90,13 @@ pub struct RunReport {
     pub cache_removed: bool,
 }
 
-/// Runs a nested container. `on_verified` is told the verification as soon as it is
-/// known (before the process starts), so the caller can report it.
+/// Runs a nested container. `notice` is told what the caller may report as soon as it is
+/// known (before the process starts): the verification, a foreign platform.
 pub async fn run(
     client: &Client,
     state: &StateLayout,
     opts: RunOptions,
-    on_verified: impl FnOnce(&Verification),
+    mut notice: impl FnMut(Notice<'_>),
 ) -> Result<RunReport> {
     if opts.detach && opts.rm_cache {
         return Err(Error::Invalid(
@@ -123,8 +140,14 @@ pub async fn run(
     // `images rm` + `store gc` cannot take it away. Until the container exists, our own
     // pid in the lease keeps gc from reclaiming it.
     let lease = super::cli_lease(client, &id);
+    let request = image::ImageRequest {
+        image: opts.image.clone(),
+        stage: opts.stage.clone().map(|s| (s, opts.source_options.clone())),
+        pull: opts.pull,
+        platform: opts.platform.clone(),
+    };
     let prepared = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, opts.pull, &lease) => r,
+        r = image::prepare(&cache.content_dir, &request, &lease) => r,
         s = signals.recv() => Err(interrupted(s)),
     };
     let image = match prepared {
@@ -135,6 +158,13 @@ pub async fn run(
         }
     };
     phases.mark("check id, prepare image");
+    let host = PlatformSpec::host();
+    if opts.platform.is_none() && !host.matches(&image.platform) {
+        notice(Notice::ForeignPlatform {
+            image: &image.platform,
+            host: &host,
+        });
+    }
     let mut opts = opts;
     for from in &opts.volumes_from.clone() {
         let (vols, names) = match volumes_from(client, from).await {
@@ -217,7 +247,7 @@ pub async fn run(
         plan.prepared.take(),
         &mut signals,
         &mut phases,
-        on_verified,
+        |v| notice(Notice::Verified(v)),
     )
     .await;
     match result {

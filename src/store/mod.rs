@@ -27,7 +27,7 @@ use std::path::Path;
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use error::StoreError;
 pub use gc::GcReport;
-pub use ingest::{check_declared_size, Ingested, Opener, Present};
+pub use ingest::{check_declared_size, BlobClaim, Ingested, NoTee, Opener, Present, Tee};
 pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
 
