@@ -51,6 +51,8 @@ pub enum Error {
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
     #[error(transparent)]
+    Adopt(#[from] crate::cache::AdoptError),
+    #[error(transparent)]
     Unpack(#[from] crate::unpack::UnpackError),
     /// A multi-step operation stopped by SIGINT/SIGTERM/SIGHUP (after undoing its steps).
     #[error(transparent)]

@@ -21,6 +21,10 @@ pub const CONTENT_DIR_OWNED: &str = "io.nestcache.content-dir-owned";
 /// itself, or a missing parent of it): `cache rm` removes the parents up to it, when empty.
 pub const CONTENT_DIR_CREATED: &str = "io.nestcache.content-dir-created";
 
+/// `true` on a container nestcache did not create but labelled as a cache (the one
+/// `cache create` ran in): removing the cache removes the labels, never the container.
+pub const ADOPTED: &str = "io.nestcache.adopted";
+
 /// Nested containers (role [`ROLE_NESTED`]; [`NAME`], [`PATH`] and [`CONTENT_DIR`] name
 /// the cache they run from): the image as given to `run`, its manifest digest, whether
 /// the cache is mounted (`true`/`false`), and the exit code once the process has ended.

@@ -393,3 +393,113 @@ fn plain_runc_container_and_pod_network_under_the_nestcache_handler() {
     });
     assert_clean(&cri, &img.store);
 }
+
+/// Claim 7 under Kubernetes: nestcache run by ExecSync inside a pod's container that has
+/// the node's containerd socket and a host dir at the target path labels that container
+/// (in CRI's namespace k8s.io) as the cache; nestcache in another namespace finds it;
+/// `cache rm` takes the labels and leaves the container running.
+#[test]
+fn a_pod_container_with_a_host_dir_at_the_path_becomes_the_cache() {
+    testkit::require!(root, tool "containerd", tool "ctr", tool "busybox");
+    let cri = CriContainerd::start();
+    let img = images(&cri);
+    let host = tempfile::Builder::new()
+        .prefix("nc-cri-adopt-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let h = host.path().to_str().unwrap().to_string();
+    let nestcache = testkit::cargo_bin("nestcache");
+    let ns = testkit::unique("nc");
+    let nestcache_host = |args: &[&str]| {
+        let out = std::process::Command::new(&nestcache)
+            .args(["--address", &cri.address, "--namespace", &ns])
+            .args(args)
+            .env("NESTCACHE_NET", "none")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nestcache {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    rt().block_on(async {
+        let mut c = cri.client().await.unwrap();
+        let pod = cri::pod_config("ci-job", &[]);
+        let pod_id = run_pod(&mut c, &pod).await;
+        let mut job = cri::container_config("job", DECLARED);
+        let bind = |host: &str, at: &str, readonly: bool| Mount {
+            host_path: host.into(),
+            container_path: at.into(),
+            readonly,
+            ..Default::default()
+        };
+        // nestcache is a glibc binary: the host's libraries under the busybox image.
+        job.mounts = vec![
+            bind("/usr", "/usr", true),
+            bind("/usr/lib", "/lib", true),
+            bind("/usr/lib64", "/lib64", true),
+            bind(nestcache.to_str().unwrap(), "/nestcache", true),
+            bind(&cri.address, &cri.address, false),
+            bind(&h, &h, false),
+        ];
+        job.envs = cri::env(&[
+            ("CONTAINERD_ADDRESS", &cri.address),
+            ("CONTAINERD_NAMESPACE", &ns),
+            ("NESTCACHE_STATE_DIR", "/tmp/nc-state"),
+            ("NESTCACHE_NET", "none"),
+        ]);
+        let job = start(&mut c, &pod_id, &pod, job).await;
+
+        let (code, out, err) = exec(
+            &mut c,
+            &job,
+            &[
+                "/nestcache",
+                "cache",
+                "create",
+                "ci",
+                "--path",
+                &h,
+                "--json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(created["adopted"], true, "{created}");
+        assert_eq!(created["id"], job.as_str());
+        assert_eq!(created["namespace"], "k8s.io");
+        assert_eq!(created["content_dir"], h.as_str());
+
+        // nestcache on the node, in its own namespace, finds the cache in k8s.io.
+        let ls: serde_json::Value =
+            serde_json::from_str(&nestcache_host(&["cache", "ls", "--json"])).unwrap();
+        assert_eq!(ls[0]["name"], "ci", "{ls}");
+        assert_eq!(ls[0]["id"], job.as_str());
+        assert_eq!(ls[0]["namespace"], "k8s.io");
+        assert_eq!(
+            nestcache_host(&["cache", "gc"]).trim(),
+            "nothing to collect"
+        );
+
+        nestcache_host(&["cache", "rm", "ci"]);
+        let info = cri.ctr(&["containers", "info", &job]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let ours: Vec<_> = info["Labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("io.nestcache."))
+            .collect();
+        assert!(ours.is_empty(), "labels left: {ours:?}");
+        assert!(
+            info["Labels"].get("io.cri-containerd.kind").is_some(),
+            "CRI's own labels kept: {info}"
+        );
+        assert_eq!(
+            state(&mut c, &job).await,
+            ContainerState::ContainerRunning as i32,
+            "rm never touches the adopted container"
+        );
+        remove_pod(&mut c, &pod_id).await;
+    });
+    assert_clean(&cri, &img.store);
+}

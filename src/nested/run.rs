@@ -324,13 +324,13 @@ fn build_spec(
         // a shim process per nested container (most of a warm start's cost).
         spec_opts
             .annotations
-            .insert(labels::RUNC_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::RUNC_SHIM_GROUP.into(), cache.shim_group());
     }
     if opts.runtime == Runtime::Shim {
         // Likewise for nestcache's shim: the cache's nested containers share one.
         spec_opts
             .annotations
-            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.shim_group());
         spec_opts.annotations.insert(
             labels::ANNOTATION_STORE.into(),
             cache.content_dir.to_string_lossy().into_owned(),

@@ -215,8 +215,9 @@ impl<R: Read> Read for Counted<'_, R> {
 }
 
 /// Chunks in flight from the ingest to one layer's extractor (each at most the ingest's
-/// 1 MiB read): enough to ride out a burst of small files, small enough to stay flat.
-const PIPE_CHUNKS: usize = 4;
+/// 1 MiB read). Few: the decoder behind the pipe buffers the bursts of small files, and
+/// every chunk here costs its MiB per layer in flight.
+const PIPE_CHUNKS: usize = 2;
 
 /// The [`Tee`] into one layer's extractor, which runs on a thread of its own reading a
 /// bounded pipe. If the extractor fails, the next write returns its error (the ingest
@@ -324,7 +325,7 @@ impl Tee for LayerTee<'_, '_> {
 /// read buffers go back to the writer for reuse.
 fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(PIPE_CHUNKS);
-    let (spare_tx, spare_rx) = sync_channel(PIPE_CHUNKS + 2);
+    let (spare_tx, spare_rx) = sync_channel(PIPE_CHUNKS);
     (
         PipeWriter {
             tx,
