@@ -375,8 +375,8 @@ fn stdin_ending_while_containerd_is_down_is_closed_after() {
 }
 
 /// Concurrent deletes of one exited task on the runc shim a cache's containers share, as
-/// `stop` and the `run --rm` that waited for it make: one deletes it, the others find it
-/// gone, and none fails ("ttrpc: closed" once made `run --rm` fail).
+/// `stop` and the `run --rm` that waited for it make: none fails, the task is gone
+/// ("failed to delete task: ttrpc: closed" once made `run --rm` fail).
 #[test]
 fn concurrent_deletes_of_one_task_all_succeed() {
     testkit::require!(containerd);
@@ -407,9 +407,9 @@ fn concurrent_deletes_of_one_task_all_succeed() {
             .into_iter()
             .map(|d| rt.block_on(d).expect("join"))
             .collect();
+        // Every one succeeds; which got the exit status is the race's (containerd may
+        // close the shim connection before even the winner's answer is read).
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-        let deleted = results.iter().flatten().flatten().collect::<Vec<_>>();
-        assert!(deleted.iter().any(|e| e.code == 0), "{results:?}");
         let state = rt.block_on(client.task_state(&id)).expect("task state");
         assert!(state.is_none(), "{state:?}");
         f.env.ok(&["rm", &id]);
