@@ -28,22 +28,31 @@
 //! - [`signals`]: SIGINT/SIGTERM/SIGHUP caught during a multi-step operation.
 //! - [`user`]: a `User` string resolved in an image's /etc/passwd and /etc/group (CLI and shim).
 
+#[cfg(feature = "cli")]
 pub mod cache;
+#[cfg(feature = "cli")]
 pub mod containerd;
 pub mod digest;
+#[cfg(feature = "cli")]
 pub mod env;
 pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod labels;
 pub mod layout;
+#[cfg(feature = "cli")]
 pub mod nested;
+#[cfg(feature = "cli")]
 pub mod network;
+#[cfg(feature = "cli")]
 pub mod node;
 pub mod process;
 pub mod rootfs;
+#[cfg(feature = "cli")]
 pub mod signals;
+#[cfg(feature = "cli")]
 pub mod source;
+#[cfg(feature = "cli")]
 pub mod stage;
 pub mod store;
 pub mod unpack;
