@@ -40,6 +40,9 @@ pub const OWNER: &str = "io.nestcache.owner";
 /// Nested containers: the named volumes they use (comma-separated), so `volume rm` can
 /// refuse one in use.
 pub const VOLUMES: &str = "io.nestcache.volumes";
+/// The anonymous volumes among them (comma-separated): removed with the container on
+/// `--rm` and `rm -v`.
+pub const ANON_VOLUMES: &str = "io.nestcache.anonymous-volumes";
 /// Nested containers: `--stop-signal` (a number) and `--stop-timeout` (seconds), read by
 /// `stop`.
 pub const STOP_SIGNAL: &str = "io.nestcache.stop-signal";

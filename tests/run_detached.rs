@@ -12,11 +12,20 @@ fn fixture(prefix: &str) -> (Fixture, String) {
     (f, img)
 }
 
-/// Polls `ps -a` until no container is left (the watcher works in the background).
+/// Polls until no container, lease or volume is left: the watcher works in the
+/// background, and removes the container record before its lease and volumes.
 fn until_none_left(f: &Fixture) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !f.ps().is_empty() {
-        assert!(Instant::now() < deadline, "still there: {:?}", f.ps());
+    let names = |d: std::path::PathBuf| std::fs::read_dir(d).map_or(0, |d| d.count());
+    let left = || {
+        (
+            f.ps().len(),
+            names(f.content.join(".nestcache/leases")),
+            names(f.env.state_dir().join("volumes")),
+        )
+    };
+    while left() != (0, 0, 0) {
+        assert!(Instant::now() < deadline, "still there: {:?}", left());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -59,9 +68,13 @@ fn detached_with_a_terminal_logs_its_console() {
 fn detached_rm_is_removed_when_it_exits() {
     testkit::require!(containerd);
     let (f, img) = fixture("det-rm");
-    f.ok(&["-d", "--rm", "--name", "gone", &img, "sh", "-c", "exit 3"]);
+    // With an anonymous volume, which goes with it.
+    f.ok(&[
+        "-d", "--rm", "--name", "gone", "-v", "/data", &img, "sh", "-c", "exit 3",
+    ]);
     until_none_left(&f);
     testkit::leaks::assert_no_leaks(&f.env, &f.content);
+    assert_eq!(f.env.ok(&["volume", "ls", "-q"]), "");
 
     // A watcher that dies leaves the container to the reaper: once its task has exited,
     // the next command removes it.

@@ -14,7 +14,7 @@ use nestcache::digest::Digest;
 use serde_json::Value;
 use testkit::cmd::{cargo_bin, run_ok};
 use testkit::images::*;
-use testkit::layers::gzip;
+use testkit::layers::{gzip, LayerTar};
 use testkit::leaks::{names_in, temp_leftovers};
 use testkit::registry::proxy::{Faults, Proxy};
 use testkit::registry::{nestcache, output, Options, Registry};
@@ -162,6 +162,43 @@ fn a_resumed_partial_ingest_still_extracts_the_whole_layer() {
     plant_partial(&store, &blobs[0], &bad);
     ok(&stage_args(&source, &store));
     assert_staged(&store, &blobs, &diff_ids, &content);
+}
+
+#[test]
+fn a_layer_hardlinking_into_its_lowers_is_extracted_again_from_its_verified_blob() {
+    // The upper layer's first entry hardlinks to a lower file: its first extraction (lowers
+    // unknown) stops there while the blob still streams in; the layer is extracted again
+    // from the verified blob once the lower is published, and both are published.
+    let d = Dirs::new();
+    let lower = LayerTar::new()
+        .dir("bin/", 0o755)
+        .file("bin/tool", b"the tool\n")
+        .finish();
+    let content = noise(7, BIG);
+    let upper = LayerTar::new()
+        .hardlink("bin/alias", "bin/tool")
+        .file("big", &content)
+        .finish();
+    let diff_ids = vec![Digest::of(&lower), Digest::of(&upper)];
+    let blobs = vec![
+        Blob::new(OCI_LAYER, lower),
+        Blob::new(OCI_LAYER_GZIP, gzip(&upper)),
+    ];
+    let img = build(blobs.clone(), diff_ids.clone(), "amd64", |_, _| {});
+    oci_dir(&d.path("oci"), &[&img], &[("x", &img.manifest)]);
+    let (source, store) = (format!("oci:{}", d.s("oci")), d.s("store"));
+    ok(&stage_args(&source, &store));
+    let s = Path::new(&store);
+    for b in &blobs {
+        assert!(s.join("blobs/sha256").join(b.digest().hex()).exists());
+    }
+    let chain = names_in(&s.join("layers/chain"));
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    let top = s.join("layers/chain").join(&chain[0]);
+    assert_eq!(fs::read(top.join("bin/alias")).unwrap(), b"the tool\n");
+    assert!(fs::read(top.join("big")).unwrap() == content);
+    assert_eq!(temp_leftovers(s), Vec::<String>::new());
+    assert_intact(&store);
 }
 
 /// Waits for a stager, killing it (and failing) if it hangs: a deadlock must fail the

@@ -68,6 +68,9 @@ pub struct RmArgs {
     /// Kill a running container first
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove its anonymous volumes too
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
     #[arg(long)]
@@ -327,7 +330,7 @@ pub async fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<ExitCode> {
     let state = StateLayout::new(&g.state_dir);
     let mut out = Vec::new();
     for id in &a.containers {
-        let r = manage::remove(&client, &state, id, a.force).await;
+        let r = manage::remove(&client, &state, id, a.force, a.volumes).await;
         out.push(outcome(id, r.map(|_| None)));
     }
     report(out, a.json, |o| o.id.clone())

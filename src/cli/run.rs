@@ -218,7 +218,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     spec.workdir = a.workdir;
     spec.user = a.user;
     let state = StateLayout::new(&g.state_dir);
-    let mut labels = a.mounts.apply(&state, &a.volumes, &mut spec)?;
+    let mut volumes = Vec::new();
+    let mut labels = a.mounts.apply(&a.volumes, &mut spec, &mut volumes)?;
     a.process.apply(&state, &mut spec, &mut labels)?;
     spec.entrypoint = a.entrypoint;
     spec.command = command_after_image(a.command);
@@ -244,6 +245,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         cache_rw: a.cache_rw,
         runtime: a.runtime.parse()?,
         labels,
+        volumes,
         volumes_from: a.mounts.volumes_from.clone(),
         cidfile: a.mounts.cidfile.clone(),
         pull: a.pull.parse()?,

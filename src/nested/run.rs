@@ -51,6 +51,9 @@ pub struct RunOptions {
     /// `--label`/`--label-file` (no `io.nestcache.` keys) and nestcache's own extra
     /// labels (the named volumes used, stop signal and timeout).
     pub labels: std::collections::HashMap<String, String>,
+    /// `-v NAME:/p`, `-v /p`, `--mount type=volume`: made (and filled from the image) by
+    /// `run`, with the image config's `Volumes` as anonymous ones.
+    pub volumes: Vec<super::volumes::VolumeRequest>,
     /// `--volumes-from ID[:ro|:rw]`: that nested container's bind mounts and volumes.
     pub volumes_from: Vec<String>,
     /// `--cidfile`: written with the id once the container exists (must not exist).
@@ -187,6 +190,17 @@ pub async fn run(
         }
     };
     phases.mark("plan network");
+    let volumes = match make_volumes(state, &image, &mut opts) {
+        Ok(v) => v,
+        Err(e) => {
+            drop(plan.prepared.take());
+            if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
+                tracing::warn!("releasing the network of {id}: {c}");
+            }
+            release_lease_after_failure(client, &id, &cache);
+            return Err(e);
+        }
+    };
     let mut argv0 = String::new();
     let created = match build_spec(client, &cache, &id, &image, &opts, &plan) {
         // Creating the container record claims the id (containerd refuses a second one);
@@ -218,6 +232,7 @@ pub async fn run(
         Err(e) => Err(e),
     };
     if let Err(e) = created {
+        super::volumes::remove_anonymous(state, &volumes);
         drop(plan.prepared.take());
         if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
             tracing::warn!("releasing the network of {id}: {c}");
@@ -227,10 +242,13 @@ pub async fn run(
     }
     phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
+    let anon = opts.labels.get(labels::ANON_VOLUMES).map(String::as_str);
     if let Some(f) = &opts.cidfile {
         if let Err(e) = write_cidfile(f, &id) {
             let grace = Duration::from_secs(2);
-            let _ = cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await;
+            let _ =
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await;
             return Err(e);
         }
     }
@@ -241,6 +259,7 @@ pub async fn run(
         paths: &paths,
         image: &image,
         argv0: &argv0,
+        volumes: &volumes,
     };
     let result = create_and_run(
         &target,
@@ -255,7 +274,8 @@ pub async fn run(
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
                 let grace = Duration::from_secs(10);
-                cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await?;
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await?;
                 report.removed = true;
                 phases.mark("remove task, container, dirs");
             }
@@ -274,12 +294,59 @@ pub async fn run(
         Err(e) => {
             // Nothing half-made stays behind: task, container, overlay dirs, FIFOs.
             let grace = Duration::from_secs(2);
-            if let Err(c) = cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await {
+            if let Err(c) =
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await
+            {
                 tracing::warn!("cleanup after a failed run of {id}: {c}");
             }
             Err(e)
         }
     }
+}
+
+/// The container's volumes: those asked for and the image config's `Volumes` no other
+/// mount covers (anonymous), created now, mounted by the spec and named in the labels.
+fn make_volumes(
+    state: &StateLayout,
+    image: &PreparedImage,
+    opts: &mut RunOptions,
+) -> Result<Vec<super::volumes::ResolvedVolume>> {
+    let covered: Vec<std::path::PathBuf> = opts
+        .spec
+        .volumes
+        .iter()
+        .map(|v| v.container.clone())
+        .chain(opts.spec.tmpfs.iter().map(|t| t.target.clone()))
+        .chain(opts.volumes.iter().map(|r| r.target.clone()))
+        .collect();
+    let from_image = image
+        .config
+        .as_ref()
+        .and_then(|c| c.volumes().clone())
+        .unwrap_or_default();
+    let mut requests = opts.volumes.clone();
+    requests.extend(super::volumes::from_image(&from_image, &covered)?);
+    let made = super::volumes::resolve(state, &requests)?;
+    let names: Vec<String> = made.iter().map(|v| v.name.clone()).collect();
+    add_volume_names(&mut opts.labels, &names);
+    let anonymous: Vec<&str> = made
+        .iter()
+        .filter(|v| v.anonymous)
+        .map(|v| v.name.as_str())
+        .collect();
+    if !anonymous.is_empty() {
+        opts.labels
+            .insert(labels::ANON_VOLUMES.to_string(), anonymous.join(","));
+    }
+    for v in &made {
+        opts.spec.volumes.push(spec::Volume {
+            host: v.dir.clone(),
+            container: v.request.target.clone(),
+            read_only: v.request.read_only,
+        });
+    }
+    Ok(made)
 }
 
 /// A run that failed before its container existed leaves no lease behind.
@@ -388,6 +455,8 @@ struct Target<'a> {
     image: &'a PreparedImage,
     /// The command's first word, for the error when it cannot be invoked.
     argv0: &'a str,
+    /// Its volumes, to fill from the image before the task is created.
+    volumes: &'a [super::volumes::ResolvedVolume],
 }
 
 async fn create_and_run(
@@ -405,6 +474,7 @@ async fn create_and_run(
         paths,
         image,
         argv0,
+        volumes,
     } = *t;
     // A leftover dir under an id containerd did not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -412,6 +482,14 @@ async fn create_and_run(
             .ctx(|| format!("remove stale {}", paths.dir.display()))?;
     }
     std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
+    let layers = image.layer_dirs.clone();
+    let (vols, scratch) = (volumes.to_vec(), paths.dir.join("copy-up"));
+    tokio::task::spawn_blocking(move || super::volumes::copy_up(&vols, &layers, &scratch))
+        .await
+        .map_err(|e| Error::Other(format!("volume copy-up failed: {e}")))??;
+    if !volumes.is_empty() {
+        phases.mark("volume copy-up");
+    }
     let mut rootfs = Vec::new();
     if opts.runtime == Runtime::Runc {
         // A --rm container's upper dir goes with it: no need to sync it, ever.

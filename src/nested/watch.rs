@@ -4,7 +4,7 @@
 //! (`__watch-rm ID`), in a session of its own, that takes over the container's owner label
 //! (so the orphan reaper leaves it alone while it lives), waits on the task through
 //! containerd and then removes it completely ([`cleanup::remove`]: task, network,
-//! container, dir, anonymous volumes, lease). If the watcher dies, the owner it named is
+//! container, dir, lease, anonymous volumes). If the watcher dies, the owner it named is
 //! gone and the reaper removes the container once it has exited, as for a foreground
 //! `run --rm` whose process died.
 
@@ -96,7 +96,8 @@ pub async fn watch(
         Err(e) => return Err(e),
     }
     let paths = ContainerPaths::new(state, id);
-    match cleanup::remove(client, id, &paths, GRACE, &content_dir).await {
+    let anonymous = c.label(labels::ANON_VOLUMES);
+    match cleanup::remove_with_volumes(client, id, &paths, GRACE, &content_dir, anonymous).await {
         Ok(()) | Err(Error::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }
