@@ -27,21 +27,29 @@
 //! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
 //! - [`user`]: a `User` string resolved in an image's /etc/passwd and /etc/group (CLI and shim).
 
+#[cfg(feature = "cli")]
 pub mod cache;
+#[cfg(feature = "cli")]
 pub mod containerd;
 pub mod digest;
+#[cfg(feature = "cli")]
 pub mod env;
 pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod labels;
 pub mod layout;
+#[cfg(feature = "cli")]
 pub mod nested;
+#[cfg(feature = "cli")]
 pub mod network;
+#[cfg(feature = "cli")]
 pub mod node;
 pub mod process;
 pub mod rootfs;
+#[cfg(feature = "cli")]
 pub mod source;
+#[cfg(feature = "cli")]
 pub mod stage;
 pub mod store;
 pub mod unpack;
