@@ -25,6 +25,7 @@ pub mod procs;
 pub mod rootpath;
 pub mod run;
 pub mod spec;
+pub mod system;
 pub mod verify;
 pub mod volumes;
 pub mod watch;

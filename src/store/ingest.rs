@@ -411,7 +411,7 @@ impl BlobClaim {
         }
         let (what, expected, size, path) = (&self.what, &self.expected, self.size, &self.path);
         let mut file = self.locked.file();
-        let (mut hasher, resumed_from) =
+        let (mut hasher, mut resumed_from) =
             self.store.resume(what, expected, size, path, file, tee)?;
         if resumed_from > 0 {
             tracing::info!("{what} {expected}: resuming at byte {resumed_from} of {size}");
@@ -441,6 +441,9 @@ impl BlobClaim {
                 restart(file, path)?;
                 tee.restart()?;
                 offset = 0;
+                // Nothing of the partial ingest was kept after all.
+                resumed_from = 0;
+                bytes = 0;
                 continue;
             }
             return Err(Error::DigestMismatch {
@@ -724,6 +727,92 @@ mod tests {
         assert_eq!(got.bytes, data.len() as u64 - got.resumed_from);
         assert!(s.verify_blob(&d, data.len() as u64).unwrap());
         assert!(ingest_dir_is_empty(&s));
+    }
+
+    /// Collects what a [`Tee`] is given, and how often it was restarted.
+    #[derive(Default)]
+    struct Collect {
+        bytes: Vec<u8>,
+        restarts: usize,
+    }
+
+    impl Tee for Collect {
+        fn write(&mut self, b: &[u8]) -> Result<()> {
+            self.bytes.extend_from_slice(b);
+            Ok(())
+        }
+        fn restart(&mut self) -> Result<()> {
+            self.bytes.clear();
+            self.restarts += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_verified_claim_is_invisible_until_published_and_leaves_nothing_if_dropped() {
+        let (_t, s) = store();
+        let (data, d) = blob(300_000);
+        let size = data.len() as u64;
+        let mut claim = s.claim("layer", &d, size, Present::Reuse).unwrap();
+        assert!(claim.needs_write() && !claim.by_other());
+        claim
+            .write(
+                &mut |off| Ok(Box::new(&data[off as usize..])),
+                &mut |_| {},
+                &mut NoTee,
+            )
+            .unwrap();
+        assert!(!s.has_blob(&d), "verified but not published");
+        assert!(claim.path().starts_with(s.layout().ingest_dir()));
+        drop(claim);
+        assert!(!s.has_blob(&d));
+        assert!(ingest_dir_is_empty(&s));
+
+        let mut claim = s.claim("layer", &d, size, Present::Reuse).unwrap();
+        claim
+            .write(
+                &mut |off| Ok(Box::new(&data[off as usize..])),
+                &mut |_| {},
+                &mut NoTee,
+            )
+            .unwrap();
+        claim.publish().unwrap();
+        assert_eq!(claim.path(), s.layout().blob(&d));
+        drop(claim);
+        assert!(s.verify_blob(&d, size).unwrap());
+        assert!(ingest_dir_is_empty(&s));
+    }
+
+    #[test]
+    fn the_tee_sees_every_byte_from_zero_when_resuming_and_again_after_a_restart() {
+        let (_t, s) = store();
+        let (data, d) = blob(3 << 20);
+        let size = data.len() as u64;
+        let partial = s.layout().ingest_dir().join(format!("{}.tmp", d.hex()));
+        let cut = (1 << 20) + 3;
+        for corrupt in [false, true] {
+            let mut prefix = data[..cut].to_vec();
+            if corrupt {
+                prefix[7] ^= 1;
+            }
+            fs::write(&partial, &prefix).unwrap();
+            let mut tee = Collect::default();
+            let mut claim = s.claim("layer", &d, size, Present::Replace).unwrap();
+            let got = claim
+                .write(
+                    &mut |off| Ok(Box::new(&data[off as usize..])),
+                    &mut |_| {},
+                    &mut tee,
+                )
+                .unwrap();
+            assert_eq!(got.resumed_from, if corrupt { 0 } else { cut as u64 });
+            assert_eq!(got.bytes + got.resumed_from, size);
+            assert!(
+                tee.bytes == data,
+                "the tee saw other bytes (corrupt prefix: {corrupt})"
+            );
+            assert_eq!(tee.restarts, usize::from(corrupt));
+        }
     }
 
     #[test]
