@@ -27,6 +27,7 @@ use crate::process::{launch, Process, Snapshot};
 use crate::runc::{ProcessFiles, Runc, Runtime};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
+use crate::timing::timed;
 
 /// What every container of the shim shares.
 pub struct Shared {
@@ -81,7 +82,7 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
     events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
 }
 
-fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
+fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) -> Result<Runc> {
     let mut runc = Runc::new(
         options.runc_binary.as_deref(),
         options.runc_root.as_deref(),
@@ -89,7 +90,11 @@ fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
         bundle,
     );
     runc.systemd_cgroup = options.systemd_cgroup;
-    runc
+    runc.executor = match spec.executor().map_err(ShimError::Invalid)? {
+        Some(chosen) => chosen,
+        None => options.config.executor.unwrap_or_default(),
+    };
+    Ok(runc)
 }
 
 impl Container {
@@ -104,7 +109,7 @@ impl Container {
             let roots = new.options.store_roots(shared.state_dir_env.as_deref());
             check_store(&wanted.store, &roots)?;
         }
-        let runc = runc_for(&new.options, &shared.namespace, new.bundle);
+        let runc = runc_for(&new.options, &spec, &shared.namespace, new.bundle)?;
         let mut record = Record {
             runc: runc.clone(),
             rootfs_mounted: false,
@@ -113,7 +118,10 @@ impl Container {
         };
         record.save(new.bundle)?;
         let holder = LeaseHolder::new(&shared.containerd_address, &shared.namespace, new.id);
-        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder) {
+        let mounted = timed("mount-rootfs", new.id, || {
+            mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder)
+        });
+        if let Err(e) = mounted {
             let _ = mounts::teardown(new.bundle, Some(&record));
             return Err(ShimError::Rootfs(e));
         }
@@ -265,7 +273,7 @@ impl Container {
             let _ = exec.lifecycle.delete(&exec);
             exec.drop_io();
         }
-        self.init.drop_io();
+        timed("drain-output", &self.id, || self.init.drop_io());
         info!("deleted {}", self.id);
         Ok(self.init.snapshot())
     }

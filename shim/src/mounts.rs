@@ -9,6 +9,7 @@ use log::{info, warn};
 use crate::bundle::{self, Record, Spec};
 use crate::image_config;
 use crate::store_rootfs::{self, StoreLease};
+use crate::timing::timed;
 use nestcache::fsutil::{self, Unmounted};
 use nestcache::store::LeaseHolder;
 
@@ -112,14 +113,15 @@ pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
     // containerd's contract: delete must leave bundle/rootfs unmounted, whatever the
     // record says (it may be missing when the shim died early). No dir, no mount.
     let target = rootfs_dir(bundle);
+    let id = bundle.file_name().unwrap_or_default().to_string_lossy();
     if target.exists() {
-        unmount_all(&target)?;
+        timed("unmount", &id, || unmount_all(&target))?;
     }
     if let Some(dir) = record.and_then(|r| r.store_dir.as_deref()) {
-        store_rootfs::cleanup(dir)?;
+        timed("remove-upper", &id, || store_rootfs::cleanup(dir))?;
     }
     if let Some(lease) = record.and_then(|r| r.lease.as_ref()) {
-        store_rootfs::release(lease);
+        timed("release-lease", &id, || store_rootfs::release(lease));
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use containerd_shim::protos::protobuf::{CodedInputStream, Message};
 use serde::Deserialize;
 
 use crate::error::{Result, ShimError};
+use crate::runc::Executor;
 
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
@@ -35,6 +36,10 @@ pub struct ShimConfig {
     /// Directories under which `io.nestcache.store` may name a store (absolute paths).
     #[serde(default)]
     pub store_roots: Option<Vec<PathBuf>>,
+    /// How containers run (`runc`, `runc-direct`); a container's `io.nestcache.executor`
+    /// annotation wins. Default: `runc-direct`.
+    #[serde(default)]
+    pub executor: Option<Executor>,
 }
 
 /// What a task's options say.

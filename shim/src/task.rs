@@ -31,6 +31,7 @@ use crate::registry::Registry;
 use crate::runc::Runtime;
 use crate::state::State;
 use crate::stdio::StdioPaths;
+use crate::timing::timed;
 
 pub struct TaskService {
     shared: Arc<Shared>,
@@ -219,8 +220,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        let pid = self
-            .do_create(&req)
+        let pid = timed("rpc-create", &req.id, || self.do_create(&req))
             .inspect_err(|e| warn!("create {}: {e}", req.id))?;
         Ok(CreateTaskResponse {
             pid,
@@ -229,7 +229,9 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self.registry.get(&req.id)?.start(&req.exec_id)?;
+        let pid = timed("rpc-start", &req.id, || {
+            self.registry.get(&req.id)?.start(&req.exec_id)
+        })?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -237,7 +239,7 @@ impl Task for TaskService {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self.do_delete(&req)?)
+        Ok(timed("rpc-delete", &req.id, || self.do_delete(&req))?)
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -309,7 +311,7 @@ impl Task for TaskService {
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let process = self.registry.get(&req.id)?.process(&req.exec_id)?;
-        let exit = process.wait();
+        let exit = timed("rpc-wait", &req.id, || process.wait());
         Ok(WaitResponse {
             exit_status: exit.code,
             exited_at: MessageField::some(exit.at),
