@@ -24,7 +24,7 @@ use crate::init::InitLifecycle;
 use crate::mounts;
 use crate::options::{check_store, TaskOptions};
 use crate::process::{launch, Process, Snapshot};
-use crate::runc::{ProcessFiles, Runc, Runtime};
+use crate::runc::{Executor, ProcessFiles, Runc, Runtime, EXECUTOR_ENV};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
 use crate::timing::timed;
@@ -92,9 +92,26 @@ fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) 
     runc.systemd_cgroup = options.systemd_cgroup;
     runc.executor = match spec.executor().map_err(ShimError::Invalid)? {
         Some(chosen) => chosen,
-        None => options.config.executor.unwrap_or_default(),
+        None => match options.config.executor {
+            Some(chosen) => chosen,
+            None => node_default_executor()?,
+        },
     };
     Ok(runc)
+}
+
+/// The node's default executor: `NESTCACHE_SHIM_EXECUTOR` in the environment containerd
+/// runs its shims with, else `runc-direct`.
+fn node_default_executor() -> Result<Executor> {
+    match std::env::var(EXECUTOR_ENV) {
+        Ok(name) if !name.is_empty() => Executor::parse(&name).ok_or_else(|| {
+            ShimError::Options(format!(
+                "{EXECUTOR_ENV}={name:?}: expected one of {}",
+                Executor::NAMES
+            ))
+        }),
+        _ => Ok(Executor::default()),
+    }
 }
 
 impl Container {
