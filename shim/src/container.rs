@@ -103,8 +103,12 @@ fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) 
 /// The node's default executor: `NESTCACHE_SHIM_EXECUTOR` in the environment containerd
 /// runs its shims with, else `runc-direct`.
 fn node_default_executor() -> Result<Executor> {
-    match std::env::var(EXECUTOR_ENV) {
-        Ok(name) if !name.is_empty() => Executor::parse(&name).ok_or_else(|| {
+    executor_from_env(std::env::var(EXECUTOR_ENV).ok().as_deref())
+}
+
+fn executor_from_env(value: Option<&str>) -> Result<Executor> {
+    match value {
+        Some(name) if !name.is_empty() => Executor::parse(name).ok_or_else(|| {
             ShimError::Options(format!(
                 "{EXECUTOR_ENV}={name:?}: expected one of {}",
                 Executor::NAMES
@@ -112,6 +116,17 @@ fn node_default_executor() -> Result<Executor> {
         }),
         _ => Ok(Executor::default()),
     }
+}
+
+#[cfg(test)]
+#[test]
+fn the_node_default_executor_is_read_strictly() {
+    assert_eq!(executor_from_env(None).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("")).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("runc")).unwrap(), Executor::Runc);
+    let err = executor_from_env(Some("crun")).unwrap_err();
+    assert!(matches!(err, ShimError::Options(_)), "{err}");
+    assert!(err.to_string().contains("runc-direct"), "{err}");
 }
 
 impl Container {
