@@ -24,7 +24,7 @@ use crate::init::InitLifecycle;
 use crate::mounts;
 use crate::options::{check_store, TaskOptions};
 use crate::process::{launch, Process, Snapshot};
-use crate::runc::{ProcessFiles, Runc, Runtime};
+use crate::runc::{Executor, ProcessFiles, Runc, Runtime, EXECUTOR_ENV};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
 use crate::timing::timed;
@@ -92,9 +92,41 @@ fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) 
     runc.systemd_cgroup = options.systemd_cgroup;
     runc.executor = match spec.executor().map_err(ShimError::Invalid)? {
         Some(chosen) => chosen,
-        None => options.config.executor.unwrap_or_default(),
+        None => match options.config.executor {
+            Some(chosen) => chosen,
+            None => node_default_executor()?,
+        },
     };
     Ok(runc)
+}
+
+/// The node's default executor: `NESTCACHE_SHIM_EXECUTOR` in the environment containerd
+/// runs its shims with, else `runc-direct`.
+fn node_default_executor() -> Result<Executor> {
+    executor_from_env(std::env::var(EXECUTOR_ENV).ok().as_deref())
+}
+
+fn executor_from_env(value: Option<&str>) -> Result<Executor> {
+    match value {
+        Some(name) if !name.is_empty() => Executor::parse(name).ok_or_else(|| {
+            ShimError::Options(format!(
+                "{EXECUTOR_ENV}={name:?}: expected one of {}",
+                Executor::NAMES
+            ))
+        }),
+        _ => Ok(Executor::default()),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_node_default_executor_is_read_strictly() {
+    assert_eq!(executor_from_env(None).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("")).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("runc")).unwrap(), Executor::Runc);
+    let err = executor_from_env(Some("crun")).unwrap_err();
+    assert!(matches!(err, ShimError::Options(_)), "{err}");
+    assert!(err.to_string().contains("runc-direct"), "{err}");
 }
 
 impl Container {

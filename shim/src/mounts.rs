@@ -28,13 +28,20 @@ pub fn setup(
 ) -> Result<(), String> {
     let target = rootfs_dir(bundle);
     if let Some(wanted) = spec.store_image()? {
+        // CRI always hands over the declared image's snapshot: the annotations win for
+        // the layers, and the snapshot's upper dir takes the container's writes.
+        let upper = store_rootfs::snapshot_upper(mounts);
         if !mounts.is_empty() {
-            // CRI always hands over the pulled image's snapshot; the annotations win.
             info!(
-                "rootfs from store {} image {}; ignoring {} snapshot mount(s) from containerd",
+                "rootfs from store {} image {}; of {} snapshot mount(s) from containerd, {}",
                 wanted.store.display(),
                 wanted.image,
-                mounts.len()
+                mounts.len(),
+                if upper.is_some() {
+                    "the upper dir is used"
+                } else {
+                    "none is used"
+                }
             );
         }
         let dir = store_rootfs::container_dir(bundle);
@@ -47,7 +54,7 @@ pub fn setup(
         record.lease = Some(lease.clone());
         record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
-        store_rootfs::mount(&wanted, &lease, holder, &dir, &target)?;
+        store_rootfs::mount(&wanted, &lease, holder, &dir, upper.as_ref(), &target)?;
         image_config::apply(bundle, &spec.annotations, &wanted)?;
         return bundle::set_root_to_bundle_rootfs(bundle);
     }

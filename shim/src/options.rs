@@ -251,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn the_executor_option_is_read_strictly() {
+        let url = NESTCACHE_OPTIONS_TYPE;
+        let got = TaskOptions::parse(Some(&any(url, br#"{"executor":"runc"}"#.to_vec()))).unwrap();
+        assert_eq!(got.config.executor, Some(Executor::Runc));
+        let err =
+            TaskOptions::parse(Some(&any(url, br#"{"executor":"youki"}"#.to_vec()))).unwrap_err();
+        assert!(matches!(err, ShimError::Options(_)), "{err}");
+        assert!(err.to_string().contains("runc-direct"), "{err}");
+    }
+
+    #[test]
     fn runc_options_are_read() {
         let mut o = api::Options::new();
         o.binary_name = "crun".into();

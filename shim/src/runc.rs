@@ -33,8 +33,13 @@ pub struct Runc {
     pub executor: Executor,
 }
 
+/// The environment variable (of containerd, so of its shims) naming the node's default
+/// executor.
+pub const EXECUTOR_ENV: &str = "NESTCACHE_SHIM_EXECUTOR";
+
 /// How a container's steps are run: chosen per container (annotation
-/// `io.nestcache.executor`, else the shim option `executor`), `runc-direct` by default.
+/// `io.nestcache.executor`, else the shim option `executor`, else `$NESTCACHE_SHIM_EXECUTOR`),
+/// `runc-direct` by default.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Executor {

@@ -31,6 +31,7 @@ pub mod volumes;
 pub mod watch;
 
 mod cleanup;
+mod forward;
 mod phases;
 mod reap;
 
