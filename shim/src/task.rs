@@ -39,12 +39,24 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
-fn stdio_paths(terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> StdioPaths {
+fn stdio_paths(
+    shared: &Shared,
+    id: &str,
+    terminal: bool,
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> StdioPaths {
     StdioPaths {
         stdin: stdin.to_string(),
         stdout: stdout.to_string(),
         stderr: stderr.to_string(),
         terminal,
+        // What containerd's runc shim tells a `binary://` logging program.
+        log_env: vec![
+            ("CONTAINER_ID".into(), id.to_string()),
+            ("CONTAINER_NAMESPACE".into(), shared.namespace.clone()),
+        ],
     }
 }
 
@@ -106,7 +118,14 @@ impl TaskService {
             id: &req.id,
             bundle: Path::new(&req.bundle),
             rootfs: &req.rootfs,
-            stdio: stdio_paths(req.terminal, &req.stdin, &req.stdout, &req.stderr),
+            stdio: stdio_paths(
+                &self.shared,
+                &req.id,
+                req.terminal,
+                &req.stdin,
+                &req.stdout,
+                &req.stderr,
+            ),
             options: TaskOptions::parse(req.options.as_ref())?,
         };
         let (container, early_exit) = Container::create(&self.shared, new)?;
@@ -166,7 +185,14 @@ impl TaskService {
             .as_ref()
             .map(|a| a.value.clone())
             .ok_or_else(|| ShimError::Invalid("exec without a process spec".into()))?;
-        let stdio = stdio_paths(req.terminal, &req.stdin, &req.stdout, &req.stderr);
+        let stdio = stdio_paths(
+            &self.shared,
+            &req.id,
+            req.terminal,
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+        );
         self.registry
             .get(&req.id)?
             .add_exec(&req.exec_id, stdio, spec)?;

@@ -500,7 +500,7 @@ async fn create_and_run(
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
         // With -t the shim copies the console to the same log, as nerdctl's `-d -t` does.
-        let mut stdio = super::detached_stdio(paths, opts.runtime);
+        let mut stdio = super::detached_stdio(paths);
         stdio.terminal = tty;
         (stdio, None)
     } else {
