@@ -27,6 +27,7 @@ pub mod exec;
 pub mod exits;
 pub mod image_config;
 pub mod init;
+pub mod logger;
 pub mod mounts;
 pub mod options;
 pub mod panic_guard;

@@ -69,7 +69,15 @@ pub struct Service {
 impl Shim for Service {
     type T = Guarded<TaskService>;
 
-    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The long-lived shim (neither `start` nor `delete`) logs through crate::logger,
+        // which does not spin on SIGPIPE once containerd closes the log.
+        if !matches!(args.action.as_str(), "start" | "delete") {
+            config.no_setup_logger = true;
+            if let Err(e) = crate::logger::init(args.debug) {
+                eprintln!("shim log (bundle's log FIFO): {e}");
+            }
+        }
         // containerd runs every shim command in the bundle; -bundle only comes with delete.
         let bundle = if args.bundle.is_empty() {
             std::env::current_dir().unwrap_or_default()

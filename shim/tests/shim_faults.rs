@@ -229,3 +229,69 @@ fn delete_subcommand_unmounts_the_rootfs_and_reports_a_killed_task() {
         "rootfs still mounted"
     );
 }
+
+/// Runs ctr, killed after 30 s (so a shim that hangs fails the test instead of hanging it).
+fn ctr_bounded(ctr: &Ctr, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args([
+            "30",
+            "ctr",
+            "--address",
+            &ctr.address,
+            "--namespace",
+            &ctr.namespace,
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("timeout(1) from coreutils")
+}
+
+#[test]
+fn group_shim_keeps_reaping_after_containerd_closes_its_debug_log() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
+    // containerd's RUST_LOG reaches the shim: every SIGPIPE got logged at debug level,
+    // and the log write raised the next one once containerd had closed the log.
+    let containerd = PrivateContainerd::start_with_env(&[("RUST_LOG", "debug")]);
+    let ctr = Ctr::at(&containerd.address, "shim-debug-log");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let (a, b) = (unique("a"), unique("b"));
+    let annotation = format!("io.nestcache.group={}", unique("g"));
+    for id in [&a, &b] {
+        let out = ctr.run_rootfs(
+            root.path(),
+            &["-d", "--annotation", &annotation],
+            id,
+            &["/bin/sleep", "1000"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Deleting the group's first task makes containerd close the shim's log.
+    ctr.remove(&a);
+    let codes: Vec<_> = (0..3)
+        .map(|n| {
+            let exec_id = format!("e{n}");
+            let args = [
+                "task",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                &b,
+                "/bin/sh",
+                "-c",
+                "exit 3",
+            ];
+            ctr_bounded(&ctr, &args).status.code()
+        })
+        .collect();
+    // Bounded too: a spinning shim would hang TaskGuard's cleanup.
+    ctr_bounded(&ctr, &["task", "kill", "-s", "KILL", &b]);
+    ctr_bounded(&ctr, &["task", "delete", "-f", &b]);
+    ctr_bounded(&ctr, &["container", "delete", &b]);
+    assert_eq!(
+        codes,
+        [Some(3); 3],
+        "exit codes of 3 execs (124: timed out)"
+    );
+}

@@ -102,10 +102,16 @@ pub struct PrivateContainerd {
     pub dir: PathBuf,
     pub address: String,
     path: String,
+    /// More environment for containerd (and so for the shims it runs).
+    env: Vec<(String, String)>,
 }
 
 impl PrivateContainerd {
     pub fn start() -> PrivateContainerd {
+        PrivateContainerd::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> PrivateContainerd {
         let dir = tempfile::Builder::new()
             .prefix("nc-ctd-")
             .tempdir_in("/tmp")
@@ -122,6 +128,10 @@ impl PrivateContainerd {
             dir,
             address: String::new(),
             path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         c.address = c.script("start").trim().to_string();
         c
@@ -133,6 +143,7 @@ impl PrivateContainerd {
             .arg(action)
             .arg(&self.dir)
             .env("PATH", &self.path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/containerd.sh");
         assert!(
