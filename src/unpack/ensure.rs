@@ -186,10 +186,7 @@ fn extract_parallel(
     let out: Mutex<Vec<(usize, Result<Extracted>)>> = Mutex::new(Vec::new());
     let (stop_flusher, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        if std::env::var_os("NCX_NOWB").is_none() {
-            // XXX temp A/B
-            s.spawn(|| write_back_early(layout, stopped));
-        }
+        s.spawn(|| write_back_early(layout, stopped));
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             handles.push(s.spawn(|| loop {
