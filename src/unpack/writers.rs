@@ -126,7 +126,7 @@ pub(super) fn work(shared: &Shared) {
             if let Err(f) = res {
                 shared.stop.store(true, SeqCst);
                 let mut failed = lock(&shared.failed);
-                if failed.as_ref().is_none_or(|(s, _)| seq < *s) {
+                if !failed.as_ref().is_some_and(|(s, _)| *s < seq) {
                     *failed = Some((seq, f.into_error(&shared.layer, job.rel.to_path())));
                 }
             }
