@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nestcache::nested::spec::{self, CacheMount, SpecOptions};
-use nestcache::nested::user::UserDb;
 use nestcache::rootfs::{unmount, Overlay};
+use nestcache::user::UserDb;
 use oci_spec::image::ConfigBuilder;
 
 /// `n` layer dirs with a file each, under a long path (as a real state dir would be).

@@ -6,5 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --release -p nestcache -p containerd-shim-nestcache --example cri_bench
+cargo build --release -p nestcache --bin nestcache -p containerd-shim-nestcache --example cri_bench
+# The shim alone, last: built with the CLI it would link the CLI's features too.
+cargo build --release -p containerd-shim-nestcache
 exec target/release/examples/cri_bench "${1:-10}"

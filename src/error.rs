@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Variants of the modules behind feature `cli` (source, stage, containerd, cache, env,
+/// nested, network, node) carry `#[cfg(feature = "cli")]`: the shim builds the crate
+/// without it (`cargo build -p containerd-shim-nestcache` checks).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context}: {source}")]
@@ -35,23 +38,38 @@ pub enum Error {
     },
     #[error("containerd at {address}: {message}")]
     Containerd { address: String, message: String },
+    #[cfg(feature = "cli")]
     /// The nested container's command could not be invoked (`run` exits 126/127).
     #[error(transparent)]
     Exec(#[from] crate::nested::exec_error::ExecError),
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     ContainerdCall(#[from] crate::containerd::ContainerdError),
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     Registry(#[from] crate::source::registry::RegistryError),
     #[error(transparent)]
     Lease(#[from] crate::store::LeaseError),
+    #[cfg(feature = "cli")]
+    #[error(transparent)]
+    Adopt(#[from] crate::cache::AdoptError),
     #[error(transparent)]
     Unpack(#[from] crate::unpack::UnpackError),
+    /// `--platform` asked for another platform than the image's (Docker's wording).
+    #[error("image {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -71,6 +89,7 @@ impl Error {
         match self {
             Error::NotFound(_) => true,
             Error::Store(e) => e.is_not_found(),
+            #[cfg(feature = "cli")]
             Error::Registry(e) => e.is_not_found(),
             Error::Unpack(e) => e.is_not_found(),
             Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,

@@ -1,10 +1,16 @@
 //! Small file-system helpers that several modules need with the same guarantees, written
-//! once: durable atomic replacement of a small file, fsync of a directory, and random hex.
-//! They return `io::Result` so that each caller wraps the failure in its own error.
+//! once: durable atomic replacement of a small file, fsync of a directory, random hex,
+//! opening a file that must be a regular file and not a symlink, and unmounting a target
+//! that may still be busy. They return `io::Result` (or a small enum) so that each caller
+//! wraps the failure in its own error.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
 
 /// Replaces `path` with `data`, durably: a temp file in `tmp_dir` (on the same file
 /// system as `path`) is written and fsynced, renamed over `path`, and `path`'s directory
@@ -40,6 +46,64 @@ pub fn random_hex(bytes: usize) -> io::Result<String> {
     Ok(hex::encode(buf))
 }
 
+/// Why [`open_regular`] did not open a file.
+#[derive(Debug)]
+pub enum OpenRegularError {
+    /// Nothing at the path.
+    Missing,
+    /// The path is a symlink: refused, never followed.
+    Symlink,
+    /// The path is a directory, a fifo, a device...
+    NotRegular,
+    Io(io::Error),
+}
+
+/// Opens `path` for reading when it is a regular file: a symlink at the last component is
+/// refused rather than followed (`O_NOFOLLOW`), and anything but a regular file too, so a
+/// hostile tree cannot make the caller read outside it or block on a fifo. Blobs, in the
+/// store and in OCI layouts, are read through here.
+pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => OpenRegularError::Symlink,
+            Some(libc::ENOENT) => OpenRegularError::Missing,
+            _ => OpenRegularError::Io(e),
+        })?;
+    let meta = file.metadata().map_err(OpenRegularError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenRegularError::NotRegular);
+    }
+    Ok(file)
+}
+
+/// What [`unmount`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The top mount at the target is gone.
+    Yes,
+    /// Something still held it (a process chdir'd in): it was detached, and the kernel
+    /// frees it when the last user goes.
+    Detached,
+    /// Nothing was mounted there, or the target is gone: cleanup may run twice.
+    NotMounted,
+}
+
+/// Unmounts the top mount at `target`, detaching it when it is busy.
+pub fn unmount(target: &Path) -> io::Result<Unmounted> {
+    match umount2(target, MntFlags::empty()) {
+        Ok(()) => Ok(Unmounted::Yes),
+        Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(Unmounted::NotMounted),
+        Err(Errno::EBUSY) => {
+            umount2(target, MntFlags::MNT_DETACH)?;
+            Ok(Unmounted::Detached)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +123,34 @@ mod tests {
         );
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
         assert!(write_atomic(&t.path().join("no/such/dir/f"), b"x").is_err());
+    }
+
+    #[test]
+    fn open_regular_refuses_symlinks_dirs_and_fifos() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::os::unix::fs::symlink(&f, t.path().join("l")).unwrap();
+        nix::unistd::mkfifo(&t.path().join("p"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_regular(&f).is_ok());
+        let e = |n: &str| open_regular(&t.path().join(n)).unwrap_err();
+        assert!(matches!(e("l"), OpenRegularError::Symlink));
+        assert!(matches!(e("p"), OpenRegularError::NotRegular));
+        assert!(matches!(e("."), OpenRegularError::NotRegular));
+        assert!(matches!(e("none"), OpenRegularError::Missing));
+    }
+
+    #[test]
+    fn unmount_of_what_is_not_mounted_is_fine() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // umount2 needs CAP_SYS_ADMIN: EPERM otherwise
+        }
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(unmount(t.path()).unwrap(), Unmounted::NotMounted);
+        assert_eq!(
+            unmount(&t.path().join("gone")).unwrap(),
+            Unmounted::NotMounted
+        );
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub const CONTENT_DIR_OWNED: &str = "io.nestcache.content-dir-owned";
 /// itself, or a missing parent of it): `cache rm` removes the parents up to it, when empty.
 pub const CONTENT_DIR_CREATED: &str = "io.nestcache.content-dir-created";
 
+/// `true` on a container nestcache did not create but labelled as a cache (the one
+/// `cache create` ran in): removing the cache removes the labels, never the container.
+pub const ADOPTED: &str = "io.nestcache.adopted";
+
 /// Nested containers (role [`ROLE_NESTED`]; [`NAME`], [`PATH`] and [`CONTENT_DIR`] name
 /// the cache they run from): the image as given to `run`, its manifest digest, whether
 /// the cache is mounted (`true`/`false`), and the exit code once the process has ended.
@@ -36,6 +40,9 @@ pub const OWNER: &str = "io.nestcache.owner";
 /// Nested containers: the named volumes they use (comma-separated), so `volume rm` can
 /// refuse one in use.
 pub const VOLUMES: &str = "io.nestcache.volumes";
+/// The anonymous volumes among them (comma-separated): removed with the container on
+/// `--rm` and `rm -v`.
+pub const ANON_VOLUMES: &str = "io.nestcache.anonymous-volumes";
 /// Nested containers: `--stop-signal` (a number) and `--stop-timeout` (seconds), read by
 /// `stop`.
 pub const STOP_SIGNAL: &str = "io.nestcache.stop-signal";

@@ -4,7 +4,7 @@
 //! The module map — which module sits on which floor, what each may import, and the
 //! invariants each one owns — is `docs/ARCHITECTURE.md` in the repository;
 //! `tests/architecture.rs` holds the code to it. In short, from the ground up:
-//! [`error`], [`digest`], [`process`], [`labels`]; [`layout`], [`image`]; [`store`],
+//! [`error`], [`digest`], [`process`], [`labels`], [`user`]; [`layout`], [`image`]; [`store`],
 //! [`source`], [`containerd`]; [`unpack`]; [`stage`], [`rootfs`], [`cache`], [`env`];
 //! [`nested`], [`node`]; the CLI on top.
 //!
@@ -25,24 +25,34 @@
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 //! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
 //! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
+//! - [`user`]: a `User` string resolved in an image's /etc/passwd and /etc/group (CLI and shim).
 
+#[cfg(feature = "cli")]
 pub mod cache;
+#[cfg(feature = "cli")]
 pub mod containerd;
 pub mod digest;
+#[cfg(feature = "cli")]
 pub mod env;
 pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod labels;
 pub mod layout;
+#[cfg(feature = "cli")]
 pub mod nested;
+#[cfg(feature = "cli")]
 pub mod network;
+#[cfg(feature = "cli")]
 pub mod node;
 pub mod process;
 pub mod rootfs;
+#[cfg(feature = "cli")]
 pub mod source;
+#[cfg(feature = "cli")]
 pub mod stage;
 pub mod store;
 pub mod unpack;
+pub mod user;
 
 pub use error::{Error, Result};

@@ -44,6 +44,12 @@ fn lib_modules(lib: &str) -> BTreeSet<String> {
 /// Every `crate::a::b::C` path in `src`, comments left out, `crate::{x::Y, z}` groups
 /// expanded. Paths are returned whole so the rollup rule can look at their last segment.
 fn crate_paths(src: &str) -> Vec<String> {
+    paths_after(src, "crate::")
+}
+
+/// Every `<prefix>a::b::C` path in `src` (`crate::` in the library, `nestcache::` in the
+/// shim), as [`crate_paths`] reads them.
+fn paths_after(src: &str, prefix: &str) -> Vec<String> {
     let code: String = src
         .lines()
         .map(|l| l.find("//").map_or(l, |i| &l[..i]))
@@ -51,12 +57,12 @@ fn crate_paths(src: &str) -> Vec<String> {
         .join("\n");
     let mut out = Vec::new();
     let mut rest = code.as_str();
-    while let Some(i) = rest.find("crate::") {
+    while let Some(i) = rest.find(prefix) {
         let preceded_by_ident = rest[..i]
             .chars()
             .last()
             .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-        rest = &rest[i + "crate::".len()..];
+        rest = &rest[i + prefix.len()..];
         if preceded_by_ident {
             continue;
         }
@@ -234,6 +240,109 @@ fn modules_import_only_from_the_floors_their_row_lists() {
         "imports against the floors:\n{}",
         bad.join("\n")
     );
+}
+
+/// The modules the shim may use: its row's (the `| shim |` line) and, through them, what
+/// their rows list.
+fn shim_allowed(doc: &str, table: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
+    let row = doc
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("| shim |"))
+        .expect("docs/ARCHITECTURE.md has the shim's row");
+    let mut todo = backticked(row);
+    let mut allowed = BTreeSet::new();
+    while let Some(m) = todo.pop() {
+        if allowed.insert(m.clone()) {
+            todo.extend(table.get(&m).into_iter().flatten().cloned());
+        }
+    }
+    allowed
+}
+
+#[test]
+fn the_shim_uses_only_the_modules_its_row_lists() {
+    let doc = read("docs/ARCHITECTURE.md");
+    let table = allowed_table(&doc);
+    let allowed = shim_allowed(&doc, &table);
+    assert!(allowed.contains("store") && !allowed.contains("containerd"));
+    let mut files = Vec::new();
+    rust_files(&Path::new(ROOT).join("shim/src"), &mut files);
+    let mut bad = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for path in paths_after(&text, "nestcache::") {
+            let to = top_module(&path);
+            if !allowed.contains(to) {
+                bad.push(format!(
+                    "{}: `nestcache::{path}`: the shim may not use {to} (docs/ARCHITECTURE.md)",
+                    file.strip_prefix(ROOT).unwrap_or(file).display()
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the shim against its row:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// The modules of src/lib.rs behind feature `cli` (a `#[cfg(feature = "cli")]` line
+/// right above their `pub mod`).
+fn cli_modules(lib: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = lib.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == r#"#[cfg(feature = "cli")]"#)
+        .filter_map(|w| w[1].strip_prefix("pub mod ")?.strip_suffix(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The shim builds the library without feature `cli`: nothing it uses, and no module
+/// outside `cli`, may import a `cli` module, and the error rollup names their error
+/// types only under the same cfg.
+#[test]
+fn the_core_builds_without_feature_cli() {
+    let doc = read("docs/ARCHITECTURE.md");
+    let table = allowed_table(&doc);
+    let cli = cli_modules(&read("src/lib.rs"));
+    assert!(
+        cli.contains("containerd") && !cli.contains("store"),
+        "{cli:?}"
+    );
+    for (m, imports) in table
+        .iter()
+        .filter(|(m, _)| !cli.contains(*m) && *m != ROLLUP)
+    {
+        let bad: Vec<_> = imports.intersection(&cli).collect();
+        assert!(bad.is_empty(), "{m} is in the core but may import {bad:?}");
+    }
+    let shim: Vec<_> = shim_allowed(&doc, &table)
+        .intersection(&cli)
+        .cloned()
+        .collect();
+    assert!(
+        shim.is_empty(),
+        "the shim may use {shim:?}, behind feature cli"
+    );
+    let error = read("src/error.rs");
+    let lines: Vec<&str> = error.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let names_cli = paths_after(line, "crate::")
+            .iter()
+            .any(|p| cli.contains(top_module(p)));
+        let gated = lines[i.saturating_sub(3)..i]
+            .iter()
+            .any(|l| l.trim() == r#"#[cfg(feature = "cli")]"#);
+        assert!(
+            !names_cli || gated,
+            "src/error.rs:{}: `{}` needs #[cfg(feature = \"cli\")] (the shim builds without it)",
+            i + 1,
+            line.trim()
+        );
+    }
 }
 
 #[test]

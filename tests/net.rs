@@ -380,6 +380,33 @@ fn published_port_answers_from_the_host_and_containers_find_each_other_by_name()
     assert!(shared.contains(&format!("inet {web_ip}/")), "{shared}");
     assert!(shared.contains("hello from web"), "{shared}");
 
+    // inspect: Docker's NetworkSettings from the network record, as the container sees it.
+    let settings: serde_json::Value =
+        serde_json::from_str(&n.ok(&["inspect", "-f", "{{.NetworkSettings}}", "web"]))
+            .expect("NetworkSettings JSON");
+    let prefix = shared
+        .split(&format!("inet {web_ip}/"))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("prefix length");
+    let mac = n.nested_ok(
+        &["--rm", "--net", "container:web"],
+        &["cat", "/sys/class/net/eth0/address"],
+    );
+    assert_eq!(settings["IPAddress"], web_ip.as_str(), "{settings}");
+    assert_eq!(settings["IPPrefixLen"].to_string(), prefix, "{settings}");
+    assert_eq!(settings["Gateway"], gateway.as_str(), "{settings}");
+    assert_eq!(settings["MacAddress"], mac.trim(), "{settings}");
+    let on = &settings["Networks"][format!("nestcache-{}", n.cache)];
+    assert_eq!(on["IPAddress"], web_ip.as_str(), "{settings}");
+    assert_eq!(on["MacAddress"], mac.trim(), "{settings}");
+    assert!(
+        on["Aliases"]
+            .as_array()
+            .is_some_and(|a| a.contains(&"www".into())),
+        "{settings}"
+    );
+
     // Hairpin: a container reaches its own published port through the bridge.
     let port2 = free_port();
     let vol = format!("{}:/www", n.www.path().display());

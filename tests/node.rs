@@ -158,3 +158,48 @@ fn a_config_changed_since_install_keeps_its_backup_and_a_v1_config_is_refused() 
         "left alone"
     );
 }
+
+/// The shim allows stores only under /var/lib/nestcache unless its config says otherwise:
+/// a store elsewhere gets a shim config allowing it, named by the runtime's ConfigPath;
+/// moving the store back drops both.
+#[test]
+fn a_store_outside_the_state_dir_gets_a_shim_config_the_runtime_names() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::write(r.join("shim-src"), b"x").unwrap();
+    let cfg = r.join("etc/containerd/config.toml");
+    let shim_json = r.join("etc/nestcache/shim.json");
+    ok(&node(r, &["install", "--store", "/srv/nc-store"]));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&shim_json).unwrap()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"store_roots": ["/var/lib/nestcache", "/srv/nc-store"]})
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let doc: toml_edit::DocumentMut = text.parse().unwrap();
+    assert_eq!(
+        doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nestcache"]
+            ["options"]["ConfigPath"]
+            .as_str(),
+        Some("/etc/nestcache/shim.json"),
+        "{text}"
+    );
+    assert!(r.join("srv/nc-store/oci-layout").is_file());
+    let out = ok(&node(r, &["install", "--store", "/srv/nc-store"]));
+    assert!(!out.contains("changed  "), "idempotent: {out}");
+    assert_eq!(restarts(r), 1);
+
+    // Back to the default store: no config needed, none left.
+    ok(&node(r, &["install"]));
+    assert_eq!(restarts(r), 2, "the runtime's options changed");
+    assert!(!shim_json.exists());
+    assert!(!std::fs::read_to_string(&cfg)
+        .unwrap()
+        .contains("ConfigPath"));
+
+    ok(&node(r, &["install", "--store", "/srv/nc-store"]));
+    assert!(shim_json.is_file());
+    ok(&node(r, &["uninstall"]));
+    assert!(!shim_json.exists(), "uninstall removes the shim config");
+    assert!(!cfg.exists());
+}

@@ -604,3 +604,180 @@ fn pull_missing_always_never_with_stage() {
     assert_eq!(x("sometimes").status.code(), Some(125));
     f.assert_nothing_left();
 }
+
+#[test]
+fn platform_refuses_a_foreign_image_and_warns_without_it() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-platform");
+    let host = mkimage::Platform::host();
+    let foreign = host.other();
+    // A single-platform image of the other architecture (busybox of this one inside, so
+    // it runs: what is tested is what nestcache says about it).
+    let mut spec = mkimage::preset("small").expect("preset");
+    spec.ref_name = "foreign".into();
+    spec.platform = foreign.clone();
+    let foreign_img = f.stage(spec);
+    let (h, o) = (host.to_string(), foreign.to_string());
+
+    // Without --platform: it runs, with Docker's warning once.
+    let out = f.run(&["--rm", &foreign_img, "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (The host's name may carry a variant, linux/arm64/v8, that mkimage's does not.)
+    let warning =
+        format!("the requested image's platform ({o}) does not match the detected host platform (");
+    assert_eq!(
+        stderr(&out).matches(&warning).count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    // The host's image: no word.
+    let out = f.run(&["--rm", &img, "true"]);
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+
+    // --platform of the host: a foreign image is refused in one line (125), nothing runs.
+    let out = f.run(&["--rm", "--platform", &h, &foreign_img, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("nestcache: image {foreign_img} was found but does not match the specified platform: wanted {h}, actual: {o}")
+    );
+    // --platform of the image: it runs, no warning; a malformed one is a usage error.
+    let out = f.run(&["--rm", "--platform", &o, &foreign_img, "true"]);
+    assert!(
+        out.status.success() && !stderr(&out).contains("WARNING"),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.run(&["--rm", "--platform", "linux", &img, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+
+    // From a two-platform index, --platform with --stage picks that platform's manifest.
+    let mut multi = mkimage::preset("small").expect("preset");
+    multi.ref_name = "multi".into();
+    multi.multi_platform = true;
+    let layout = f.images.path().join("multi");
+    let built = multi.write_layout(&layout).expect("mkimage");
+    let other = built.other.expect("second platform");
+    assert_eq!(other.platform, foreign);
+    let source = format!("oci:{}:multi", layout.display());
+    // That platform's image is a stub layer with no `true`: the run gets as far as the
+    // exec (127), where the host's image would have run it.
+    let out = f.run(&[
+        "--rm",
+        "--platform",
+        &o,
+        "--stage",
+        &source,
+        "multi",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    let blob = |d: &str| f.content.join("blobs/sha256").join(&d["sha256:".len()..]);
+    assert!(blob(&other.manifest.digest).exists());
+    f.assert_nothing_left();
+}
+
+/// The volumes `volume ls --json` lists: (name, used by).
+fn volumes(f: &Fixture) -> Vec<(String, Vec<String>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&f.env.ok(&["volume", "ls", "--json"])).expect("volume ls --json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|v| {
+            let users = v["used_by"].as_array().expect("used_by");
+            let users = users.iter().map(|u| u.as_str().unwrap().to_string());
+            (v["name"].as_str().unwrap().to_string(), users.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn anonymous_volumes_and_copy_up() {
+    testkit::require!(containerd);
+    let (f, img) = fixture("flags-vols");
+    let with_vols = f.small("with-vols", |c| c.volumes = vec!["/etc".into()]);
+    let stat = "stat -c '%u %g %a' /home/app /tmp";
+    let baseline = f.ok(&["--rm", &img, "sh", "-c", stat]);
+
+    // The image's Volumes: an anonymous volume, filled from the image, kept by `rm`.
+    let out = f.ok(&[
+        "--name",
+        "a1",
+        &with_vols,
+        "sh",
+        "-c",
+        "head -1 /etc/passwd; echo x > /etc/x",
+    ]);
+    assert!(out.starts_with("root:"), "{out}");
+    let vols = volumes(&f);
+    assert!(
+        vols.len() == 1 && vols[0].0.len() == 64 && vols[0].1 == ["a1"],
+        "{vols:?}"
+    );
+    let dangling = vols[0].0.clone();
+    f.env.ok(&["rm", "a1"]);
+    assert_eq!(volumes(&f), [(dangling.clone(), vec![])]);
+    f.env.ok(&["volume", "rm", &dangling]);
+    // ... removed by `rm -v`, and by `--rm`; a mount at the same path replaces it.
+    f.ok(&["--name", "a2", &with_vols, "true"]);
+    assert_eq!(volumes(&f).len(), 1);
+    f.env.ok(&["rm", "-v", "a2"]);
+    assert!(volumes(&f).is_empty(), "{:?}", volumes(&f));
+    f.ok(&["--rm", &with_vols, "true"]);
+    f.ok(&["--rm", "--tmpfs", "/etc", &with_vols, "true"]);
+    assert!(volumes(&f).is_empty(), "{:?}", volumes(&f));
+
+    // -v /path and --mount type=volume without a source: anonymous, with the image's
+    // owners and modes copied up.
+    let out = f.ok(&[
+        "--rm",
+        "-v",
+        "/home/app",
+        "--mount",
+        "type=volume,target=/tmp",
+        &img,
+        "sh",
+        "-c",
+        &format!("{stat}; grep -c ' /tmp \\| /home/app ' /proc/self/mounts"),
+    ]);
+    assert_eq!(out, format!("{baseline}2\n"));
+    assert!(volumes(&f).is_empty(), "{:?}", volumes(&f));
+
+    // A new named volume is filled once; a non-empty one is never filled again.
+    assert!(f
+        .ok(&["--rm", "-v", "cu:/etc", &img, "cat", "/etc/passwd"])
+        .starts_with("root:"));
+    f.ok(&["--rm", "-v", "cu:/etc", &img, "rm", "/etc/group"]);
+    let out = f.ok(&[
+        "--rm",
+        "-v",
+        "cu:/etc",
+        &img,
+        "sh",
+        "-c",
+        "ls /etc/group || echo gone",
+    ]);
+    assert!(out.ends_with("gone\n"), "{out}");
+    // nocopy / volume-nocopy: left empty.
+    for flag in [
+        "-v=nc1:/etc:nocopy",
+        "--mount=type=volume,src=nc2,dst=/etc,volume-nocopy",
+    ] {
+        let out = f.ok(&[
+            "--rm",
+            flag,
+            &img,
+            "sh",
+            "-c",
+            "ls /etc/passwd || echo empty",
+        ]);
+        assert!(out.ends_with("empty\n"), "{flag}: {out}");
+    }
+    for v in ["cu", "nc1", "nc2"] {
+        f.env.ok(&["volume", "rm", v]);
+    }
+    f.assert_nothing_left();
+}

@@ -134,6 +134,8 @@ pub struct ConfigSpec {
     pub labels: BTreeMap<String, String>,
     /// `ExposedPorts`, as `"80/tcp"` (what `run -P` publishes).
     pub exposed_ports: Vec<String>,
+    /// `Volumes`, as container paths (`run` makes an anonymous volume for each).
+    pub volumes: Vec<String>,
 }
 
 /// Everything that determines an image. Same spec (and same `/bin/busybox`) → same bytes.
@@ -354,6 +356,11 @@ impl ImageSpec {
                 .map(|p| (p.clone(), json!({})))
                 .collect();
             cfg.insert("ExposedPorts".into(), Value::Object(ports));
+        }
+        if !c.volumes.is_empty() {
+            let vols: serde_json::Map<String, Value> =
+                c.volumes.iter().map(|v| (v.clone(), json!({}))).collect();
+            cfg.insert("Volumes".into(), Value::Object(vols));
         }
         let history: Vec<Value> = (0..layers.len())
             .map(|i| json!({"created": CREATED, "created_by": format!("nestcache-mkimage layer {i}")}))

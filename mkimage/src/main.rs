@@ -64,6 +64,9 @@ struct Args {
     /// KEY=VALUE (repeatable)
     #[arg(long)]
     label: Vec<String>,
+    /// A `Volumes` entry of the config (repeatable)
+    #[arg(long)]
+    volume: Vec<String>,
     /// Print what was built as JSON
     #[arg(long)]
     json: bool,
@@ -125,6 +128,7 @@ fn run(a: Args) -> Result<()> {
     }
     c.working_dir = a.workdir.or(c.working_dir.take());
     c.user = a.user.or(c.user.take());
+    c.volumes.extend(a.volume);
     for l in a.label {
         let (k, v) = l.split_once('=').context("--label wants KEY=VALUE")?;
         c.labels.insert(k.into(), v.into());

@@ -105,25 +105,12 @@ pub fn set_root_to_bundle_rootfs(bundle: &Path) -> Result<(), String> {
     write_durably(&path, &out).map_err(|e| e.to_string())
 }
 
-/// Writes `data` to `path` as the store writes: a temp file beside it, fsync, rename,
-/// fsync of the directory. After a crash `path` holds the old or the new bytes, whole.
+/// Writes `data` to `path` as the store writes (`fsutil::write_atomic`: temp file,
+/// fsync, rename, fsync of the directory). After a crash `path` holds the old or the new
+/// bytes, whole.
 pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), ShimError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let step = |what: &str, p: &Path| {
-        let what = format!("{what} {}", p.display());
-        move |e| ShimError::io(what, e)
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(step("create", &tmp))?;
-    f.write_all(data).map_err(step("write", &tmp))?;
-    f.sync_all().map_err(step("fsync", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(step("rename onto", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(step("fsync", dir))
+    nestcache::fsutil::write_atomic(path, data)
+        .map_err(|e| ShimError::io(format!("write {}", path.display()), e))
 }
 
 /// What the shim set up for the container, written before it is set up.

@@ -125,10 +125,32 @@ fn encode(m: &dyn MessageDyn) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("encode metrics: {e}"))
 }
 
-/// A file's number; "max" (no limit) and a missing file read as None.
-fn read_u64(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.trim().parse().ok()
+/// A file's number, with `max_is` for "max" (no limit: v1 reports it as 0, v2 as
+/// u64::MAX, as containerd's cgroups package does); a missing file reads as 0.
+fn read_number(path: &Path, max_is: u64) -> u64 {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim() == "max" => max_is,
+        Ok(t) => t.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// A v1 counter: "max" reads as 0.
+fn read_u64(path: &Path) -> u64 {
+    read_number(path, 0)
+}
+
+/// `key value` lines by key, for the few keys picked by name; a missing key reads as 0.
+struct Stat(HashMap<String, u64>);
+
+impl Stat {
+    fn read(path: &Path) -> Stat {
+        Stat(read_pairs(path).into_iter().collect())
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
 }
 
 /// `key value` lines (memory.stat, cpu.stat, memory.events...).
@@ -183,7 +205,7 @@ fn require_dir(dir: &Path) -> Result<(), String> {
 }
 
 fn v1_entry(dir: &Path, prefix: &str) -> MessageField<v1::MemoryEntry> {
-    let f = |name: &str| read_u64(&dir.join(format!("{prefix}.{name}"))).unwrap_or(0);
+    let f = |name: &str| read_u64(&dir.join(format!("{prefix}.{name}")));
     MessageField::some(v1::MemoryEntry {
         usage: f("usage_in_bytes"),
         limit: f("limit_in_bytes"),
@@ -219,13 +241,12 @@ fn v1_metrics(dirs: &HashMap<String, PathBuf>) -> Result<v1::Metrics, String> {
         // SAFETY: sysconf reads a constant of the running system.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let ns_per_tick = 1_000_000_000 / ticks;
-        let stat: HashMap<String, u64> =
-            read_pairs(&dir.join("cpuacct.stat")).into_iter().collect();
+        let stat = Stat::read(&dir.join("cpuacct.stat"));
         let per_cpu = std::fs::read_to_string(dir.join("cpuacct.usage_percpu")).unwrap_or_default();
         cpu.usage = MessageField::some(v1::CPUUsage {
-            total: read_u64(&dir.join("cpuacct.usage")).unwrap_or(0),
-            user: stat.get("user").copied().unwrap_or(0) * ns_per_tick,
-            kernel: stat.get("system").copied().unwrap_or(0) * ns_per_tick,
+            total: read_u64(&dir.join("cpuacct.usage")),
+            user: stat.get("user") * ns_per_tick,
+            kernel: stat.get("system") * ns_per_tick,
             per_cpu: per_cpu
                 .split_whitespace()
                 .filter_map(|v| v.parse().ok())
@@ -234,34 +255,28 @@ fn v1_metrics(dirs: &HashMap<String, PathBuf>) -> Result<v1::Metrics, String> {
         });
     }
     if let Some(dir) = dirs.get("cpu") {
-        let stat: HashMap<String, u64> = read_pairs(&dir.join("cpu.stat")).into_iter().collect();
-        let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+        let stat = Stat::read(&dir.join("cpu.stat"));
         cpu.throttling = MessageField::some(v1::Throttle {
-            periods: get("nr_periods"),
-            throttled_periods: get("nr_throttled"),
-            throttled_time: get("throttled_time"),
+            periods: stat.get("nr_periods"),
+            throttled_periods: stat.get("nr_throttled"),
+            throttled_time: stat.get("throttled_time"),
             ..Default::default()
         });
     }
     m.cpu = MessageField::some(cpu);
     if let Some(dir) = dirs.get("pids") {
         m.pids = MessageField::some(v1::PidsStat {
-            current: read_u64(&dir.join("pids.current")).unwrap_or(0),
-            // "max": no limit, which containerd reports as 0.
-            limit: read_u64(&dir.join("pids.max")).unwrap_or(0),
+            current: read_u64(&dir.join("pids.current")),
+            limit: read_u64(&dir.join("pids.max")),
             ..Default::default()
         });
     }
     Ok(m)
 }
 
-/// A v2 limit file: "max" is u64::MAX, as containerd's cgroups package reports it.
+/// A v2 limit: "max" reads as u64::MAX.
 fn read_limit(path: &Path) -> u64 {
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim() == "max" => u64::MAX,
-        Ok(t) => t.trim().parse().unwrap_or(0),
-        Err(_) => 0,
-    }
+    read_number(path, u64::MAX)
 }
 
 fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
@@ -272,17 +287,17 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     m.cpu = MessageField::some(cpu);
     let mut mem = v2::MemoryStat::new();
     set_fields(&mut mem, &read_pairs(&dir.join("memory.stat")), same);
-    mem.usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
+    mem.usage = read_u64(&dir.join("memory.current"));
     mem.usage_limit = read_limit(&dir.join("memory.max"));
-    mem.swap_usage = read_u64(&dir.join("memory.swap.current")).unwrap_or(0);
+    mem.swap_usage = read_u64(&dir.join("memory.swap.current"));
     mem.swap_limit = read_limit(&dir.join("memory.swap.max"));
-    mem.max_usage = read_u64(&dir.join("memory.peak")).unwrap_or(0);
+    mem.max_usage = read_u64(&dir.join("memory.peak"));
     m.memory = MessageField::some(mem);
     let mut events = v2::MemoryEvents::new();
     set_fields(&mut events, &read_pairs(&dir.join("memory.events")), same);
     m.memory_events = MessageField::some(events);
     m.pids = MessageField::some(v2::PidsStat {
-        current: read_u64(&dir.join("pids.current")).unwrap_or(0),
+        current: read_u64(&dir.join("pids.current")),
         limit: read_limit(&dir.join("pids.max")),
         ..Default::default()
     });

@@ -199,7 +199,7 @@ impl Container {
             runtime: self.shared.runtime.clone(),
             runc: self.runc.clone(),
             bundle: self.bundle.clone(),
-            spec,
+            spec: crate::image_config::exec_spec(&self.bundle, spec),
         };
         let process = Process::new(&self.id, exec_id, stdio, Box::new(lifecycle));
         execs.insert(exec_id.to_string(), Arc::new(process));

@@ -27,9 +27,9 @@ use std::sync::OnceLock;
 use log::{info, warn};
 use serde_json::Value;
 
-use nestcache::nested::user::UserDb;
 use nestcache::rootfs::{self, LayerStack};
 use nestcache::store::Store;
+use nestcache::user::UserDb;
 
 use crate::bundle::StoreImage;
 
@@ -273,6 +273,7 @@ pub fn apply(
     let text = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let mut spec: Value =
         serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
+    let before = spec["process"].clone();
     let replaced = merge(&mut spec["process"], &declared, &store_cfg, &resolve)?;
     if replaced.is_empty() {
         return Ok(());
@@ -281,10 +282,63 @@ pub fn apply(
         "{what}: {} from the store image's config (declared {name})",
         replaced.join(", ")
     );
-    let tmp = bundle.join(".config.json.image");
+    save_exec_defaults(bundle, &before, &spec["process"])?;
     let out = serde_json::to_vec(&spec).map_err(|e| format!("serialize spec: {e}"))?;
-    std::fs::write(&tmp, out).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("replace {}: {e}", path.display()))
+    crate::bundle::write_durably(&path, &out).map_err(|e| e.to_string())
+}
+
+/// What `apply` replaced in the init's process (`from` → `to`), kept in the bundle for
+/// the container's execs: CRI's ExecSync (like `ctr task exec`) sends a copy of the
+/// container's stored process — the declared image's env, cwd and user.
+const EXEC_DEFAULTS: &str = "store-process.json";
+/// The process fields an exec inherits from the container's spec.
+const EXEC_FIELDS: [&str; 3] = ["env", "cwd", "user"];
+
+fn save_exec_defaults(bundle: &Path, from: &Value, to: &Value) -> Result<(), String> {
+    let pick = |p: &Value| -> Value {
+        EXEC_FIELDS
+            .iter()
+            .map(|k| (k.to_string(), p[*k].clone()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let doc = serde_json::json!({ "from": pick(from), "to": pick(to) });
+    let path = bundle.join(EXEC_DEFAULTS);
+    crate::bundle::write_durably(&path, doc.to_string().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// An exec's process spec for a container whose init got the store image's config: each
+/// of env, cwd and user that is exactly the container's stored value (what CRI copies
+/// into every exec) becomes the init's; what the caller set itself stays. Without a
+/// record (not a store-rootfs CRI container) or on a spec that is not JSON, unchanged.
+pub fn exec_spec(bundle: &Path, spec: Vec<u8>) -> Vec<u8> {
+    let Ok(text) = std::fs::read(bundle.join(EXEC_DEFAULTS)) else {
+        return spec;
+    };
+    let (Ok(defaults), Ok(mut process)) = (
+        serde_json::from_slice::<Value>(&text),
+        serde_json::from_slice::<Value>(&spec),
+    ) else {
+        warn!("exec: {EXEC_DEFAULTS} or the exec's spec is not JSON; the spec is kept");
+        return spec;
+    };
+    if !merge_exec(&mut process, &defaults) {
+        return spec;
+    }
+    serde_json::to_vec(&process).unwrap_or(spec)
+}
+
+/// Replaces in `process` the fields equal to `defaults.from` by `defaults.to`.
+fn merge_exec(process: &mut Value, defaults: &Value) -> bool {
+    let mut changed = false;
+    for k in EXEC_FIELDS {
+        let (from, to) = (&defaults["from"][k], &defaults["to"][k]);
+        if !from.is_null() && process[k] == *from && from != to {
+            process[k] = to.clone();
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The declared image's config document, from containerd's image and content stores.
@@ -410,6 +464,47 @@ mod tests {
 
     fn app(_: &str) -> Result<(u32, u32, Vec<u32>), String> {
         Ok((1234, 2345, vec![]))
+    }
+
+    #[test]
+    fn an_exec_copying_the_stored_process_gets_the_inits() {
+        let defaults = json!({
+            "from": {"env": ["A=declared"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0}},
+            "to": {"env": ["A=store"], "cwd": "/srv", "user": {"uid": 7, "gid": 7}},
+        });
+        let mut copy = json!({"args": ["env"], "env": ["A=declared"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0}});
+        assert!(merge_exec(&mut copy, &defaults));
+        assert_eq!(
+            copy,
+            json!({"args": ["env"], "env": ["A=store"], "cwd": "/srv", "user": {"uid": 7, "gid": 7}})
+        );
+        // What the caller set itself stays.
+        let mut own =
+            json!({"args": ["x"], "env": ["A=mine"], "cwd": "/tmp", "user": {"uid": 5, "gid": 5}});
+        assert!(merge_exec(&mut own, &defaults));
+        assert_eq!(own["env"], json!(["A=mine"]));
+        assert_eq!(own["cwd"], "/srv");
+        assert_eq!(own["user"], json!({"uid": 5, "gid": 5}));
+        let mut untouched = json!({"env": ["B=1"], "cwd": "/", "user": {"uid": 1, "gid": 1}});
+        assert!(!merge_exec(&mut untouched, &defaults));
+    }
+
+    #[test]
+    fn exec_spec_without_a_record_or_with_garbage_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = br#"{"env": ["A=declared"]}"#.to_vec();
+        assert_eq!(exec_spec(dir.path(), spec.clone()), spec);
+        std::fs::write(dir.path().join(EXEC_DEFAULTS), "not json").unwrap();
+        assert_eq!(exec_spec(dir.path(), spec.clone()), spec);
+        save_exec_defaults(
+            dir.path(),
+            &json!({"env": ["A=declared"], "cwd": "/"}),
+            &json!({"env": ["A=store"], "cwd": "/"}),
+        )
+        .unwrap();
+        let got: Value = serde_json::from_slice(&exec_spec(dir.path(), spec)).unwrap();
+        assert_eq!(got["env"], json!(["A=store"]));
+        assert_eq!(exec_spec(dir.path(), b"garbage".to_vec()), b"garbage");
     }
 
     fn process(args: &[&str], env: &[&str], cwd: &str, uid: u32, gid: u32) -> Value {

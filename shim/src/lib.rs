@@ -37,3 +37,47 @@ pub mod task;
 
 #[cfg(test)]
 mod fakes;
+
+/// The one log facade: the shim logs with `log` (containerd-shim's logger writes the
+/// shim's log), and the library logs with `tracing`, whose `log` feature (this crate's
+/// Cargo.toml) turns its events into `log` records while no tracing subscriber is set.
+#[cfg(test)]
+mod log_bridge {
+    use std::sync::Mutex;
+
+    /// Stands in for containerd-shim's logger: keeps every record.
+    struct Capture(Mutex<Vec<(String, String)>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            records.push((r.target().to_string(), r.args().to_string()));
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    #[test]
+    fn library_tracing_events_reach_the_shims_logger() {
+        log::set_logger(&CAPTURE).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dead-temp");
+        std::fs::write(&dead, b"left by a killed stage").unwrap();
+        // The store logs this with tracing::info!.
+        nestcache::store::temp::remove_dead(&dead).unwrap();
+        let records = CAPTURE.0.lock().unwrap();
+        assert!(
+            records
+                .iter()
+                .any(|(target, msg)| target.starts_with("nestcache::store")
+                    && msg.contains("removing dead temp")
+                    && msg.contains("dead-temp")),
+            "{records:?}"
+        );
+    }
+}

@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
 use log::{info, warn};
-use nix::errno::Errno;
-use nix::mount::{umount2, MntFlags};
 
 use crate::bundle::{self, Record, Spec};
 use crate::image_config;
 use crate::store_rootfs::{self, StoreLease};
+use nestcache::fsutil::{self, Unmounted};
 use nestcache::store::LeaseHolder;
 
 pub fn rootfs_dir(bundle: &Path) -> PathBuf {
@@ -87,16 +86,10 @@ fn mkdir_rootfs(target: &Path) -> Result<(), String> {
 /// Unmounts everything at `target` (stacked mounts included). Not mounted is fine.
 pub fn unmount_all(target: &Path) -> Result<(), String> {
     for _ in 0..64 {
-        match umount2(target, MntFlags::empty()) {
-            Ok(()) => continue,
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
-            Err(Errno::EBUSY) => {
-                // Something still holds it (a process in flight): detach it instead,
-                // the kernel finishes once the last user is gone.
-                warn!("{} busy; detaching", target.display());
-                umount2(target, MntFlags::MNT_DETACH)
-                    .map_err(|e| format!("unmount {}: {e}", target.display()))?;
-            }
+        match fsutil::unmount(target) {
+            Ok(Unmounted::NotMounted) => return Ok(()),
+            Ok(Unmounted::Yes) => {}
+            Ok(Unmounted::Detached) => warn!("{} busy; detached", target.display()),
             Err(e) => return Err(format!("unmount {}: {e}", target.display())),
         }
     }

@@ -274,6 +274,15 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
             "store User app resolved in the store image's passwd"
         );
         assert_eq!(sh(&mut c, &a, "cat /etc/nestcache-test").await, "store\n");
+        // ExecSync copies the container's stored process (the declared image's env, cwd
+        // and user) into every exec: the shim gives it the init's instead.
+        let seen = sh(
+            &mut c,
+            &a,
+            "echo $FOO $STORE_ONLY ${DECLARED_ONLY:-none}; pwd; id -u",
+        )
+        .await;
+        assert_eq!(seen, "store 1 none\n/srv/app\n1234\n", "what an exec sees");
 
         // Sets command, env and working dir: those win, the rest from the store.
         let mut b = inspectable("b");
@@ -390,6 +399,216 @@ fn plain_runc_container_and_pod_network_under_the_nestcache_handler() {
         while !cri.containers().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    });
+    assert_clean(&cri, &img.store);
+}
+
+/// Claim 7 under Kubernetes: nestcache run by ExecSync inside a pod's container that has
+/// the node's containerd socket and a host dir at the target path labels that container
+/// (in CRI's namespace k8s.io) as the cache; nestcache in another namespace finds it;
+/// `cache rm` takes the labels and leaves the container running.
+#[test]
+fn a_pod_container_with_a_host_dir_at_the_path_becomes_the_cache() {
+    testkit::require!(root, tool "containerd", tool "ctr", tool "busybox");
+    let cri = CriContainerd::start();
+    let img = images(&cri);
+    let host = tempfile::Builder::new()
+        .prefix("nc-cri-adopt-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let h = host.path().to_str().unwrap().to_string();
+    let nestcache = testkit::cargo_bin("nestcache");
+    let ns = testkit::unique("nc");
+    let nestcache_host = |args: &[&str]| {
+        let out = std::process::Command::new(&nestcache)
+            .args(["--address", &cri.address, "--namespace", &ns])
+            .args(args)
+            .env("NESTCACHE_NET", "none")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nestcache {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    rt().block_on(async {
+        let mut c = cri.client().await.unwrap();
+        let pod = cri::pod_config("ci-job", &[]);
+        let pod_id = run_pod(&mut c, &pod).await;
+        let mut job = cri::container_config("job", DECLARED);
+        let bind = |host: &str, at: &str, readonly: bool| Mount {
+            host_path: host.into(),
+            container_path: at.into(),
+            readonly,
+            ..Default::default()
+        };
+        // nestcache is a glibc binary: the host's libraries under the busybox image.
+        job.mounts = vec![
+            bind("/usr", "/usr", true),
+            bind("/usr/lib", "/lib", true),
+            bind("/usr/lib64", "/lib64", true),
+            bind(nestcache.to_str().unwrap(), "/nestcache", true),
+            bind(&cri.address, &cri.address, false),
+            bind(&h, &h, false),
+        ];
+        job.envs = cri::env(&[
+            ("CONTAINERD_ADDRESS", &cri.address),
+            ("CONTAINERD_NAMESPACE", &ns),
+            ("NESTCACHE_STATE_DIR", "/tmp/nc-state"),
+            ("NESTCACHE_NET", "none"),
+        ]);
+        let job = start(&mut c, &pod_id, &pod, job).await;
+
+        let (code, out, err) = exec(
+            &mut c,
+            &job,
+            &[
+                "/nestcache",
+                "cache",
+                "create",
+                "ci",
+                "--path",
+                &h,
+                "--json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(created["adopted"], true, "{created}");
+        assert_eq!(created["id"], job.as_str());
+        assert_eq!(created["namespace"], "k8s.io");
+        assert_eq!(created["content_dir"], h.as_str());
+
+        // nestcache on the node, in its own namespace, finds the cache in k8s.io.
+        let ls: serde_json::Value =
+            serde_json::from_str(&nestcache_host(&["cache", "ls", "--json"])).unwrap();
+        assert_eq!(ls[0]["name"], "ci", "{ls}");
+        assert_eq!(ls[0]["id"], job.as_str());
+        assert_eq!(ls[0]["namespace"], "k8s.io");
+        assert_eq!(
+            nestcache_host(&["cache", "gc"]).trim(),
+            "nothing to collect"
+        );
+
+        nestcache_host(&["cache", "rm", "ci"]);
+        let info = cri.ctr(&["containers", "info", &job]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let ours: Vec<_> = info["Labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("io.nestcache."))
+            .collect();
+        assert!(ours.is_empty(), "labels left: {ours:?}");
+        assert!(
+            info["Labels"].get("io.cri-containerd.kind").is_some(),
+            "CRI's own labels kept: {info}"
+        );
+        assert_eq!(
+            state(&mut c, &job).await,
+            ContainerState::ContainerRunning as i32,
+            "rm never touches the adopted container"
+        );
+        remove_pod(&mut c, &pod_id).await;
+    });
+    assert_clean(&cri, &img.store);
+}
+
+/// A store-rootfs container's metrics and resources through CRI, as kubelet reads and
+/// changes them: ContainerStats and ListContainerStats (CPU, memory, the writable layer
+/// after 20 MiB were written) and UpdateContainerResources read back from the
+/// container's own cgroup.
+#[test]
+fn stats_and_update_of_a_store_rootfs_container() {
+    testkit::require!(root, tool "containerd", tool "ctr", tool "busybox");
+    let cri = CriContainerd::start();
+    let img = images(&cri);
+    rt().block_on(async {
+        let mut c = cri.client().await.unwrap();
+        let store = img.store.display().to_string();
+        let pod = cri::pod_config(
+            "stats",
+            &[
+                ("io.nestcache.store", &store),
+                ("io.nestcache.image", "app"),
+            ],
+        );
+        let pod_id = run_pod(&mut c, &pod).await;
+        let mut a = cri::container_config("a", DECLARED);
+        if let Some(sc) = a.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            // Root (runAsGroup too: with a declared image without User, uid 0 alone
+            // reads as unset), so the exec may write anywhere in the rootfs.
+            sc.run_as_user = Some(Int64Value { value: 0 });
+            sc.run_as_group = Some(Int64Value { value: 0 });
+        }
+        let a = start(&mut c, &pod_id, &pod, a).await;
+        sh(&mut c, &a, "dd if=/dev/zero of=/blob bs=1M count=20 2>/dev/null; sync").await;
+
+        let s = c
+            .container_stats(ContainerStatsRequest {
+                container_id: a.clone(),
+            })
+            .await
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats");
+        assert_eq!(s.attributes.as_ref().map(|x| x.id.as_str()), Some(a.as_str()));
+        let cpu = s.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value);
+        assert!(cpu.is_some_and(|n| n > 0), "cpu: {cpu:?}");
+        let mem = s.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
+        assert!(mem.is_some_and(|n| n > 0), "memory working set: {mem:?}");
+
+        let all = c
+            .list_container_stats(ListContainerStatsRequest {
+                filter: Some(ContainerStatsFilter {
+                    pod_sandbox_id: pod_id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("ListContainerStats")
+            .into_inner()
+            .stats;
+        assert_eq!(all.len(), 1, "{all:?}");
+        let listed = &all[0];
+        assert_eq!(listed.attributes.as_ref().map(|x| x.id.as_str()), Some(a.as_str()));
+        assert!(listed
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .is_some_and(|v| v.value > 0));
+        assert!(listed
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .is_some_and(|v| v.value > 0));
+
+        c.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: a.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 256 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+        let limits = sh(
+            &mut c,
+            &a,
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
+        )
+        .await;
+        let limits: Vec<&str> = limits.split_whitespace().collect();
+        assert_eq!(limits[0], (256u64 << 20).to_string(), "memory limit: {limits:?}");
+        assert_eq!(limits[1], "50000", "cpu quota: {limits:?}");
+        assert_eq!(
+            state(&mut c, &a).await,
+            ContainerState::ContainerRunning as i32
+        );
+        remove_pod(&mut c, &pod_id).await;
     });
     assert_clean(&cri, &img.store);
 }

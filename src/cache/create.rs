@@ -37,6 +37,18 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
         }
         content_dir = content_dir.or(prior);
     }
+    // The container nestcache runs in is the cache when it can be (claim 7).
+    let not_adopted = match opts.adopt {
+        AdoptMode::Never => None,
+        mode => match super::adopt::adopt(client, opts).await {
+            Ok(created) => return Ok(created),
+            Err(Error::Adopt(e)) if mode == AdoptMode::Auto && e.allows_fallback() => {
+                tracing::info!("cache {}: not adopting this container: {e}", opts.name);
+                Some(e.to_string())
+            }
+            Err(e) => return Err(e),
+        },
+    };
     // From here on SIGINT / SIGTERM no longer kill the process: they make create undo
     // what it did and fail, so that an interrupted create leaves nothing behind.
     let mut interrupt = Interrupt::listen();
@@ -109,6 +121,8 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             Ok(Created {
                 info,
                 reused: false,
+                adopted: false,
+                not_adopted,
             })
         }
         Err(e) => {
@@ -162,7 +176,7 @@ impl Drop for Interrupt {
     }
 }
 
-fn taken(name: &str, namespace: &str) -> Error {
+pub(super) fn taken(name: &str, namespace: &str) -> Error {
     Error::Invalid(format!(
         "cache name {name:?} is taken in namespace {namespace}: remove it with `nestcache cache rm {name}`, pick another name, or pass --reuse with the same --path"
     ))
@@ -202,7 +216,12 @@ async fn reuse(
             Some(ttl) => touch(client, &opts.name, ttl).await?,
             None => existing,
         };
-        return Ok(Some(Created { info, reused: true }));
+        return Ok(Some(Created {
+            reused: true,
+            adopted: info.adopted,
+            info,
+            not_adopted: None,
+        }));
     }
     remove(
         client,

@@ -8,14 +8,20 @@
 //!   nestcache created. Reaping of expired caches is one list call, cheap enough to run on
 //!   every command.
 //! - touch (`ttl.rs`): move the expiry (label + the keeper's deadline file + SIGUSR1).
+//! - adopt (`adopt.rs`, `first.rs`): the container nestcache runs in becomes the cache
+//!   when it has a host dir at the target path (labels only; `rm` takes them away again).
+//!   Such a cache may live in CRI's namespace `k8s.io`: `find` and `ls` look there too.
 
+mod adopt;
 mod create;
+pub(crate) mod first;
 pub mod keeper;
 pub mod leases;
 mod remove;
 pub mod spec;
 mod ttl;
 
+pub use adopt::{AdoptError, AdoptMode};
 pub use create::create;
 pub use remove::{gc, reap_expired, remove, rm, running_users};
 pub use ttl::touch;
@@ -47,6 +53,7 @@ pub struct CreateOptions {
     pub content_dir: Option<PathBuf>,
     pub ttl: Option<Duration>,
     pub reuse: bool,
+    pub adopt: AdoptMode,
 }
 
 /// A cache as found in containerd.
@@ -62,6 +69,9 @@ pub struct CacheInfo {
     pub content_dir: PathBuf,
     /// Whether nestcache created the content dir (and `rm` deletes it).
     pub content_dir_owned: bool,
+    /// The container is not nestcache's but the one `cache create` ran in, labelled as
+    /// the cache: `rm` and `gc` only take the labels away.
+    pub adopted: bool,
     /// The topmost dir `create` made for the content dir (itself or a parent), if any.
     #[serde(skip)]
     pub content_dir_created: Option<PathBuf>,
@@ -89,6 +99,23 @@ impl CacheInfo {
         self.status.map_or("no-task", TaskStatus::as_str)
     }
 
+    /// The shim group nested containers of this cache share (the runc or nestcache shim
+    /// annotation): the cache container's id, and for an adopted cache the id a cache
+    /// container would have, so that nested containers never join the first container's
+    /// own shim.
+    pub fn shim_group(&self) -> String {
+        container_id(&self.name)
+    }
+
+    /// A client in the cache's namespace (an adopted cache may be in another one).
+    pub fn client_for(&self, client: &Client) -> Result<Client> {
+        if self.namespace == client.namespace() {
+            Ok(client.clone())
+        } else {
+            client.with_namespace(&self.namespace)
+        }
+    }
+
     fn meta_dir(&self) -> PathBuf {
         ContentLayout::new(&self.content_dir).cache_meta_dir(&self.name)
     }
@@ -101,6 +128,11 @@ pub struct Created {
     pub info: CacheInfo,
     /// True when `--reuse` found a running cache and left it as it was.
     pub reused: bool,
+    /// True when the container nestcache runs in became the cache.
+    pub adopted: bool,
+    /// Why it did not, when a cache container was started instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_adopted: Option<String>,
 }
 
 /// What `rm` removes besides the container and task.
@@ -182,25 +214,54 @@ pub async fn find(client: &Client, name: &str) -> Result<CacheInfo> {
     })
 }
 
-/// Cache `name`, or None.
+/// Cache `name`, or None: in the client's namespace, else an adopted one in CRI's.
 pub async fn lookup(client: &Client, name: &str) -> Result<Option<CacheInfo>> {
     let found = client
         .list_by_labels(&[(labels::ROLE, labels::ROLE_CACHE), (labels::NAME, name)])
         .await?;
-    match found.into_iter().next() {
-        Some(c) => Ok(Some(info(client, c).await?)),
+    if let Some(c) = found.into_iter().next() {
+        return Ok(Some(info(client, c).await?));
+    }
+    match adopted_elsewhere(client, &[(labels::NAME, name)])
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some((c, container)) => Ok(Some(info(&c, container).await?)),
         None => Ok(None),
     }
 }
 
-/// Every cache in the client's namespace, by name.
+/// Every cache in the client's namespace, and those adopted in CRI's, by name.
 pub async fn list(client: &Client) -> Result<Vec<CacheInfo>> {
     let mut out = Vec::new();
     for c in list_containers(client).await? {
         out.push(info(client, c).await?);
     }
+    for (c, container) in adopted_elsewhere(client, &[]).await? {
+        out.push(info(&c, container).await?);
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Adopted caches in CRI's namespace (where Kubernetes' containers are) matching `more`,
+/// when the client's namespace is another, with a client in that namespace.
+pub(crate) async fn adopted_elsewhere(
+    client: &Client,
+    more: &[(&str, &str)],
+) -> Result<Vec<(Client, Container)>> {
+    if client.namespace() == first::CRI_NAMESPACE {
+        return Ok(Vec::new());
+    }
+    let cri = client.with_namespace(first::CRI_NAMESPACE)?;
+    let mut pairs = vec![
+        (labels::ROLE, labels::ROLE_CACHE),
+        (labels::ADOPTED, "true"),
+    ];
+    pairs.extend_from_slice(more);
+    let found = cri.list_by_labels(&pairs).await?;
+    Ok(found.into_iter().map(|c| (cri.clone(), c)).collect())
 }
 
 pub(crate) async fn list_containers(client: &Client) -> Result<Vec<Container>> {
@@ -221,6 +282,7 @@ pub(crate) fn info_from_labels(namespace: &str, c: &Container) -> CacheInfo {
         path: PathBuf::from(c.label(labels::PATH).unwrap_or_default()),
         content_dir: PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default()),
         content_dir_owned: c.label(labels::CONTENT_DIR_OWNED) == Some("true"),
+        adopted: c.label(labels::ADOPTED) == Some("true"),
         content_dir_created: c.label(labels::CONTENT_DIR_CREATED).map(PathBuf::from),
         status: None,
         pid: None,

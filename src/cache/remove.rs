@@ -51,7 +51,9 @@ async fn leased_by(info: &CacheInfo, opts: &RemoveOptions) -> Result<Vec<String>
 }
 
 fn will_remove_dir(info: &CacheInfo, opts: &RemoveOptions) -> bool {
-    !info.content_dir.as_os_str().is_empty()
+    // An adopted cache's content dir is its container's host dir: never nestcache's.
+    !info.adopted
+        && !info.content_dir.as_os_str().is_empty()
         && info.content_dir.is_absolute()
         && info.content_dir != Path::new("/")
         && !opts.keep_content
@@ -60,26 +62,20 @@ fn will_remove_dir(info: &CacheInfo, opts: &RemoveOptions) -> bool {
 
 /// The nested containers running from cache `name`.
 pub async fn running_users(client: &Client, name: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for c in client
-        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
-        .await?
-    {
-        let running = client
-            .task_state(&c.id)
-            .await?
-            .is_some_and(|t| t.status != TaskStatus::Stopped);
-        if running {
-            out.push(c.id);
-        }
-    }
-    Ok(out)
+    client
+        .running_with_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
+        .await
 }
 
 /// Stops and deletes the task, deletes the container, removes the handshake files and,
 /// unless told otherwise, the content dir nestcache created. Returns whether the content
-/// dir was removed. Works on half-created caches (no task, dead task).
+/// dir was removed. Works on half-created caches (no task, dead task). An adopted cache
+/// loses its labels alone: its container, task and content dir are not nestcache's.
 pub async fn remove(client: &Client, info: &CacheInfo, opts: RemoveOptions) -> Result<bool> {
+    if info.adopted {
+        super::adopt::unlabel(&info.client_for(client)?, &info.id).await?;
+        return Ok(false);
+    }
     client.stop_and_delete_task(&info.id, STOP_GRACE).await?;
     client.delete_container(&info.id).await?;
     if info.content_dir.as_os_str().is_empty() || !info.content_dir.is_absolute() {
@@ -139,8 +135,12 @@ pub(super) fn remove_meta(layout: &ContentLayout, name: &str) {
 pub async fn gc(client: &Client) -> Result<Vec<Reaped>> {
     let now = SystemTime::now();
     let mut out = Vec::new();
-    for c in list_containers(client).await? {
-        let i = info(client, c).await?;
+    let here = list_containers(client).await?.into_iter();
+    let all = here
+        .map(|c| (client.clone(), c))
+        .chain(adopted_elsewhere(client, &[]).await?);
+    for (ns_client, c) in all {
+        let i = info(&ns_client, c).await?;
         let reason = if i.expired {
             format!("expired at {}", i.expires.as_deref().unwrap_or("?"))
         } else if i.status == Some(TaskStatus::Stopped) {

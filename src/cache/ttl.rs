@@ -21,6 +21,13 @@ pub async fn touch(client: &Client, name: &str, ttl: Duration) -> Result<CacheIn
         )));
     }
     let expires_at = SystemTime::now() + ttl;
+    if i.adopted {
+        // No keeper: the label alone says when the reaper takes the cache (its labels).
+        i.client_for(client)?
+            .update_labels(&i.id, &[(labels::EXPIRES, &rfc3339(expires_at))])
+            .await?;
+        return find(client, name).await;
+    }
     // The keeper's file first: should the label update fail, the keeper outlives the
     // label and the reaper still removes the cache on time.
     let meta = i.meta_dir();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use nestcache::cache::{self, CacheInfo, CreateOptions, RemoveOptions};
+use nestcache::cache::{self, AdoptMode, CacheInfo, CreateOptions, Created, RemoveOptions};
 use nestcache::layout::StateLayout;
 
 use super::Globals;
@@ -40,6 +40,14 @@ pub struct CreateArgs {
     /// Reuse an existing cache of that name if its path matches
     #[arg(long)]
     pub reuse: bool,
+    /// Make the container nestcache runs in the cache (it must have a host dir mounted at
+    /// PATH) or fail; without it, that is tried first and a cache container started when
+    /// it is not possible
+    #[arg(long, conflicts_with = "no_adopt")]
+    pub adopt: bool,
+    /// Always start a cache container
+    #[arg(long)]
+    pub no_adopt: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -102,21 +110,17 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
                     .map(parse_ttl)
                     .transpose()?,
                 reuse: a.reuse,
+                adopt: match (a.adopt, a.no_adopt) {
+                    (true, _) => AdoptMode::Require,
+                    (_, true) => AdoptMode::Never,
+                    _ => AdoptMode::Auto,
+                },
             };
             let created = cache::create(&client, &StateLayout::new(&g.state_dir), &opts).await?;
             if a.json {
                 super::print_json(&created)?;
             } else {
-                let i = &created.info;
-                println!(
-                    "cache {} {}: {} at {} (pid {}), expires {}",
-                    i.name,
-                    if created.reused { "reused" } else { "created" },
-                    i.content_dir.display(),
-                    i.path.display(),
-                    i.pid.map_or("-".into(), |p| p.to_string()),
-                    i.expires.as_deref().unwrap_or("never"),
-                );
+                println!("{}", created_line(&created));
             }
         }
         CacheCmd::Inspect(a) => {
@@ -199,10 +203,44 @@ pub async fn run(g: &Globals, c: CacheCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `cache create` did, in one line: adopted this container, reused, or started a
+/// cache container (and why this container could not be the cache).
+fn created_line(created: &Created) -> String {
+    let i = &created.info;
+    let what = match (created.reused, created.adopted) {
+        (true, _) => "reused".to_string(),
+        (false, true) => format!(
+            "adopted: this container {} (namespace {}) is the cache",
+            i.id, i.namespace
+        ),
+        (false, false) => format!("created: cache container {}", i.id),
+    };
+    let why = created
+        .not_adopted
+        .as_deref()
+        .map_or(String::new(), |r| format!(" (not adopted: {r})"));
+    format!(
+        "cache {} {what}{why}: {} at {} (pid {}), expires {}",
+        i.name,
+        i.content_dir.display(),
+        i.path.display(),
+        i.pid.map_or("-".into(), |p| p.to_string()),
+        i.expires.as_deref().unwrap_or("never"),
+    )
+}
+
 fn print_info(i: &CacheInfo) {
     println!("name:         {}", i.name);
     println!("namespace:    {}", i.namespace);
-    println!("container:    {}", i.id);
+    println!(
+        "container:    {}{}",
+        i.id,
+        if i.adopted {
+            " (adopted: rm removes its labels only)"
+        } else {
+            ""
+        }
+    );
     println!("path:         {}", i.path.display());
     println!(
         "content dir:  {}{}",

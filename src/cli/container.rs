@@ -68,6 +68,9 @@ pub struct RmArgs {
     /// Kill a running container first
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove its anonymous volumes too
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
     #[arg(long)]
@@ -185,6 +188,25 @@ impl nestcache::nested::logs::Sink for StdSink {
 #[derive(Debug, Args)]
 pub struct LogDriverArgs {
     pub log: std::path::PathBuf,
+}
+
+/// `__watch-rm ID`: started by `run -d --rm`, removes ID once its task exits.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    pub id: String,
+}
+
+pub async fn watch_rm(g: &Globals, a: WatchArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let client = nestcache::env::connect(&super::connect_options(g)).await?;
+    let state = nestcache::layout::StateLayout::new(&g.state_dir);
+    nestcache::nested::watch::watch(&client, &state, &a.id, |ready| {
+        // `run` reads this one line and then goes; nothing more is written to stdout.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{ready}").and_then(|_| out.flush());
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn log_driver(a: LogDriverArgs) -> anyhow::Result<ExitCode> {
@@ -308,7 +330,7 @@ pub async fn rm(g: &Globals, a: RmArgs) -> anyhow::Result<ExitCode> {
     let state = StateLayout::new(&g.state_dir);
     let mut out = Vec::new();
     for id in &a.containers {
-        let r = manage::remove(&client, &state, id, a.force).await;
+        let r = manage::remove(&client, &state, id, a.force, a.volumes).await;
         out.push(outcome(id, r.map(|_| None)));
     }
     report(out, a.json, |o| o.id.clone())
@@ -326,10 +348,11 @@ pub async fn wait(g: &Globals, a: IdsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn inspect(g: &Globals, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = super::connect(g).await?;
+    let state = StateLayout::new(&g.state_dir);
     let mut found = Vec::new();
     let mut failed = false;
     for id in &a.containers {
-        match inspect::inspect(&client, id).await {
+        match inspect::inspect(&client, &state, id).await {
             Ok(i) => found.push(serde_json::to_value(i)?),
             Err(e) => {
                 eprintln!("nestcache: {id}: {e}");

@@ -110,6 +110,9 @@ pub enum Command {
     /// containerd's logging binary for detached containers (run by the shim, not by hand)
     #[command(name = "__log-driver", hide = true)]
     LogDriver(container::LogDriverArgs),
+    /// Removes a `run -d --rm` container once it exits (started by `run`, not by hand)
+    #[command(name = "__watch-rm", hide = true)]
+    WatchRm(container::WatchArgs),
     /// Print a shell completion script (bash, zsh, fish)
     Completion(shell::CompletionArgs),
     /// Write man pages (nestcache.1 and one per subcommand) into DIR
@@ -152,6 +155,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(a) => container::logs(&g, a).await,
         Command::Tag(a) => images::run(&g, images::ImagesCmd::Tag(a)).await,
         Command::LogDriver(a) => container::log_driver(a),
+        Command::WatchRm(a) => container::watch_rm(&g, a).await,
         Command::Completion(a) => shell::completion(a),
         Command::Man(a) => shell::man(a),
         Command::Port(a) => run::port(&g, a).await,

@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// When to stage --stage: missing (IMAGE not in the store), always, never
     #[arg(long, default_value = "missing")]
     pub pull: String,
+    /// os/arch[/variant]: pick it from an index, refuse an image of another platform
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Image ref or manifest digest in the cache's store
     pub image: String,
     /// Command and arguments (replace the image's Cmd)
@@ -215,7 +218,8 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
     spec.workdir = a.workdir;
     spec.user = a.user;
     let state = StateLayout::new(&g.state_dir);
-    let mut labels = a.mounts.apply(&state, &a.volumes, &mut spec)?;
+    let mut volumes = Vec::new();
+    let mut labels = a.mounts.apply(&a.volumes, &mut spec, &mut volumes)?;
     a.process.apply(&state, &mut spec, &mut labels)?;
     spec.entrypoint = a.entrypoint;
     spec.command = command_after_image(a.command);
@@ -241,20 +245,28 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         cache_rw: a.cache_rw,
         runtime: a.runtime.parse()?,
         labels,
+        volumes,
         volumes_from: a.mounts.volumes_from.clone(),
         cidfile: a.mounts.cidfile.clone(),
         pull: a.pull.parse()?,
+        platform: a.platform.as_deref().map(str::parse).transpose()?,
         network,
     };
     let detach = opts.detach;
     let json = a.json;
     let quiet = g.quiet;
     let client = super::connect(g).await?;
-    let report = nested::run(&client, &state, opts, |v| {
+    let report = nested::run(&client, &state, opts, |n| match n {
         // A failure comes back as the run's error; say only the success here.
-        if !json && !quiet && v.ok {
-            eprintln!("nestcache: {}", v.summary());
+        nested::Notice::Verified(v) => {
+            if !json && !quiet && v.ok {
+                eprintln!("nestcache: {}", v.summary());
+            }
         }
+        // Docker's warning; said even with -q/--json (on stderr), as Docker says it.
+        nested::Notice::ForeignPlatform { image, host } => eprintln!(
+            "nestcache: WARNING: the requested image's platform ({image}) does not match the detected host platform ({host}) and no specific platform was requested"
+        ),
     })
     .await?;
     if json {

@@ -9,8 +9,8 @@ use clap::Args;
 use nestcache::layout::StateLayout;
 use nestcache::nested::spec::mounts::{self, MountArg};
 use nestcache::nested::spec::resources::{self, Resources};
-use nestcache::nested::spec::{files, Security, SpecOptions, Volume};
-use nestcache::nested::volumes;
+use nestcache::nested::spec::{files, Security, SpecOptions};
+use nestcache::nested::volumes::VolumeRequest;
 
 #[derive(Debug, Default, Args)]
 pub struct ResourceArgs {
@@ -172,43 +172,24 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
-    /// Fills mounts and env of the spec (`-v` included, for its named volumes) and returns
-    /// the container's labels: the user's, and the named volumes used.
+    /// Fills mounts and env of the spec and the volumes asked for (`-v` and `--mount`;
+    /// `run` creates them, once it knows the image) and returns the container's labels.
     pub fn apply(
         &self,
-        state: &StateLayout,
         volume_flags: &[String],
         spec: &mut SpecOptions,
+        volume_requests: &mut Vec<VolumeRequest>,
     ) -> anyhow::Result<HashMap<String, String>> {
-        let mut used = Vec::new();
-        for v in volume_flags {
-            let (source, rest) = v.split_once(':').unwrap_or((v, ""));
-            if volumes::is_volume_name(source) && !rest.is_empty() {
-                let dir = volumes::ensure(state, source)?;
-                spec.volumes
-                    .push(format!("{}:{rest}", dir.display()).parse()?);
-                used.push(source.to_string());
-            } else {
-                spec.volumes.push(v.parse()?);
-            }
-        }
-        for m in &self.mount {
-            match mounts::parse_mount(m)? {
+        let parsed: Vec<MountArg> = volume_flags
+            .iter()
+            .map(|v| mounts::parse_v(v))
+            .chain(self.mount.iter().map(|m| mounts::parse_mount(m)))
+            .collect::<Result<_, _>>()?;
+        for m in parsed {
+            match m {
                 MountArg::Bind(v) => spec.volumes.push(v),
                 MountArg::Tmpfs(t) => spec.tmpfs.push(t),
-                MountArg::Volume {
-                    name,
-                    target,
-                    read_only,
-                } => {
-                    let host = volumes::ensure(state, &name)?;
-                    spec.volumes.push(Volume {
-                        host,
-                        container: target,
-                        read_only,
-                    });
-                    used.push(name);
-                }
+                MountArg::Volume(r) => volume_requests.push(r),
             }
         }
         for t in &self.tmpfs {
@@ -237,7 +218,6 @@ impl MountArgs {
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        nestcache::nested::run::add_volume_names(&mut labels, &used);
         Ok(labels)
     }
 }

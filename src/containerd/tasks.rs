@@ -257,6 +257,22 @@ impl Client {
         }
     }
 
+    /// The ids of the containers with these labels whose task has not stopped (a
+    /// container without a task is not running either).
+    pub async fn running_with_labels(&self, pairs: &[(&str, &str)]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for c in self.list_by_labels(pairs).await? {
+            let running = self
+                .task_state(&c.id)
+                .await?
+                .is_some_and(|t| t.status != TaskStatus::Stopped);
+            if running {
+                out.push(c.id);
+            }
+        }
+        Ok(out)
+    }
+
     /// The task's state, or None when the container has no task.
     pub async fn task_state(&self, id: &str) -> Result<Option<TaskState>> {
         let req = self.request(GetRequest {

@@ -177,10 +177,11 @@ fn resolve_manifest(
         .collect();
     let platform = PlatformSpec::of_config(&config);
     if choice.explicit && !choice.platform.matches(&platform) {
-        return Err(Error::NotFound(format!(
-            "{what} is for platform {platform}, not the requested {}",
-            choice.platform
-        )));
+        return Err(Error::PlatformMismatch {
+            image: what,
+            wanted: choice.platform.to_string(),
+            actual: platform.to_string(),
+        });
     }
     let mut manifest_descriptor = desc;
     if manifest_descriptor.platform().is_none() {
@@ -297,6 +298,24 @@ mod tests {
             err.contains("linux/amd64") && err.contains("linux/arm64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_single_platform_image_of_another_platform_is_refused_only_when_asked() {
+        let mut blobs = HashMap::new();
+        let arm = image("arm64", &mut blobs);
+        let asked = PlatformChoice::new(Some("linux/amd64".parse().unwrap()));
+        match resolve(&arm, &asked, &mut fetcher(&blobs)) {
+            Err(Error::PlatformMismatch { wanted, actual, .. }) => {
+                assert_eq!(
+                    (wanted.as_str(), actual.as_str()),
+                    ("linux/amd64", "linux/arm64")
+                )
+            }
+            other => panic!("expected PlatformMismatch, got {other:?}"),
+        }
+        let img = resolve(&arm, &PlatformChoice::new(None), &mut fetcher(&blobs)).unwrap();
+        assert_eq!(img.platform.architecture, "arm64");
     }
 
     #[test]

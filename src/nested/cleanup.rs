@@ -43,3 +43,19 @@ pub async fn remove(
     }
     super::release_lease(client, id, content_dir)
 }
+
+/// [`remove`], then the container's anonymous volumes (`anonymous`: the value of its
+/// `io.nestcache.anonymous-volumes` label): for `--rm` containers and `rm -v`.
+pub async fn remove_with_volumes(
+    client: &Client,
+    id: &str,
+    paths: &ContainerPaths,
+    grace: Duration,
+    content_dir: &Path,
+    anonymous: Option<&str>,
+) -> Result<()> {
+    remove(client, id, paths, grace, content_dir).await?;
+    let names = super::volumes::names_in_label(anonymous);
+    let state = crate::layout::StateLayout::new(&paths.state_root);
+    super::volumes::remove_dirs(&state, &names)
+}

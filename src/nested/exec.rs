@@ -13,11 +13,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::exec_error::{classify, ExecError};
 use super::manage::{get, running_pid};
 use super::rootpath::ContainerRoot;
-use super::user::UserDb;
 use crate::containerd::io::{Fifos, RawTerminal, Stdio};
 use crate::containerd::{Client, ExitStatus, TaskWait};
 use crate::error::{Error, Result};
 use crate::layout::StateLayout;
+use crate::user::UserDb;
 
 /// What `exec` is asked for.
 #[derive(Debug, Clone, Default)]

@@ -4,14 +4,15 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::user::UserDb;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::image::PlatformSpec;
 use crate::rootfs::{self, LayerStack};
 use crate::source::SourceOptions;
 use crate::stage::{stage, StageOptions};
 use crate::store::{LeaseHolder, Store};
 use crate::unpack::Limits;
+use crate::user::UserDb;
 
 /// /etc/passwd or /etc/group larger than this is refused (a hostile image's bomb).
 const USER_DB_LIMIT: u64 = 4 << 20;
@@ -25,31 +26,39 @@ pub struct PreparedImage {
     pub users: UserDb,
     /// Extracted layer dirs, bottom → top.
     pub layer_dirs: Vec<PathBuf>,
+    /// The platform its config names.
+    pub platform: PlatformSpec,
 }
 
 /// The lease a prepared image is taken under: its id and holder.
 pub type LeaseFor = (String, LeaseHolder);
 
-/// Resolves `image` in the store at `content_dir` (staging `stage` first), extracts what
-/// is not extracted yet, reads the image's /etc/passwd and /etc/group, and leases the
+/// Where the image comes from and which of it: its name in the store, `--stage` and its
+/// registry options, `--pull`, `--platform`.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub image: String,
+    pub stage: Option<(String, SourceOptions)>,
+    pub pull: Pull,
+    /// `--platform`: the one to pick from an index, and a single-platform image of another
+    /// is refused. None: the host's from an index, and any single-platform image.
+    pub platform: Option<PlatformSpec>,
+}
+
+/// Resolves the requested image in the store at `content_dir` (staging it first), extracts
+/// what is not extracted yet, reads the image's /etc/passwd and /etc/group, and leases the
 /// manifest to `lease` before gc may run again (the caller releases it on failure).
 pub async fn prepare(
     content_dir: &Path,
-    image: &str,
-    stage: Option<&str>,
-    source_options: &SourceOptions,
-    pull: Pull,
+    request: &ImageRequest,
     lease: &LeaseFor,
 ) -> Result<PreparedImage> {
     let content_dir = content_dir.to_path_buf();
-    let image = image.to_string();
-    let stage = stage.map(|s| (s.to_string(), source_options.clone()));
+    let request = request.clone();
     let lease = lease.clone();
-    tokio::task::spawn_blocking(move || {
-        prepare_blocking(&content_dir, &image, stage.as_ref(), pull, &lease)
-    })
-    .await
-    .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
+    tokio::task::spawn_blocking(move || prepare_blocking(&content_dir, &request, &lease))
+        .await
+        .map_err(|e| Error::Other(format!("preparing the image failed: {e}")))?
 }
 
 /// `--pull`: when `--stage SOURCE` is staged, as Docker's `--pull` decides when to pull.
@@ -80,27 +89,39 @@ impl std::str::FromStr for Pull {
 
 fn prepare_blocking(
     content_dir: &Path,
-    image: &str,
-    stage: Option<&(String, SourceOptions)>,
-    pull: Pull,
+    request: &ImageRequest,
     (lease_id, holder): &LeaseFor,
 ) -> Result<PreparedImage> {
-    let stage = stage.filter(|_| pull != Pull::Never);
+    let ImageRequest {
+        image,
+        stage,
+        pull,
+        platform,
+    } = request;
+    let pull = *pull;
+    let platform = platform.as_ref();
+    let stage = stage.as_ref().filter(|_| pull != Pull::Never);
     let store = match stage {
         Some(_) => Store::open(content_dir)?,
         None => Store::open_existing(content_dir)?,
     };
     if let Some((source, source_options)) = stage {
-        if pull == Pull::Always || store.resolve(image, None).is_err() {
-            stage_into(&store, source, source_options, image)?;
+        if pull == Pull::Always || store.resolve(image, platform).is_err() {
+            stage_into(&store, source, source_options, image, platform)?;
         }
     }
     // From resolving to leasing, gc waits: what we resolve and extract is what we lease.
     let _gc = store.writer_lock()?;
-    let resolved = store.resolve(image, None).map_err(|e| match e {
+    let resolved = store.resolve(image, platform).map_err(|e| match e {
         Error::Store(e) if e.is_not_found() => Error::NotFound(format!(
             "{e}; stage the image first (`nestcache stage` or `nestcache run --stage SOURCE`)"
         )),
+        // Named as the user named it, not by its manifest digest.
+        Error::PlatformMismatch { wanted, actual, .. } => Error::PlatformMismatch {
+            image: image.clone(),
+            wanted,
+            actual,
+        },
         other => other,
     })?;
     crate::unpack::ensure_unpacked(&store, &resolved, &Limits::default())?;
@@ -121,15 +142,23 @@ fn prepare_blocking(
             group: read("/etc/group")?,
         },
         layer_dirs,
+        platform: resolved.platform.clone(),
     })
 }
 
 /// `--stage SOURCE`: stages SOURCE, recorded under the name IMAGE (unless IMAGE is a
 /// digest: then under the source's own ref).
-fn stage_into(store: &Store, source: &str, opts: &SourceOptions, image: &str) -> Result<()> {
+fn stage_into(
+    store: &Store,
+    source: &str,
+    opts: &SourceOptions,
+    image: &str,
+    platform: Option<&PlatformSpec>,
+) -> Result<()> {
     let src = crate::source::parse_with(source, opts)?;
     let opts = StageOptions {
         reference: image.parse::<Digest>().is_err().then(|| image.to_string()),
+        platform: platform.cloned(),
         progress: std::io::stderr().is_terminal(),
         ..Default::default()
     };

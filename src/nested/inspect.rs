@@ -3,7 +3,7 @@
 //! `Config.Labels`, `Mounts`, `NetworkSettings`) so that `jq` lines written for
 //! `docker inspect` keep working, plus nestcache's own `Cache` section.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -12,6 +12,8 @@ use serde::Serialize;
 use super::manage::get;
 use crate::containerd::{labels, Client, Container, TaskStatus};
 use crate::error::Result;
+use crate::layout::StateLayout;
+use crate::network::{self, ContainerNet, NetLayout, NetworkError};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -82,6 +84,30 @@ pub struct NetworkSettings {
     /// netns (a namespace prepared beforehand, at `SandboxKey`).
     pub network_mode: String,
     pub sandbox_key: String,
+    /// The container's address on its cache's network ("" without one, as Docker).
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    /// The one network it is on (the cache's, `nestcache-<cache>`), Docker's shape.
+    pub networks: BTreeMap<String, Endpoint>,
+}
+
+/// One network's end, as Docker's `NetworkSettings.Networks.<name>`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Endpoint {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,15 +127,46 @@ pub struct CacheSection {
     pub manifest_digest: String,
 }
 
-/// Inspects nested container `id`.
-pub async fn inspect(client: &Client, id: &str) -> Result<Inspect> {
+/// Inspects nested container `id`; its network record is read from `state`'s dir.
+pub async fn inspect(client: &Client, state: &StateLayout, id: &str) -> Result<Inspect> {
     let c = get(client, id).await?;
     let spec = c.spec()?;
-    let state = state(client, &c).await?;
-    Ok(from_parts(&c, &spec, state))
+    let task = task_state(client, &c).await?;
+    let mut out = from_parts(&c, &spec, task);
+    let dir = NetLayout::new(state.root()).container_dir(&c.id);
+    match network::record::read(&dir) {
+        Ok(r) => add_endpoint(&mut out.network_settings, &r),
+        // No network of its own (none, host) or no longer (exited, as Docker's).
+        Err(NetworkError::File { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(out)
 }
 
-async fn state(client: &Client, c: &Container) -> Result<State> {
+/// The record's address, gateway and MAC, at the top (Docker's default network fields)
+/// and under the network's name.
+fn add_endpoint(n: &mut NetworkSettings, r: &ContainerNet) {
+    let e = r.endpoint();
+    let text = |a: Option<std::net::Ipv4Addr>| a.map(|a| a.to_string()).unwrap_or_default();
+    n.ip_address = text(e.ip);
+    n.ip_prefix_len = e.prefix_len;
+    n.gateway = text(e.gateway);
+    n.mac_address = e.mac.clone();
+    n.networks.insert(
+        r.conflist.name.clone(),
+        Endpoint {
+            network_id: r.conflist.name.clone(),
+            ip_address: n.ip_address.clone(),
+            ip_prefix_len: e.prefix_len,
+            gateway: n.gateway.clone(),
+            mac_address: e.mac,
+            aliases: r.names(),
+        },
+    );
+}
+
+async fn task_state(client: &Client, c: &Container) -> Result<State> {
     let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let task = client.task_state(&c.id).await?;
     let recorded = c.label(labels::EXIT_CODE).and_then(|s| s.parse().ok());
@@ -249,6 +306,11 @@ fn network(spec: &Spec) -> NetworkSettings {
     NetworkSettings {
         network_mode: mode.into(),
         sandbox_key: key,
+        ip_address: String::new(),
+        ip_prefix_len: 0,
+        gateway: String::new(),
+        mac_address: String::new(),
+        networks: BTreeMap::new(),
     }
 }
 

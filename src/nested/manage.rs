@@ -169,8 +169,15 @@ pub async fn stop(
 /// How long `stop` waits after the stop signal before SIGKILL, as Docker.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Removes nested container `id`: refuses a running one unless `force` (then kills it).
-pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool) -> Result<()> {
+/// Removes nested container `id` (`force`: a running one too), with its anonymous
+/// volumes when `volumes` (`rm -v`) or when it was run with `--rm`, as Docker does.
+pub async fn remove(
+    client: &Client,
+    state: &StateLayout,
+    id: &str,
+    force: bool,
+    volumes: bool,
+) -> Result<()> {
     let c = get(client, id).await?;
     if let Some(t) = client.task_state(id).await? {
         if t.status != TaskStatus::Stopped && !force {
@@ -186,12 +193,16 @@ pub async fn remove(client: &Client, state: &StateLayout, id: &str, force: bool)
         Duration::from_secs(10)
     };
     let content_dir = PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default());
-    cleanup::remove(
+    let anonymous = (volumes || c.label(labels::RM) == Some("true"))
+        .then(|| c.label(labels::ANON_VOLUMES))
+        .flatten();
+    cleanup::remove_with_volumes(
         client,
         id,
         &ContainerPaths::new(state, id),
         grace,
         &content_dir,
+        anonymous,
     )
     .await
 }

@@ -25,9 +25,10 @@ pub mod procs;
 pub mod rootpath;
 pub mod run;
 pub mod spec;
-pub mod user;
+pub mod system;
 pub mod verify;
 pub mod volumes;
+pub mod watch;
 
 mod cleanup;
 mod phases;
@@ -46,7 +47,7 @@ use crate::store::{LeaseHolder, Store};
 
 pub use manage::NestedInfo;
 pub use reap::reap_orphans;
-pub use run::{run, RunOptions, RunReport};
+pub use run::{run, Notice, RunOptions, RunReport};
 
 /// Which runtime runs the nested container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,9 +168,9 @@ fn labels_for(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    // A foreground run is waited for by this process; the reaper needs to know when
-    // nobody waits any more.
-    if let Some(me) = ProcessStamp::current().filter(|_| !opts.detach) {
+    // A foreground run is waited for by this process, a `-d --rm` one by its watcher
+    // (which takes this label over); the reaper needs to know when nobody waits any more.
+    if let Some(me) = ProcessStamp::current().filter(|_| !opts.detach || opts.rm) {
         labels.insert(labels::OWNER.to_string(), me.to_label());
     }
     labels

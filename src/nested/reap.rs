@@ -56,7 +56,9 @@ async fn reap_one(client: &Client, state: &StateLayout, c: &Container) -> Result
     }
     let content_dir = PathBuf::from(c.label(labels::CONTENT_DIR).unwrap_or_default());
     let paths = ContainerPaths::new(state, &c.id);
-    cleanup::remove(client, &c.id, &paths, ORPHAN_GRACE, &content_dir).await?;
+    let anonymous = c.label(labels::ANON_VOLUMES);
+    cleanup::remove_with_volumes(client, &c.id, &paths, ORPHAN_GRACE, &content_dir, anonymous)
+        .await?;
     tracing::info!(
         "reaped orphaned nested container {} (its run {} is gone)",
         c.id,

@@ -22,6 +22,7 @@ use crate::cache;
 use crate::containerd::io::{Fifos, RawTerminal};
 use crate::containerd::{validate_id, Client, NewContainer, NewTask};
 use crate::error::{Error, IoContext, Result};
+use crate::image::PlatformSpec;
 use crate::labels;
 use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
@@ -50,14 +51,33 @@ pub struct RunOptions {
     /// `--label`/`--label-file` (no `io.nestcache.` keys) and nestcache's own extra
     /// labels (the named volumes used, stop signal and timeout).
     pub labels: std::collections::HashMap<String, String>,
+    /// `-v NAME:/p`, `-v /p`, `--mount type=volume`: made (and filled from the image) by
+    /// `run`, with the image config's `Volumes` as anonymous ones.
+    pub volumes: Vec<super::volumes::VolumeRequest>,
     /// `--volumes-from ID[:ro|:rw]`: that nested container's bind mounts and volumes.
     pub volumes_from: Vec<String>,
     /// `--cidfile`: written with the id once the container exists (must not exist).
     pub cidfile: Option<std::path::PathBuf>,
     /// `--pull`: when `stage` is staged.
     pub pull: image::Pull,
+    /// `--platform`: refuse an image of another platform (and pick this one from an
+    /// index); without it a foreign image runs, with a [`Notice::ForeignPlatform`].
+    pub platform: Option<PlatformSpec>,
     /// Ports, names, DNS and CNI dirs (the mode is `spec.net`).
     pub network: NetworkOptions,
+}
+
+/// What `run` tells its caller while it works, before the process starts.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// The container sees the cache's content (or not: then the run fails).
+    Verified(&'a Verification),
+    /// No `--platform` was given and the image's platform is not the host's (Docker
+    /// warns the same way); the kernel may still run it (binfmt_misc, or arm on arm64).
+    ForeignPlatform {
+        image: &'a PlatformSpec,
+        host: &'a PlatformSpec,
+    },
 }
 
 /// How a run ended.
@@ -74,19 +94,14 @@ pub struct RunReport {
     pub cache_removed: bool,
 }
 
-/// Runs a nested container. `on_verified` is told the verification as soon as it is
-/// known (before the process starts), so the caller can report it.
+/// Runs a nested container. `notice` is told what the caller may report as soon as it is
+/// known (before the process starts): the verification, a foreign platform.
 pub async fn run(
     client: &Client,
     state: &StateLayout,
     opts: RunOptions,
-    on_verified: impl FnOnce(&Verification),
+    mut notice: impl FnMut(Notice<'_>),
 ) -> Result<RunReport> {
-    if opts.detach && opts.rm {
-        return Err(Error::Invalid(
-            "--rm cannot be combined with --detach: nothing waits for a detached container to remove it (use `nestcache rm` later)".into(),
-        ));
-    }
     if opts.detach && opts.rm_cache {
         return Err(Error::Invalid(
             "--rm-cache cannot be combined with --detach: the cache would go while the container still runs".into(),
@@ -129,8 +144,14 @@ pub async fn run(
     // `images rm` + `store gc` cannot take it away. Until the container exists, our own
     // pid in the lease keeps gc from reclaiming it.
     let lease = super::cli_lease(client, &id);
+    let request = image::ImageRequest {
+        image: opts.image.clone(),
+        stage: opts.stage.clone().map(|s| (s, opts.source_options.clone())),
+        pull: opts.pull,
+        platform: opts.platform.clone(),
+    };
     let prepared = tokio::select! {
-        r = image::prepare(&cache.content_dir, &opts.image, opts.stage.as_deref(), &opts.source_options, opts.pull, &lease) => r,
+        r = image::prepare(&cache.content_dir, &request, &lease) => r,
         s = signals.recv() => Err(interrupted(s)),
     };
     let image = match prepared {
@@ -141,6 +162,13 @@ pub async fn run(
         }
     };
     phases.mark("check id, prepare image");
+    let host = PlatformSpec::host();
+    if opts.platform.is_none() && !host.matches(&image.platform) {
+        notice(Notice::ForeignPlatform {
+            image: &image.platform,
+            host: &host,
+        });
+    }
     let mut opts = opts;
     for from in &opts.volumes_from.clone() {
         let (vols, names) = match volumes_from(client, from).await {
@@ -162,6 +190,17 @@ pub async fn run(
         }
     };
     phases.mark("plan network");
+    let volumes = match make_volumes(state, &image, &mut opts) {
+        Ok(v) => v,
+        Err(e) => {
+            drop(plan.prepared.take());
+            if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
+                tracing::warn!("releasing the network of {id}: {c}");
+            }
+            release_lease_after_failure(client, &id, &cache);
+            return Err(e);
+        }
+    };
     let mut argv0 = String::new();
     let created = match build_spec(client, &cache, &id, &image, &opts, &plan) {
         // Creating the container record claims the id (containerd refuses a second one);
@@ -193,6 +232,7 @@ pub async fn run(
         Err(e) => Err(e),
     };
     if let Err(e) = created {
+        super::volumes::remove_anonymous(state, &volumes);
         drop(plan.prepared.take());
         if let Err(c) = network::detach(&NetLayout::new(state.root()), &id).await {
             tracing::warn!("releasing the network of {id}: {c}");
@@ -202,10 +242,13 @@ pub async fn run(
     }
     phases.mark("create container");
     let paths = ContainerPaths::new(state, &id);
+    let anon = opts.labels.get(labels::ANON_VOLUMES).map(String::as_str);
     if let Some(f) = &opts.cidfile {
         if let Err(e) = write_cidfile(f, &id) {
             let grace = Duration::from_secs(2);
-            let _ = cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await;
+            let _ =
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await;
             return Err(e);
         }
     }
@@ -216,6 +259,7 @@ pub async fn run(
         paths: &paths,
         image: &image,
         argv0: &argv0,
+        volumes: &volumes,
     };
     let result = create_and_run(
         &target,
@@ -223,14 +267,15 @@ pub async fn run(
         plan.prepared.take(),
         &mut signals,
         &mut phases,
-        on_verified,
+        |v| notice(Notice::Verified(v)),
     )
     .await;
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
                 let grace = Duration::from_secs(10);
-                cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await?;
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await?;
                 report.removed = true;
                 phases.mark("remove task, container, dirs");
             }
@@ -249,12 +294,59 @@ pub async fn run(
         Err(e) => {
             // Nothing half-made stays behind: task, container, overlay dirs, FIFOs.
             let grace = Duration::from_secs(2);
-            if let Err(c) = cleanup::remove(client, &id, &paths, grace, &cache.content_dir).await {
+            if let Err(c) =
+                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
+                    .await
+            {
                 tracing::warn!("cleanup after a failed run of {id}: {c}");
             }
             Err(e)
         }
     }
+}
+
+/// The container's volumes: those asked for and the image config's `Volumes` no other
+/// mount covers (anonymous), created now, mounted by the spec and named in the labels.
+fn make_volumes(
+    state: &StateLayout,
+    image: &PreparedImage,
+    opts: &mut RunOptions,
+) -> Result<Vec<super::volumes::ResolvedVolume>> {
+    let covered: Vec<std::path::PathBuf> = opts
+        .spec
+        .volumes
+        .iter()
+        .map(|v| v.container.clone())
+        .chain(opts.spec.tmpfs.iter().map(|t| t.target.clone()))
+        .chain(opts.volumes.iter().map(|r| r.target.clone()))
+        .collect();
+    let from_image = image
+        .config
+        .as_ref()
+        .and_then(|c| c.volumes().clone())
+        .unwrap_or_default();
+    let mut requests = opts.volumes.clone();
+    requests.extend(super::volumes::from_image(&from_image, &covered)?);
+    let made = super::volumes::resolve(state, &requests)?;
+    let names: Vec<String> = made.iter().map(|v| v.name.clone()).collect();
+    add_volume_names(&mut opts.labels, &names);
+    let anonymous: Vec<&str> = made
+        .iter()
+        .filter(|v| v.anonymous)
+        .map(|v| v.name.as_str())
+        .collect();
+    if !anonymous.is_empty() {
+        opts.labels
+            .insert(labels::ANON_VOLUMES.to_string(), anonymous.join(","));
+    }
+    for v in &made {
+        opts.spec.volumes.push(spec::Volume {
+            host: v.dir.clone(),
+            container: v.request.target.clone(),
+            read_only: v.request.read_only,
+        });
+    }
+    Ok(made)
 }
 
 /// A run that failed before its container existed leaves no lease behind.
@@ -300,13 +392,13 @@ fn build_spec(
         // a shim process per nested container (most of a warm start's cost).
         spec_opts
             .annotations
-            .insert(labels::RUNC_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::RUNC_SHIM_GROUP.into(), cache.shim_group());
     }
     if opts.runtime == Runtime::Shim {
         // Likewise for nestcache's shim: the cache's nested containers share one.
         spec_opts
             .annotations
-            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.id.clone());
+            .insert(labels::NESTCACHE_SHIM_GROUP.into(), cache.shim_group());
         spec_opts.annotations.insert(
             labels::ANNOTATION_STORE.into(),
             cache.content_dir.to_string_lossy().into_owned(),
@@ -363,6 +455,8 @@ struct Target<'a> {
     image: &'a PreparedImage,
     /// The command's first word, for the error when it cannot be invoked.
     argv0: &'a str,
+    /// Its volumes, to fill from the image before the task is created.
+    volumes: &'a [super::volumes::ResolvedVolume],
 }
 
 async fn create_and_run(
@@ -380,6 +474,7 @@ async fn create_and_run(
         paths,
         image,
         argv0,
+        volumes,
     } = *t;
     // A leftover dir under an id containerd did not know is debris of a crashed run.
     if paths.dir.exists() {
@@ -387,6 +482,14 @@ async fn create_and_run(
             .ctx(|| format!("remove stale {}", paths.dir.display()))?;
     }
     std::fs::create_dir_all(&paths.dir).ctx(|| format!("create {}", paths.dir.display()))?;
+    let layers = image.layer_dirs.clone();
+    let (vols, scratch) = (volumes.to_vec(), paths.dir.join("copy-up"));
+    tokio::task::spawn_blocking(move || super::volumes::copy_up(&vols, &layers, &scratch))
+        .await
+        .map_err(|e| Error::Other(format!("volume copy-up failed: {e}")))??;
+    if !volumes.is_empty() {
+        phases.mark("volume copy-up");
+    }
     let mut rootfs = Vec::new();
     if opts.runtime == Runtime::Runc {
         // A --rm container's upper dir goes with it: no need to sync it, ever.
@@ -397,7 +500,10 @@ async fn create_and_run(
     // Stdio: FIFOs opened before the task exists, or the log file for a detached task.
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
-        (super::detached_stdio(paths, opts.runtime), None)
+        // With -t the shim copies the console to the same log, as nerdctl's `-d -t` does.
+        let mut stdio = super::detached_stdio(paths, opts.runtime);
+        stdio.terminal = tty;
+        (stdio, None)
     } else {
         let fifos = Fifos::create(&paths.dir, opts.interactive, tty)?;
         let open = fifos.open()?;
@@ -453,6 +559,9 @@ async fn create_and_run(
         return Err(interrupted(s));
     }
     let Some((fifos, open)) = fifos else {
+        if opts.rm {
+            super::watch::spawn(client, paths, id)?;
+        }
         client.start_task(id).await?;
         return Ok(report);
     };

@@ -12,8 +12,8 @@ use oci_spec::runtime::{
     Spec, SpecBuilder, UserBuilder,
 };
 
-use super::user::{ResolvedUser, UserDb};
 use crate::error::{Error, Result};
+use crate::user::{ResolvedUser, UserDb};
 
 pub mod files;
 pub mod mounts;

@@ -119,10 +119,9 @@ pub fn ensure(
         },
         None => builtin(dir, bridge, subnet::claim(dir)?, cache),
     };
-    let tmp = dir.join("network.json.tmp");
     let bytes = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
-    std::fs::write(&tmp, bytes).map_err(|e| NetworkError::file("write", &tmp, e))?;
-    std::fs::rename(&tmp, &file).map_err(|e| NetworkError::file("write", &file, e))?;
+    crate::fsutil::write_atomic(&file, &bytes)
+        .map_err(|e| NetworkError::file("write", &file, e))?;
     Ok(cfg)
 }
 

@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 use super::error::NetworkError;
@@ -53,10 +52,7 @@ pub fn create(path: &Path) -> Result<(), NetworkError> {
 /// Unmounts and removes `path`; a namespace already gone (or never mounted) is fine. The
 /// namespace itself, and the veth end inside it, go when its last user lets go.
 pub fn remove(path: &Path) -> Result<(), NetworkError> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(fail(path, format!("unmount: {e}"))),
-    }
+    crate::fsutil::unmount(path).map_err(|e| fail(path, format!("unmount: {e}")))?;
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -68,7 +68,50 @@ pub struct ContainerNet {
     pub result: Option<Value>,
 }
 
+/// The container's end of its network, as `inspect` shows it (Docker's
+/// `NetworkSettings`): from the ADD result, the interface inside the namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Option<Ipv4Addr>,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: String,
+}
+
 impl ContainerNet {
+    /// The address, prefix, gateway and MAC of the container's interface: the result's
+    /// IPv4 entry and the interface it names (or, failing that, the one with a sandbox).
+    pub fn endpoint(&self) -> Endpoint {
+        let empty = Vec::new();
+        let result = self.result.as_ref();
+        let list = |k: &str| result.and_then(|r| r[k].as_array()).unwrap_or(&empty);
+        let interfaces = list("interfaces");
+        let v4 = list("ips").iter().find_map(|ip| {
+            let (addr, len) = ip["address"].as_str()?.split_once('/')?;
+            Some((addr.parse::<Ipv4Addr>().ok()?, len.parse::<u8>().ok()?, ip))
+        });
+        let named = v4
+            .and_then(|(_, _, ip)| ip["interface"].as_u64())
+            .and_then(|i| interfaces.get(usize::try_from(i).ok()?));
+        let iface = named.or_else(|| {
+            interfaces
+                .iter()
+                .find(|i| i["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
+        });
+        let gateway = v4
+            .and_then(|(_, _, ip)| ip["gateway"].as_str()?.parse().ok())
+            .or(self.gateway);
+        Endpoint {
+            ip: v4.map(|(a, _, _)| a).or(self.ip),
+            prefix_len: v4.map_or(0, |(_, l, _)| l),
+            gateway,
+            mac: iface
+                .and_then(|i| i["mac"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+
     /// Every name the cache's other containers know it by.
     pub fn names(&self) -> Vec<String> {
         let mut n = vec![self.id.clone()];
@@ -90,13 +133,11 @@ pub fn read(dir: &Path) -> Result<ContainerNet, NetworkError> {
     })
 }
 
-/// Writes the record by rename, so a reader never sees half of one.
+/// Writes the record durably by rename, so a reader never sees half of one.
 pub fn write(dir: &Path, r: &ContainerNet) -> Result<(), NetworkError> {
     let file = record_file(dir);
-    let tmp = dir.join("record.json.tmp");
     let bytes = serde_json::to_vec_pretty(r).unwrap_or_default();
-    std::fs::write(&tmp, bytes).map_err(|e| NetworkError::file("write", &tmp, e))?;
-    std::fs::rename(&tmp, &file).map_err(|e| NetworkError::file("write", &file, e))
+    crate::fsutil::write_atomic(&file, &bytes).map_err(|e| NetworkError::file("write", &file, e))
 }
 
 /// Every record in the layout (unreadable ones skipped), with its dir.
@@ -137,5 +178,61 @@ pub fn lock(dir: &Path, wait: bool) -> Result<Option<Flock<File>>, NetworkError>
         Ok(l) => Ok(Some(l)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
         Err((_, e)) => Err(NetworkError::file("lock", &path, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(result: Value) -> ContainerNet {
+        serde_json::from_value(serde_json::json!({
+            "id": "c1", "namespace": "ns", "cache": "ci", "hostname": "c1",
+            "aliases": [], "links": [], "add_hosts": [],
+            "dns": {"servers": [], "search": [], "options": []},
+            "ip": null, "gateway": null, "ports": [], "netns": "/n",
+            "conflist": {"name": "nestcache-ci", "cniVersion": "1.0.0", "plugins": []},
+            "bin_dirs": [], "result": result
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn endpoint_from_the_add_result() {
+        let r = record(serde_json::json!({
+            "interfaces": [
+                {"name": "br", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "eth0", "mac": "de:ac:10:4d:38:f1", "sandbox": "/n"}
+            ],
+            "ips": [
+                {"address": "fd00::2/64", "interface": 1},
+                {"address": "10.89.0.7/24", "gateway": "10.89.0.1", "interface": 1}
+            ]
+        }));
+        assert_eq!(
+            r.endpoint(),
+            Endpoint {
+                ip: Some(Ipv4Addr::new(10, 89, 0, 7)),
+                prefix_len: 24,
+                gateway: Some(Ipv4Addr::new(10, 89, 0, 1)),
+                mac: "de:ac:10:4d:38:f1".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_malformed_result_yields_what_it_can() {
+        // An interface index out of range, wrong types: the sandbox interface, no panic.
+        let r = record(serde_json::json!({
+            "interfaces": [{"name": "eth0", "mac": "de:ad:be:ef:00:01", "sandbox": "/n"}],
+            "ips": [{"address": "10.0.0.2/99999", "interface": 7}, {"address": 5}]
+        }));
+        assert_eq!(r.endpoint().ip, None);
+        assert_eq!(r.endpoint().mac, "de:ad:be:ef:00:01");
+        assert_eq!(record(Value::Null).endpoint(), Endpoint::default());
+        assert_eq!(
+            record(serde_json::json!("x")).endpoint(),
+            Endpoint::default()
+        );
     }
 }

@@ -18,6 +18,8 @@ use crate::containerd::labels::NESTCACHE_RUNTIME;
 pub const RUNTIME_NAME: &str = "nestcache";
 /// Pod annotations CRI passes to the containers' OCI specs (the shim reads them).
 pub const POD_ANNOTATIONS: &str = "io.nestcache.*";
+/// The key of the runtime's options table that names the shim's config file.
+const SHIM_CONFIG_KEY: &str = "ConfigPath";
 const MARK: &str = "# Added by `nestcache node install`; `nestcache node uninstall` removes it.\n";
 
 /// Which layout a config uses.
@@ -132,6 +134,48 @@ impl Config {
         t.decor_mut().set_prefix(format!("\n{MARK}"));
         parent.insert(RUNTIME_NAME, Item::Table(t));
         Ok(true)
+    }
+
+    /// Points runtime `nestcache`'s options at the shim's config file (`ConfigPath`, which
+    /// CRI hands the shim as `runtimeoptions.v1.Options`), or with None drops that key.
+    /// Call after [`Config::add_runtime`]. Returns whether anything changed.
+    pub fn set_shim_config(&mut self, path: Option<&str>) -> Result<bool, NodeError> {
+        let file = self.file.clone();
+        let runtime_path = self.layout.runtime_path(RUNTIME_NAME);
+        let runtime = parent_table(self.doc.as_table_mut(), &runtime_path, &file)?;
+        let current = runtime
+            .get("options")
+            .and_then(|o| o.get(SHIM_CONFIG_KEY))
+            .and_then(Item::as_str);
+        if current == path {
+            return Ok(false);
+        }
+        match path {
+            Some(p) => {
+                let options = parent_table(runtime, &["options"], &file)?;
+                options.set_implicit(false);
+                options.insert(SHIM_CONFIG_KEY, value(p));
+            }
+            None => {
+                remove_and_prune(runtime, &["options", SHIM_CONFIG_KEY]);
+                if runtime
+                    .get("options")
+                    .and_then(Item::as_table)
+                    .is_some_and(Table::is_empty)
+                {
+                    runtime.remove("options");
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The `ConfigPath` runtime `nestcache` names, if any.
+    pub fn shim_config(&self) -> Option<&str> {
+        self.runtime(RUNTIME_NAME)?
+            .get("options")?
+            .get(SHIM_CONFIG_KEY)?
+            .as_str()
     }
 
     /// Removes runtime `nestcache` if it is ours. Returns whether anything changed;
@@ -318,6 +362,35 @@ root = "/var/lib/containerd"
         assert!(matches!(e, NodeError::RuntimeTaken { .. }), "{e}");
         assert!(!c.remove_runtime(), "not ours: left alone");
         assert_eq!(c.render(), text);
+    }
+
+    #[test]
+    fn shim_config_path_is_set_changed_and_dropped() {
+        let mut c = Config::parse("c.toml", V2, Layout::V2).unwrap();
+        c.add_runtime().unwrap();
+        assert!(!c.set_shim_config(None).unwrap(), "none to drop");
+        assert!(c.set_shim_config(Some("/etc/nestcache/shim.json")).unwrap());
+        assert!(!c.set_shim_config(Some("/etc/nestcache/shim.json")).unwrap());
+        let doc = reparsed(&c);
+        let rt =
+            &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nestcache"];
+        assert_eq!(
+            rt["options"]["ConfigPath"].as_str(),
+            Some("/etc/nestcache/shim.json")
+        );
+        assert_eq!(c.shim_config(), Some("/etc/nestcache/shim.json"));
+        assert!(c.set_shim_config(Some("/other.json")).unwrap());
+        assert_eq!(c.shim_config(), Some("/other.json"));
+        assert!(c.set_shim_config(None).unwrap());
+        assert!(
+            reparsed(&c)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+                ["nestcache"]
+                .get("options")
+                .is_none()
+        );
+        c.set_shim_config(Some("/x.json")).unwrap();
+        assert!(c.remove_runtime());
+        assert_eq!(c.render().trim_end(), V2.trim_end(), "options go with it");
     }
 
     #[test]

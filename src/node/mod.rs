@@ -26,6 +26,10 @@ pub const CLI_BINARY: &str = "nestcache";
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
 pub const DEFAULT_BIN_DIR: &str = "/usr/local/bin";
 pub const DEFAULT_STORE: &str = "/var/lib/nestcache/store";
+/// The shim's default store root: a store under it needs no shim config.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/nestcache";
+/// The shim's config (`store_roots`), written when the store lies elsewhere.
+pub const SHIM_CONFIG: &str = "/etc/nestcache/shim.json";
 const RECORD: &str = "/var/lib/nestcache/node.json";
 const BACKUP_SUFFIX: &str = ".nestcache-backup";
 
@@ -106,6 +110,9 @@ pub struct Record {
     pub binaries: Vec<PathBuf>,
     pub store: PathBuf,
     pub labelled_node: Option<String>,
+    /// The shim config file install wrote ([`SHIM_CONFIG`]), if the store needed one.
+    #[serde(default)]
+    pub shim_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,7 +162,10 @@ pub fn install(o: &NodeOptions) -> Result<Report, NodeError> {
     let file = o.host(&o.config);
     let (text, existed) = read_config(&file)?;
     let mut config = Config::parse(&file.display().to_string(), &text, o.new_config_layout)?;
-    if config.add_runtime()? {
+    let shim_config = write_shim_config(o, &mut record, &mut r)?;
+    let added = config.add_runtime()?;
+    let pointed = config.set_shim_config(shim_config.as_deref())?;
+    if added || pointed {
         if existed {
             backup(&file, &text)?;
         } else {
@@ -239,6 +249,10 @@ pub fn uninstall(o: &NodeOptions, remove_store: bool) -> Result<Report, NodeErro
         let removed = remove_if_present(&o.host(&b))?;
         r.step(removed, format!("binary {} removed", b.display()));
     }
+    if let Some(c) = record.as_ref().and_then(|x| x.shim_config.clone()) {
+        let removed = remove_if_present(&o.host(&c))?;
+        r.step(removed, format!("shim config {} removed", c.display()));
+    }
     if remove_store {
         let store = record.as_ref().map_or(o.store.clone(), |x| x.store.clone());
         let removed = match std::fs::remove_dir_all(o.host(&store)) {
@@ -298,6 +312,46 @@ pub fn status(o: &NodeOptions) -> Result<Status, NodeError> {
         store_present,
         record,
     })
+}
+
+/// The shim allows stores only under its store roots ([`DEFAULT_STATE_DIR`] unless its
+/// config says otherwise): a store elsewhere gets a [`SHIM_CONFIG`] that allows it (and
+/// the default), which the runtime's `ConfigPath` names. Returns that path (a host path)
+/// when the store needs it; a config an earlier install wrote for another store goes.
+fn write_shim_config(
+    o: &NodeOptions,
+    record: &mut Record,
+    r: &mut Report,
+) -> Result<Option<String>, NodeError> {
+    let path = PathBuf::from(SHIM_CONFIG);
+    if o.store.starts_with(DEFAULT_STATE_DIR) {
+        if let Some(old) = record.shim_config.take() {
+            let removed = remove_if_present(&o.host(&old))?;
+            r.step(removed, format!("shim config {} removed", old.display()));
+        }
+        return Ok(None);
+    }
+    let store = o.store.to_str().ok_or_else(|| NodeError::Io {
+        context: format!("store {}", o.store.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"),
+    })?;
+    let roots = serde_json::json!({ "store_roots": [DEFAULT_STATE_DIR, store] });
+    let text = format!("{roots:#}\n");
+    let file = o.host(&path);
+    let same = std::fs::read(&file).ok().as_deref() == Some(text.as_bytes());
+    if !same {
+        write_atomic(&file, text.as_bytes())?;
+    }
+    r.step(
+        !same,
+        format!(
+            "shim config {} (store_roots {DEFAULT_STATE_DIR}, {})",
+            path.display(),
+            o.store.display()
+        ),
+    );
+    record.shim_config = Some(path.clone());
+    Ok(Some(SHIM_CONFIG.to_string()))
 }
 
 /// Copies `src` to `dest` (mode 0755) by rename when their contents differ.

@@ -173,6 +173,7 @@ impl Overlay {
     }
 
     /// The overlay as a containerd mount (task-create `rootfs`).
+    #[cfg(feature = "cli")]
     pub fn to_containerd_mount(&self) -> containerd_client::types::Mount {
         containerd_client::types::Mount {
             r#type: "overlay".into(),
@@ -239,20 +240,12 @@ impl Overlay {
     }
 }
 
-/// Unmounts `target`; a target that is not mounted (or gone) is fine, so cleanup can
-/// run twice.
+/// Unmounts `target`, detaching it when busy; a target that is not mounted (or gone) is
+/// fine, so cleanup can run twice.
 pub fn unmount(target: &Path) -> Result<()> {
-    match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => {
-            // Something still holds it (a process chdir'd in): detach it now; the kernel
-            // frees it when the last user goes.
-            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| Error::io(format!("unmount {}", target.display()), e.into()))
-        }
-        Err(e) => Err(Error::io(format!("unmount {}", target.display()), e.into())),
-    }
+    crate::fsutil::unmount(target)
+        .map(drop)
+        .map_err(|e| Error::io(format!("unmount {}", target.display()), e))
 }
 
 #[cfg(test)]
@@ -295,11 +288,14 @@ mod tests {
         assert!(o
             .relative_mount_data()
             .starts_with("lowerdir=2:1:0,upperdir="));
-        let m = o.to_containerd_mount();
-        assert_eq!(
-            (m.r#type.as_str(), m.source.as_str()),
-            ("overlay", "overlay")
-        );
+        #[cfg(feature = "cli")]
+        {
+            let m = o.to_containerd_mount();
+            assert_eq!(
+                (m.r#type.as_str(), m.source.as_str()),
+                ("overlay", "overlay")
+            );
+        }
         assert_eq!(Overlay::existing(&dir).unwrap(), o);
         o.remove().unwrap();
         assert!(!lower.exists() && !dir.join("upper").exists() && !dir.join("work").exists());
@@ -343,8 +339,11 @@ mod tests {
         let dir = t.path().join("c");
         let mut l = layers(t.path(), 2);
         l.push(t.path().join("missing"));
-        let e = Overlay::prepare(&dir, &l).unwrap_err().to_string();
-        assert!(e.contains("missing"), "{e}");
+        let e = Overlay::prepare(&dir, &l).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("missing")),
+            "{e}"
+        );
         assert!(!dir.join("lower").exists());
         let e = Overlay::prepare(&dir, &vec![t.path().join("x"); MAX_LAYERS + 1])
             .unwrap_err()

@@ -1,9 +1,7 @@
 //! `oci:DIR[:REF]` and `oci-archive:FILE[:REF]`: an OCI image layout, as a directory or
 //! inside a tar (read by offset through a [`TarIndex`]).
 
-use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex};
@@ -11,6 +9,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use super::tar_index::TarIndex;
 use super::{BlobReader, MemoryBlobs, Source};
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, OpenRegularError};
 use crate::image::{self, DocKind, REF_NAME_ANNOTATION};
 
 /// Where the layout's files are.
@@ -39,27 +38,19 @@ impl Files {
             Files::Archive(t) => t.open_at(rel, from),
             Files::Dir(dir) => {
                 let path = dir.join(rel);
-                let file = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&path)
-                    .map_err(|e| match e.raw_os_error() {
-                        Some(libc::ELOOP) => Error::Invalid(format!(
-                            "{}: blob path is a symlink: refusing to follow it",
-                            path.display()
-                        )),
-                        Some(libc::ENOENT) => {
-                            Error::NotFound(format!("{}: missing from the layout", path.display()))
-                        }
-                        _ => Error::io(format!("open {}", path.display()), e),
-                    })?;
-                let meta = file.metadata().ctx(|| format!("stat {}", path.display()))?;
-                if !meta.file_type().is_file() {
-                    return Err(Error::Invalid(format!(
-                        "{}: not a regular file",
+                let file = fsutil::open_regular(&path).map_err(|e| match e {
+                    OpenRegularError::Symlink => Error::Invalid(format!(
+                        "{}: blob path is a symlink: refusing to follow it",
                         path.display()
-                    )));
-                }
+                    )),
+                    OpenRegularError::Missing => {
+                        Error::NotFound(format!("{}: missing from the layout", path.display()))
+                    }
+                    OpenRegularError::NotRegular => {
+                        Error::Invalid(format!("{}: not a regular file", path.display()))
+                    }
+                    OpenRegularError::Io(e) => Error::io(format!("open {}", path.display()), e),
+                })?;
                 let mut file = file;
                 file.seek(SeekFrom::Start(from))
                     .ctx(|| format!("seek {}", path.display()))?;

@@ -3,18 +3,22 @@
 //! Order matters for crash safety: config and layers first (in parallel), then the
 //! manifest, then the ref in index.json last — so a stage killed at any moment leaves
 //! either no ref or a ref whose every blob is present and verified, and a re-run reuses
-//! every blob that made it. The whole run holds the gc lock shared.
+//! every blob that made it. The whole run holds the gc lock shared. A layer that is
+//! neither in the store nor extracted is streamed once from the source into both
+//! ([`onepass`]); the others are only ingested, or only extracted from their blob.
 //!
 //! Before anything is read: every layer's declared size is checked against a limit and
 //! the disk's free space against what is still to come; temp files of dead stagers are
 //! reclaimed, except partial ingests of this image's blobs, which are resumed.
 
-use std::io::IsTerminal;
+mod onepass;
+mod progress;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
@@ -25,7 +29,9 @@ use crate::source::Source;
 use crate::store::{
     check_declared_size, lock, validate_ref_name, Ingested, Present, Store, StoreError,
 };
-use crate::unpack::{clean_stale_tmp, ensure_unpacked, Limits};
+use crate::unpack::{clean_stale_tmp, ensure_layers_with, existing_layer, LayerBlob, Limits};
+use onepass::OnePass;
+use progress::Bars;
 
 /// Default for [`StageOptions::max_layer_size`]: above the largest layers real images
 /// carry (CUDA and ML images have single layers of 10+ GiB), far below "fill the disk".
@@ -120,7 +126,7 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
         &img.config_bytes,
         opts.verify_existing,
     )?);
-    let layers = ingest_layers(store, source, &img, opts)?;
+    let layers = stage_layers(store, source, &img, opts)?;
     for l in &layers {
         if l.reused {
             total.reused += l.size;
@@ -139,10 +145,6 @@ pub fn stage(store: &Store, source: &dyn Source, opts: &StageOptions) -> Result<
     store.set_ref(&reference, &ref_descriptor(&img))?;
 
     let unpacked = !opts.no_unpack;
-    if unpacked {
-        ensure_unpacked(store, &img, &opts.limits)?;
-    }
-
     Ok(StageReport {
         reference,
         source: source.describe(),
@@ -287,17 +289,19 @@ fn ensure_present(store: &Store, digest: &Digest, size: u64, verify: bool) -> Re
     }
 }
 
-/// Ingests every layer not present, up to `source.parallelism()` at once. The first
-/// failure stops workers from starting new layers and is returned.
-fn ingest_layers(
+/// Brings every layer's blob into the store, and (unless `no_unpack`) its extracted
+/// tree: a layer missing both goes through one pass, a layer whose tree is there is only
+/// ingested, a blob already there is only extracted.
+fn stage_layers(
     store: &Store,
     source: &dyn Source,
     img: &ResolvedImage,
     opts: &StageOptions,
 ) -> Result<Vec<LayerReport>> {
     let layers = img.layers();
+    let unpack = !opts.no_unpack;
     let mut reports = Vec::with_capacity(layers.len());
-    let mut todo = Vec::new();
+    let (mut ingest_only, mut one_pass): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
     for (i, layer) in layers.iter().enumerate() {
         let reused = ensure_present(store, &layer.digest, layer.size(), opts.verify_existing)?;
         reports.push(LayerReport {
@@ -308,36 +312,88 @@ fn ingest_layers(
             reused,
             resumed_from: 0,
         });
-        // The same layer may appear twice in one image: ingest it once.
-        if !reused
-            && !todo
-                .iter()
-                .any(|&j: &usize| layers[j].digest == layer.digest)
-        {
-            todo.push(i);
+        let extracted =
+            !unpack || existing_layer(store.layout(), &layer.diff_id, &layer.chain_id).is_some();
+        match (reused, extracted) {
+            (true, _) => {}
+            (false, true) => ingest_only.push(i),
+            (false, false) => one_pass.push(i),
         }
     }
-    if todo.is_empty() {
-        return Ok(reports);
+    // A blob that one of its positions needs extracted goes through one pass.
+    ingest_only.retain(|&i| {
+        !one_pass
+            .iter()
+            .any(|&j| layers[j].digest == layers[i].digest)
+    });
+    let todo: Vec<usize> = ingest_only.iter().chain(&one_pass).copied().collect();
+    if !todo.is_empty() {
+        check_room(store, img, &todo)?;
     }
-    check_room(store, img, &todo)?;
+    let bars = Bars::new(opts.progress);
+    let mut got = ingest_layers(store, source, img, &ingest_only, opts, &bars)?;
+    if unpack {
+        got.extend(unpack_layers(store, source, img, &one_pass, opts, &bars)?);
+    }
+    for (report, layer) in reports.iter_mut().zip(layers) {
+        if let Some(g) = got.get(&layer.digest) {
+            report.reused = g.by_other;
+            report.resumed_from = g.resumed_from;
+        }
+    }
+    Ok(reports)
+}
 
-    let multi =
-        MultiProgress::with_draw_target(if opts.progress && std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        });
-    let style = ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+/// Extracts every layer not extracted yet: those of `one_pass` (blob missing) streamed
+/// from the source as they are ingested, the rest from their blobs in the store. Returns
+/// what each ingest did, by digest.
+fn unpack_layers(
+    store: &Store,
+    source: &dyn Source,
+    img: &ResolvedImage,
+    one_pass: &[usize],
+    opts: &StageOptions,
+    bars: &Bars,
+) -> Result<HashMap<Digest, crate::store::Ingested>> {
+    let layers = img.layers();
+    let claimed: Vec<_> = one_pass.iter().map(|&i| &layers[i]).collect();
+    let feed = OnePass::claim(
+        store,
+        source,
+        bars,
+        &claimed,
+        present_policy(opts.verify_existing),
+    )?;
+    let blobs: Vec<LayerBlob> = layers
+        .iter()
+        .map(|l| LayerBlob {
+            digest: l.digest.clone(),
+            media_type: l.media_type(),
+            diff_id: l.diff_id.clone(),
+        })
+        .collect();
+    ensure_layers_with(store.layout(), &blobs, &opts.limits, &feed)?;
+    feed.finish()
+}
 
+/// Ingests the layers `todo` (blob only), up to `source.parallelism()` at once. The
+/// first failure stops workers from starting new layers and is returned.
+fn ingest_layers(
+    store: &Store,
+    source: &dyn Source,
+    img: &ResolvedImage,
+    todo: &[usize],
+    opts: &StageOptions,
+    bars: &Bars,
+) -> Result<HashMap<Digest, Ingested>> {
+    let layers = img.layers();
+    if todo.is_empty() {
+        return Ok(HashMap::new());
+    }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let done: Mutex<Vec<(usize, Ingested)>> = Mutex::new(Vec::new());
+    let done: Mutex<HashMap<Digest, Ingested>> = Mutex::new(HashMap::new());
     let present = present_policy(opts.verify_existing);
     let workers = source.parallelism().clamp(1, 8).min(todo.len());
     std::thread::scope(|scope| {
@@ -350,9 +406,7 @@ fn ingest_layers(
                 let Some(&i) = todo.get(k) else { break };
                 let desc = &layers[i].descriptor;
                 let digest = &layers[i].digest;
-                let bar = multi.add(ProgressBar::new(desc.size()));
-                bar.set_style(style.clone());
-                bar.set_prefix(digest.short().to_string());
+                let bar = bars.start(digest, desc.size());
                 let res = store.ingest_from(
                     "layer",
                     digest,
@@ -363,10 +417,11 @@ fn ingest_layers(
                 );
                 bar.finish_and_clear();
                 match res {
-                    Ok(got) => done
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((i, got)),
+                    Ok(got) => {
+                        done.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(digest.clone(), got);
+                    }
                     Err(e) => {
                         failed.store(true, Ordering::SeqCst);
                         let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,9 +439,5 @@ fn ingest_layers(
             e => Error::Other(format!("{}: {e}", source.describe())),
         });
     }
-    for (i, got) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        reports[i].reused = got.by_other;
-        reports[i].resumed_from = got.resumed_from;
-    }
-    Ok(reports)
+    Ok(done.into_inner().unwrap_or_else(|p| p.into_inner()))
 }

@@ -105,16 +105,10 @@ impl Store {
         )
     }
 
-    /// Streams blob `expected` of exactly `size` bytes into the store. One ingest per
-    /// digest at a time: its temp file `ingest/<hex>.tmp` is held by an flock, so a second
-    /// stager of the same blob waits and then reuses the blob the first one verified
-    /// (any blob of the right size found once the lock is held is, unless `present` says
-    /// it is known to be corrupt and must be replaced). A
-    /// temp file left by a dead stager is resumed: its bytes are re-hashed and only the
-    /// rest is asked of `open(offset)` (once more from 0 if the whole does not verify).
-    /// Refuses as soon as more than `size` bytes arrive, and before writing when the disk
-    /// has less than the bytes still to come; a short or wrong stream is refused at the
-    /// end. On any failure the temp file is removed and nothing appears in `blobs/`.
+    /// Streams blob `expected` of exactly `size` bytes into the store: [`Store::claim`],
+    /// then [`BlobClaim::write`] and [`BlobClaim::publish`]. One ingest per digest at a
+    /// time; a second stager of the same blob waits and then reuses the blob the first one
+    /// verified. On any failure the temp file is removed and nothing appears in `blobs/`.
     /// `progress` is called with the byte count of each chunk written.
     pub fn ingest_from(
         &self,
@@ -125,6 +119,32 @@ impl Store {
         open: &mut Opener<'_, '_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Ingested> {
+        let mut claim = self.claim(what, expected, size, present)?;
+        if claim.by_other() {
+            return Ok(Ingested {
+                bytes: 0,
+                resumed_from: 0,
+                by_other: true,
+            });
+        }
+        let got = claim.write(open, progress, &mut NoTee)?;
+        claim.publish()?;
+        Ok(got)
+    }
+
+    /// Takes blob `expected`'s ingest lock: its temp file `ingest/<hex>.tmp` is held by an
+    /// flock until the claim is dropped, so a second stager of the same blob waits here,
+    /// and then finds the blob the first one published ([`BlobClaim::by_other`]: any blob
+    /// of the right size found once the lock is held is, unless `present` says it is
+    /// known to be corrupt and must be replaced). Dropping a claim that was not published
+    /// removes its temp file.
+    pub fn claim(
+        &self,
+        what: &str,
+        expected: &Digest,
+        size: u64,
+        present: Present,
+    ) -> Result<BlobClaim> {
         let bad = match present {
             Present::Reuse => None,
             Present::Replace => self.blob_identity(expected),
@@ -135,70 +155,24 @@ impl Store {
         })?
         .ok_or_else(|| Error::Other(format!("lock {}", path.display())))?;
         // Recorded once ours (while we wait, the file is another stager's).
-        let _live = temp::Registered::new(&path, temp::Kind::File)?;
-        let mut tmp = RemoveOnDrop(Some(path.clone()));
+        let live = temp::Registered::new(&path, temp::Kind::File)?;
         let now = self.blob_identity(expected);
-        if now.is_some() && now != bad && self.blob_size(expected) == Some(size) {
-            // Written (and verified) by the stager we waited for, or one before it.
-            return Ok(Ingested {
-                bytes: 0,
-                resumed_from: 0,
-                by_other: true,
-            });
-        }
-        let mut file = locked.file();
-        let (mut hasher, resumed_from) = self.resume(what, expected, size, &path, file)?;
-        if resumed_from > 0 {
-            tracing::info!("{what} {expected}: resuming at byte {resumed_from} of {size}");
-            progress(resumed_from);
-        }
-        self.check_space(&format!("{what} {expected}"), size - resumed_from)?;
-        let mut offset = resumed_from;
-        let mut bytes = 0;
-        loop {
-            let mut reader = open(offset)?;
-            bytes += copy_verified(
-                what,
-                expected,
-                size,
-                &mut *reader,
-                &mut file,
-                &path,
-                &mut hasher,
-                progress,
-            )?;
-            let (actual, actual_size) = std::mem::replace(&mut hasher, Hasher::new()).finish();
-            if actual == *expected && actual_size == size {
-                break;
-            }
-            if offset > 0 {
-                tracing::warn!(
-                    "{what} {expected}: the resumed ingest does not verify; starting over"
-                );
-                restart(file, &path)?;
-                offset = 0;
-                continue;
-            }
-            return Err(Error::DigestMismatch {
-                what: what.to_string(),
-                expected: expected.to_string(),
-                expected_size: size,
-                actual: actual.to_string(),
-                actual_size,
-            });
-        }
-        file.sync_all()
-            .ctx(|| format!("fsync {} (ingesting {what} {expected})", path.display()))?;
-        // Renamed while still locked: a waiter then finds the path gone and the blob there.
-        let dest = self.layout().blob(expected);
-        fs::rename(&path, &dest)
-            .ctx(|| format!("rename {} to {}", path.display(), dest.display()))?;
-        tmp.0 = None;
-        sync_dir(&self.layout().blobs_dir())?;
-        Ok(Ingested {
-            bytes,
-            resumed_from,
-            by_other: false,
+        // Written (and verified) by the stager we waited for, or one before it.
+        let by_other = now.is_some() && now != bad && self.blob_size(expected) == Some(size);
+        Ok(BlobClaim {
+            tmp: RemoveOnDrop(Some(path.clone())),
+            _live: live,
+            locked,
+            store: self.clone(),
+            what: what.to_string(),
+            expected: expected.clone(),
+            size,
+            path,
+            state: if by_other {
+                ClaimState::ByOther
+            } else {
+                ClaimState::Claimed
+            },
         })
     }
 
@@ -230,6 +204,7 @@ impl Store {
         size: u64,
         path: &Path,
         mut file: &File,
+        tee: &mut dyn Tee,
     ) -> Result<(Hasher, u64)> {
         let len = file
             .metadata()
@@ -247,7 +222,10 @@ impl Store {
             let read = loop {
                 match prefix.read(&mut buf) {
                     Ok(0) => break Ok(()),
-                    Ok(n) => hasher.update(&buf[..n]),
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        tee.write(&buf[..n])?;
+                    }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => break Err(e),
                 }
@@ -257,6 +235,7 @@ impl Store {
                 Ok(()) => {}
                 Err(e) => tracing::warn!("{what} {expected}: re-reading {}: {e}", path.display()),
             }
+            tee.restart()?;
         }
         restart(file, path)?;
         Ok((Hasher::new(), 0))
@@ -341,52 +320,227 @@ impl Store {
     }
 }
 
+/// Receives every byte of a blob being ingested, in order and from byte 0 (the prefix of
+/// a resumed partial ingest too), in the same pass that hashes and writes it: how staging
+/// extracts a layer while it arrives.
+pub trait Tee {
+    /// The next bytes of the blob. An error stops the ingest (nothing is published).
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Forget every byte given so far: the ingest starts over from byte 0.
+    fn restart(&mut self) -> Result<()>;
+}
+
+/// A [`Tee`] that drops everything (a plain ingest).
+pub struct NoTee;
+
+impl Tee for NoTee {
+    fn write(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn restart(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    /// Ours to write.
+    Claimed,
+    /// Written, verified and fsynced in `ingest/`, not yet in `blobs/`.
+    Verified,
+    /// Renamed into `blobs/`.
+    Published,
+    /// Present when the lock was taken (another stager wrote it).
+    ByOther,
+}
+
+/// The ingest lock of one blob ([`Store::claim`]) and its temp file. The lock is held
+/// until drop (so a waiting stager finds whatever was published with it, a layer too);
+/// the temp file is removed on drop unless published.
+pub struct BlobClaim {
+    // Field order is drop order: the file goes before its lock is released.
+    tmp: RemoveOnDrop,
+    _live: temp::Registered,
+    locked: temp::LockedFile,
+    store: Store,
+    what: String,
+    expected: Digest,
+    size: u64,
+    path: PathBuf,
+    state: ClaimState,
+}
+
+impl BlobClaim {
+    /// Whether the blob was already in the store once the lock was held: nothing to write.
+    pub fn by_other(&self) -> bool {
+        self.state == ClaimState::ByOther
+    }
+
+    /// Whether the blob is still to be written ([`BlobClaim::write`]).
+    pub fn needs_write(&self) -> bool {
+        self.state == ClaimState::Claimed
+    }
+
+    /// Where the blob's bytes are now: its temp file until published, then `blobs/`.
+    pub fn path(&self) -> PathBuf {
+        match self.state {
+            ClaimState::Claimed | ClaimState::Verified => self.path.clone(),
+            ClaimState::Published | ClaimState::ByOther => self.store.layout().blob(&self.expected),
+        }
+    }
+
+    /// Streams the blob into its temp file, hashing it and handing every byte to `tee`;
+    /// returns once digest and size match and the file is fsynced, without publishing it.
+    /// A temp file left by a dead stager is resumed: its bytes are re-hashed (and given
+    /// to `tee`) and only the rest is asked of `open(offset)` (once more from 0, after
+    /// `tee.restart()`, if the whole does not verify). Refuses as soon as more than the
+    /// declared size arrives, and before writing when the disk has less than the bytes
+    /// still to come; a short or wrong stream is refused at the end.
+    pub fn write(
+        &mut self,
+        open: &mut Opener<'_, '_>,
+        progress: &mut dyn FnMut(u64),
+        tee: &mut dyn Tee,
+    ) -> Result<Ingested> {
+        if self.state != ClaimState::Claimed {
+            return Err(Error::Other(format!(
+                "{} {}: ingest claim is {:?}, not writable",
+                self.what, self.expected, self.state
+            )));
+        }
+        let (what, expected, size, path) = (&self.what, &self.expected, self.size, &self.path);
+        let mut file = self.locked.file();
+        let (mut hasher, mut resumed_from) =
+            self.store.resume(what, expected, size, path, file, tee)?;
+        if resumed_from > 0 {
+            tracing::info!("{what} {expected}: resuming at byte {resumed_from} of {size}");
+            progress(resumed_from);
+        }
+        self.store
+            .check_space(&format!("{what} {expected}"), size - resumed_from)?;
+        let mut offset = resumed_from;
+        let mut bytes = 0;
+        loop {
+            let mut reader = open(offset)?;
+            let mut copy = Copy {
+                what,
+                expected,
+                size,
+                path,
+            };
+            bytes += copy.run(&mut *reader, &mut file, &mut hasher, progress, tee)?;
+            let (actual, actual_size) = std::mem::replace(&mut hasher, Hasher::new()).finish();
+            if actual == *expected && actual_size == size {
+                break;
+            }
+            if offset > 0 {
+                tracing::warn!(
+                    "{what} {expected}: the resumed ingest does not verify; starting over"
+                );
+                restart(file, path)?;
+                tee.restart()?;
+                offset = 0;
+                // Nothing of the partial ingest was kept after all.
+                resumed_from = 0;
+                bytes = 0;
+                continue;
+            }
+            return Err(Error::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                expected_size: size,
+                actual: actual.to_string(),
+                actual_size,
+            });
+        }
+        file.sync_all()
+            .ctx(|| format!("fsync {} (ingesting {what} {expected})", path.display()))?;
+        self.state = ClaimState::Verified;
+        Ok(Ingested {
+            bytes,
+            resumed_from,
+            by_other: false,
+        })
+    }
+
+    /// Renames the verified blob into `blobs/` (still locked: a waiter then finds the
+    /// path gone and the blob there). Does nothing for a blob already published.
+    pub fn publish(&mut self) -> Result<()> {
+        match self.state {
+            ClaimState::Published | ClaimState::ByOther => return Ok(()),
+            ClaimState::Claimed => {
+                return Err(Error::Other(format!(
+                    "{} {}: publishing a blob that was never verified",
+                    self.what, self.expected
+                )))
+            }
+            ClaimState::Verified => {}
+        }
+        let dest = self.store.layout().blob(&self.expected);
+        fs::rename(&self.path, &dest)
+            .ctx(|| format!("rename {} to {}", self.path.display(), dest.display()))?;
+        self.tmp.0 = None;
+        self.state = ClaimState::Published;
+        sync_dir(&self.store.layout().blobs_dir())
+    }
+}
+
 /// Suffix of every temp file the store writes (ingest/<hex>.tmp, .nestcache/*.tmp).
 const INGEST_SUFFIX: &str = ".tmp";
 
-/// Copies `reader` to the end of `file`, hashing; refuses more than `size` bytes in all.
-/// Returns the bytes copied.
-#[allow(clippy::too_many_arguments)]
-fn copy_verified(
-    what: &str,
-    expected: &Digest,
+/// Copies a blob's stream to the end of its temp file.
+struct Copy<'a> {
+    what: &'a str,
+    expected: &'a Digest,
     size: u64,
-    reader: &mut dyn Read,
-    file: &mut &File,
-    path: &Path,
-    hasher: &mut Hasher,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64> {
-    let start = hasher.len();
-    file.seek(SeekFrom::Start(start))
-        .ctx(|| format!("seek {}", path.display()))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut kicked = start;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
-        };
-        if hasher.len() + n as u64 > size {
-            return Err(StoreError::BlobOverflow {
-                what: what.to_string(),
-                digest: expected.clone(),
-                size,
+    path: &'a Path,
+}
+
+impl Copy<'_> {
+    /// Copies `reader` to the end of `file`, hashing and teeing; refuses more than `size`
+    /// bytes in all. Returns the bytes copied.
+    fn run(
+        &mut self,
+        reader: &mut dyn Read,
+        file: &mut &File,
+        hasher: &mut Hasher,
+        progress: &mut dyn FnMut(u64),
+        tee: &mut dyn Tee,
+    ) -> Result<u64> {
+        let (what, expected, path) = (self.what, self.expected, self.path);
+        let start = hasher.len();
+        file.seek(SeekFrom::Start(start))
+            .ctx(|| format!("seek {}", path.display()))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut kicked = start;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("read {what} {expected}"), e)),
+            };
+            if hasher.len() + n as u64 > self.size {
+                return Err(StoreError::BlobOverflow {
+                    what: what.to_string(),
+                    digest: expected.clone(),
+                    size: self.size,
+                }
+                .into());
             }
-            .into());
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .ctx(|| format!("write {} (ingesting {what} {expected})", path.display()))?;
+            tee.write(&buf[..n])?;
+            if hasher.len() - kicked >= WRITE_BACK_EVERY {
+                start_write_back(file, kicked, hasher.len());
+                kicked = hasher.len();
+            }
+            progress(n as u64);
         }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .ctx(|| format!("write {} (ingesting {what} {expected})", path.display()))?;
-        if hasher.len() - kicked >= WRITE_BACK_EVERY {
-            start_write_back(file, kicked, hasher.len());
-            kicked = hasher.len();
-        }
-        progress(n as u64);
+        Ok(hasher.len() - start)
     }
-    Ok(hasher.len() - start)
 }
 
 /// Empties a temp file to write it again from byte 0.
@@ -573,6 +727,92 @@ mod tests {
         assert_eq!(got.bytes, data.len() as u64 - got.resumed_from);
         assert!(s.verify_blob(&d, data.len() as u64).unwrap());
         assert!(ingest_dir_is_empty(&s));
+    }
+
+    /// Collects what a [`Tee`] is given, and how often it was restarted.
+    #[derive(Default)]
+    struct Collect {
+        bytes: Vec<u8>,
+        restarts: usize,
+    }
+
+    impl Tee for Collect {
+        fn write(&mut self, b: &[u8]) -> Result<()> {
+            self.bytes.extend_from_slice(b);
+            Ok(())
+        }
+        fn restart(&mut self) -> Result<()> {
+            self.bytes.clear();
+            self.restarts += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_verified_claim_is_invisible_until_published_and_leaves_nothing_if_dropped() {
+        let (_t, s) = store();
+        let (data, d) = blob(300_000);
+        let size = data.len() as u64;
+        let mut claim = s.claim("layer", &d, size, Present::Reuse).unwrap();
+        assert!(claim.needs_write() && !claim.by_other());
+        claim
+            .write(
+                &mut |off| Ok(Box::new(&data[off as usize..])),
+                &mut |_| {},
+                &mut NoTee,
+            )
+            .unwrap();
+        assert!(!s.has_blob(&d), "verified but not published");
+        assert!(claim.path().starts_with(s.layout().ingest_dir()));
+        drop(claim);
+        assert!(!s.has_blob(&d));
+        assert!(ingest_dir_is_empty(&s));
+
+        let mut claim = s.claim("layer", &d, size, Present::Reuse).unwrap();
+        claim
+            .write(
+                &mut |off| Ok(Box::new(&data[off as usize..])),
+                &mut |_| {},
+                &mut NoTee,
+            )
+            .unwrap();
+        claim.publish().unwrap();
+        assert_eq!(claim.path(), s.layout().blob(&d));
+        drop(claim);
+        assert!(s.verify_blob(&d, size).unwrap());
+        assert!(ingest_dir_is_empty(&s));
+    }
+
+    #[test]
+    fn the_tee_sees_every_byte_from_zero_when_resuming_and_again_after_a_restart() {
+        let (_t, s) = store();
+        let (data, d) = blob(3 << 20);
+        let size = data.len() as u64;
+        let partial = s.layout().ingest_dir().join(format!("{}.tmp", d.hex()));
+        let cut = (1 << 20) + 3;
+        for corrupt in [false, true] {
+            let mut prefix = data[..cut].to_vec();
+            if corrupt {
+                prefix[7] ^= 1;
+            }
+            fs::write(&partial, &prefix).unwrap();
+            let mut tee = Collect::default();
+            let mut claim = s.claim("layer", &d, size, Present::Replace).unwrap();
+            let got = claim
+                .write(
+                    &mut |off| Ok(Box::new(&data[off as usize..])),
+                    &mut |_| {},
+                    &mut tee,
+                )
+                .unwrap();
+            assert_eq!(got.resumed_from, if corrupt { 0 } else { cut as u64 });
+            assert_eq!(got.bytes + got.resumed_from, size);
+            assert!(
+                tee.bytes == data,
+                "the tee saw other bytes (corrupt prefix: {corrupt})"
+            );
+            assert_eq!(tee.restarts, usize::from(corrupt));
+        }
     }
 
     #[test]

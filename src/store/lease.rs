@@ -449,15 +449,22 @@ mod tests {
         let (_tmp, store, digest) = store_with_manifest();
         store.acquire_lease("a", &digest, &holder()).unwrap();
         fs::write(store.layout().leases_dir().join("b.json"), b"{").unwrap();
-        let err = store.leases().unwrap_err().to_string();
-        assert!(err.contains("b.json"), "{err}");
+        let foreign = store.layout().leases_dir().join("b.json");
+        let err = store.leases().unwrap_err();
+        assert!(
+            matches!(&err, Error::Lease(LeaseError::Corrupt { path, .. }) if *path == foreign),
+            "{err}"
+        );
         // A valid record under another file name is refused too.
         fs::rename(
             store.layout().lease_file("a"),
             store.layout().lease_file("b"),
         )
         .unwrap();
-        let err = store.leases().unwrap_err().to_string();
-        assert!(err.contains("not its file name"), "{err}");
+        let err = store.leases().unwrap_err();
+        assert!(
+            matches!(&err, Error::Lease(LeaseError::Corrupt { path, why }) if *path == foreign && why.contains("not its file name")),
+            "{err}"
+        );
     }
 }

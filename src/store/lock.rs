@@ -9,14 +9,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, IoContext, Result};
 
-/// A held lock; released on drop.
-pub struct LockGuard {
-    _lock: Flock<File>,
-}
-
-/// Blocks until the lock on `path` is held, shared or exclusive.
-pub fn lock(path: &Path, exclusive: bool) -> Result<LockGuard> {
-    let file = OpenOptions::new()
+/// Opens (creating if absent, never truncating) a lock file; a symlink in its place is
+/// refused, not followed, so a planted link cannot make the store create files elsewhere.
+pub fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -24,7 +20,16 @@ pub fn lock(path: &Path, exclusive: bool) -> Result<LockGuard> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .ctx(|| format!("open lock file {}", path.display()))?;
+}
+
+/// A held lock; released on drop.
+pub struct LockGuard {
+    _lock: Flock<File>,
+}
+
+/// Blocks until the lock on `path` is held, shared or exclusive.
+pub fn lock(path: &Path, exclusive: bool) -> Result<LockGuard> {
+    let file = open_lock_file(path).ctx(|| format!("open lock file {}", path.display()))?;
     let arg = if exclusive {
         FlockArg::LockExclusive
     } else {

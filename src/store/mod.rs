@@ -20,20 +20,20 @@ pub mod lock;
 mod refs;
 pub mod temp;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub use check::{describe_problems, CheckReport, CorruptBlob, ImageSummary, MissingBlob};
 pub use error::StoreError;
 pub use gc::GcReport;
-pub use ingest::{check_declared_size, Ingested, Opener, Present};
+pub use ingest::{check_declared_size, BlobClaim, Ingested, NoTee, Opener, Present, Tee};
 pub use lease::{validate_lease_id, Lease, LeaseError, LeaseHolder};
 pub use refs::{validate_ref_name, RefEntry};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, OpenRegularError};
 pub use crate::image::ResolvedImage;
 use crate::image::{self, PlatformChoice, PlatformSpec};
 use crate::layout::ContentLayout;
@@ -138,31 +138,23 @@ impl Store {
     /// Opens a blob for reading. Refuses a blob path that is a symlink or not a regular file.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.layout.blob(digest);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => StoreError::BlobSymlink {
-                    digest: digest.clone(),
-                    path: path.clone(),
-                }
-                .into(),
-                Some(libc::ENOENT) => StoreError::BlobMissing {
-                    digest: digest.clone(),
-                }
-                .into(),
-                _ => Error::io(format!("open blob {}", path.display()), e),
-            })?;
-        let meta = file.metadata().ctx(|| format!("stat {}", path.display()))?;
-        if !meta.file_type().is_file() {
-            return Err(StoreError::BlobNotRegular {
+        fsutil::open_regular(&path).map_err(|e| match e {
+            OpenRegularError::Symlink => StoreError::BlobSymlink {
                 digest: digest.clone(),
                 path,
             }
-            .into());
-        }
-        Ok(file)
+            .into(),
+            OpenRegularError::Missing => StoreError::BlobMissing {
+                digest: digest.clone(),
+            }
+            .into(),
+            OpenRegularError::NotRegular => StoreError::BlobNotRegular {
+                digest: digest.clone(),
+                path,
+            }
+            .into(),
+            OpenRegularError::Io(e) => Error::io(format!("open blob {}", path.display()), e),
+        })
     }
 
     /// Resolves a ref name or a manifest/index digest to one image (choosing `platform`, or

@@ -10,9 +10,9 @@
 //! SIGINT or SIGTERM handler can remove them before the process exits.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -139,15 +139,8 @@ fn still_at(file: &File, path: &Path) -> Result<bool> {
 pub fn lock_file(path: &Path, wait: bool, on_wait: &mut dyn FnMut()) -> Result<Option<LockedFile>> {
     let mut waited = false;
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .ctx(|| format!("create {}", path.display()))?;
+        let file =
+            super::lock::open_lock_file(path).ctx(|| format!("create {}", path.display()))?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((file, Errno::EWOULDBLOCK)) if wait => {

@@ -71,11 +71,72 @@ pub fn existing_layer(
     .find(|p| p.is_dir())
 }
 
+/// Where [`ensure_layers_with`] gets each missing layer's bytes, and what it does as it
+/// publishes one: the store's blobs ([`StoreBlobs`]), or, while staging, the source's
+/// stream as it is ingested (one pass: the blob is published together with its layer).
+pub trait Feed: Sync {
+    /// The first extraction of `layer` into `dest` (which must not exist yet); `lowers`
+    /// as [`apply_layer`] takes them.
+    fn extract(
+        &self,
+        layer: &LayerBlob,
+        dest: &Path,
+        lowers: Option<&[PathBuf]>,
+        limits: &Limits,
+    ) -> Result<Outcome>;
+
+    /// The verified blob file to read `layer` from again, once its lowers are known.
+    fn blob_path(&self, layer: &LayerBlob) -> PathBuf;
+
+    /// Called right before `layer`'s complete, synced tree is renamed into place.
+    fn publishing(&self, layer: &LayerBlob) -> Result<()>;
+}
+
+/// The [`Feed`] of layers whose blobs are in the store already.
+pub struct StoreBlobs<'a>(pub &'a ContentLayout);
+
+impl Feed for StoreBlobs<'_> {
+    fn extract(
+        &self,
+        layer: &LayerBlob,
+        dest: &Path,
+        lowers: Option<&[PathBuf]>,
+        limits: &Limits,
+    ) -> Result<Outcome> {
+        apply_from_file(
+            self.0,
+            layer,
+            &self.0.blob(&layer.digest),
+            dest,
+            lowers,
+            limits,
+        )
+    }
+
+    fn blob_path(&self, layer: &LayerBlob) -> PathBuf {
+        self.0.blob(&layer.digest)
+    }
+
+    fn publishing(&self, _: &LayerBlob) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Makes sure every layer is extracted; returns the layer directories bottom → top.
 pub fn ensure_layers(
     layout: &ContentLayout,
     layers: &[LayerBlob],
     limits: &Limits,
+) -> Result<Vec<PathBuf>> {
+    ensure_layers_with(layout, layers, limits, &StoreBlobs(layout))
+}
+
+/// [`ensure_layers`], reading the missing layers through `feed`.
+pub fn ensure_layers_with(
+    layout: &ContentLayout,
+    layers: &[LayerBlob],
+    limits: &Limits,
+    feed: &dyn Feed,
 ) -> Result<Vec<PathBuf>> {
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let chains = chain_ids(&diff_ids);
@@ -90,13 +151,14 @@ pub fn ensure_layers(
 
     // (2) Extract every missing layer at once, lowers unknown (except for the bottom one).
     let missing: Vec<usize> = (0..layers.len()).filter(|&i| dirs[i].is_none()).collect();
-    let mut results = extract_parallel(layout, layers, &missing, limits)?;
+    let mut results = extract_parallel(layout, layers, &missing, limits, feed)?;
 
     // (3) Publish the independent trees.
     sync_layers(layout)?;
     for (i, r) in results.iter_mut() {
         if let Extracted::Done(work, stats) = r {
             if !stats.depends_on_lowers && (*i == 0 || stats.implicit_dirs.is_empty()) {
+                feed.publishing(&layers[*i])?;
                 dirs[*i] = Some(publish(work, &layout.layer_by_diff_id(&stats.diff_id))?);
             }
         }
@@ -128,7 +190,15 @@ pub fn ensure_layers(
             }
             Extracted::NeedsLowers(_) => {
                 let work = WorkDir::new(layout)?;
-                match apply_one(layout, &layers[i], &work, Some(&lowers), limits)? {
+                let blob = feed.blob_path(&layers[i]);
+                match apply_from_file(
+                    layout,
+                    &layers[i],
+                    &blob,
+                    &work.tree(),
+                    Some(&lowers),
+                    limits,
+                )? {
                     Outcome::Done(stats) => (work, stats.depends_on_lowers),
                     Outcome::NeedsLowers { entry } => {
                         return Err(UnpackError::NeedsLowersAgain {
@@ -141,6 +211,7 @@ pub fn ensure_layers(
             }
         };
         sync_layers(layout)?;
+        feed.publishing(&layers[i])?;
         let dest = if depends {
             layout.layer_by_chain_id(&chains[i])
         } else {
@@ -166,6 +237,7 @@ fn extract_parallel(
     layers: &[LayerBlob],
     todo: &[usize],
     limits: &Limits,
+    feed: &dyn Feed,
 ) -> Result<Vec<(usize, Extracted)>> {
     // The same diff_id may appear more than once in an image: extract it once.
     let mut unique: Vec<usize> = Vec::new();
@@ -198,7 +270,7 @@ fn extract_parallel(
                 let lowers: Option<&[PathBuf]> = if i == 0 { Some(&[]) } else { None };
                 let r = WorkDir::new(layout).and_then(|work| {
                     Ok(
-                        match apply_one(layout, &layers[i], &work, lowers, limits)? {
+                        match feed.extract(&layers[i], &work.tree(), lowers, limits)? {
                             Outcome::Done(stats) => Extracted::Done(work, stats),
                             Outcome::NeedsLowers { entry } => Extracted::NeedsLowers(entry),
                         },
@@ -234,15 +306,16 @@ fn extract_parallel(
     Ok(done)
 }
 
-fn apply_one(
+/// Extracts `layer` from the blob file at `path` (in the store, or a verified ingest).
+fn apply_from_file(
     layout: &ContentLayout,
     layer: &LayerBlob,
-    work: &WorkDir,
+    path: &Path,
+    dest: &Path,
     lowers: Option<&[PathBuf]>,
     limits: &Limits,
 ) -> Result<Outcome> {
-    let path = layout.blob(&layer.digest);
-    let blob = File::open(&path).map_err(|e| match e.kind() {
+    let blob = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => UnpackError::BlobMissing {
             blob: layer.digest.clone(),
             layer: layer.diff_id.clone(),
@@ -260,7 +333,7 @@ fn apply_one(
         blob,
         &layer.media_type,
         &layer.diff_id,
-        &work.tree(),
+        dest,
         lowers,
         limits,
     )

@@ -24,7 +24,10 @@ mod tree;
 mod writers;
 
 pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
-pub use ensure::{clean_stale_tmp, ensure_layers, ensure_unpacked, existing_layer, LayerBlob};
+pub use ensure::{
+    clean_stale_tmp, ensure_layers, ensure_layers_with, ensure_unpacked, existing_layer, Feed,
+    LayerBlob, StoreBlobs,
+};
 pub use error::{GuardTrip, UnpackError};
 pub use path::RelPath;
 pub use stream::Limits;

@@ -152,12 +152,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let shim_config = self.dir.join("shim.json");
         let roots = json!({ "store_roots": [self.dir.join("stores")] });
         std::fs::write(&shim_config, roots.to_string()).unwrap();
-        let text = format!(
-            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nestcache.options]\n  ConfigPath = \"{}\"\n",
-            cfg.render(),
-            shim_config.display()
-        );
-        std::fs::write(self.dir.join("config.toml"), text).unwrap();
+        cfg.set_shim_config(shim_config.to_str())
+            .expect("point the runtime at the shim config");
+        std::fs::write(self.dir.join("config.toml"), cfg.render()).unwrap();
         std::fs::create_dir_all(self.dir.join("cni")).unwrap();
         let cni = json!({
             "cniVersion": "0.4.0",

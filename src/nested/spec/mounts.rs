@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::resources::parse_bytes;
 use super::{container_path, Volume};
 use crate::error::{Error, Result};
+use crate::nested::volumes::{is_volume_name, validate_name, VolumeRequest};
 
 /// Docker's options for every tmpfs it mounts, before the user's.
 const TMPFS_DEFAULTS: [&str; 3] = ["noexec", "nosuid", "nodev"];
@@ -52,12 +53,62 @@ fn with_defaults(user: &[&str]) -> Vec<String> {
 pub enum MountArg {
     Bind(Volume),
     Tmpfs(Tmpfs),
-    /// A named volume, created on first use.
-    Volume {
-        name: String,
-        target: PathBuf,
-        read_only: bool,
-    },
+    /// A named or anonymous volume, created on first use.
+    Volume(VolumeRequest),
+}
+
+/// `-v HOST:CTR[:OPTS]`, `-v NAME:CTR[:OPTS]` or `-v CTR` (an anonymous volume), OPTS
+/// being `ro`, `rw` and (for volumes) `nocopy`, comma-separated, as Docker's `-v`.
+pub fn parse_v(s: &str) -> Result<MountArg> {
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "invalid volume {s:?}: {why} (expected HOST:CTR[:ro|rw], NAME:CTR[:ro|rw|nocopy] or CTR)"
+        ))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (source, ctr, opts) = match parts.as_slice() {
+        [c] => (None, *c, ""),
+        [h, c] => (Some(*h), *c, ""),
+        [h, c, m] => (Some(*h), *c, *m),
+        _ => return Err(bad("wrong number of ':'")),
+    };
+    let container = container_path(ctr).map_err(|e| bad(&e))?;
+    let (mut read_only, mut nocopy) = (false, false);
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "nocopy" => nocopy = true,
+            other => return Err(bad(&format!("unknown mode {other:?}"))),
+        }
+    }
+    match source {
+        Some(src) if !is_volume_name(src) => {
+            if nocopy {
+                return Err(bad("nocopy is for volumes, not host paths"));
+            }
+            let host = PathBuf::from(src);
+            if !host.is_absolute() {
+                return Err(bad("the host path must be absolute"));
+            }
+            Ok(MountArg::Bind(Volume {
+                host,
+                container,
+                read_only,
+            }))
+        }
+        name => {
+            if let Some(n) = name {
+                validate_name(n)?;
+            }
+            Ok(MountArg::Volume(VolumeRequest {
+                name: name.map(str::to_string),
+                target: container,
+                read_only,
+                nocopy,
+            }))
+        }
+    }
 }
 
 /// `--mount type=bind|tmpfs|volume,source=…,target=…[,readonly][,tmpfs-size=…][,tmpfs-mode=…]`.
@@ -68,6 +119,7 @@ pub fn parse_mount(s: &str) -> Result<MountArg> {
         ))
     };
     let (mut typ, mut source, mut target, mut read_only) = ("volume", None, None, false);
+    let mut nocopy = false;
     let mut tmpfs_opts: Vec<String> = Vec::new();
     for field in s.split(',').filter(|f| !f.is_empty()) {
         let (k, v) = match field.split_once('=') {
@@ -88,8 +140,10 @@ pub fn parse_mount(s: &str) -> Result<MountArg> {
                     .map_err(|_| bad(format!("tmpfs-mode {v:?} is not octal")))?;
                 tmpfs_opts.push(format!("mode={v}"));
             }
+            ("volume-nocopy", None | Some("true" | "1")) => nocopy = true,
+            ("volume-nocopy", Some("false" | "0")) => nocopy = false,
             // Docker's hints that change nothing for a local mount.
-            ("consistency" | "volume-nocopy" | "bind-propagation", _) => {}
+            ("consistency" | "bind-propagation", _) => {}
             _ => return Err(bad(format!("unknown field {field:?}"))),
         }
     }
@@ -120,13 +174,17 @@ pub fn parse_mount(s: &str) -> Result<MountArg> {
                 options: with_defaults(&user),
             }))
         }
-        "volume" => Ok(MountArg::Volume {
-            name: source
-                .ok_or_else(|| bad("anonymous volumes are not supported: give source=NAME".into()))?
-                .to_string(),
-            target: target_path,
-            read_only,
-        }),
+        "volume" => {
+            if let Some(n) = source {
+                validate_name(n)?;
+            }
+            Ok(MountArg::Volume(VolumeRequest {
+                name: source.map(str::to_string),
+                target: target_path,
+                read_only,
+                nocopy,
+            }))
+        }
         other => Err(bad(format!("unknown type {other:?}"))),
     }
 }
@@ -170,23 +228,70 @@ mod tests {
         let m = parse_mount("src=data,target=/data").unwrap();
         assert_eq!(
             m,
-            MountArg::Volume {
-                name: "data".into(),
+            MountArg::Volume(VolumeRequest {
+                name: Some("data".into()),
                 target: "/data".into(),
-                read_only: false
-            }
+                read_only: false,
+                nocopy: false,
+            })
+        );
+        let m = parse_mount("type=volume,target=/anon,volume-nocopy,ro").unwrap();
+        assert_eq!(
+            m,
+            MountArg::Volume(VolumeRequest {
+                name: None,
+                target: "/anon".into(),
+                read_only: true,
+                nocopy: true,
+            })
         );
         for bad in [
             "type=bind,target=/x",
             "type=bind,source=rel,target=/x",
             "type=tmpfs,source=/a,target=/x",
-            "type=volume,target=/x",
+            "type=volume,source=../x,target=/x",
             "type=nfs,source=a,target=/x",
             "source=a",
             "type=tmpfs,target=/x,tmpfs-mode=99z",
             "type=bind,source=/a,target=/x,bogus=1",
         ] {
             assert!(matches!(parse_mount(bad), Err(Error::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn v_flags() {
+        let vol = |name: Option<&str>, t: &str, ro: bool, nocopy: bool| {
+            MountArg::Volume(VolumeRequest {
+                name: name.map(String::from),
+                target: t.into(),
+                read_only: ro,
+                nocopy,
+            })
+        };
+        assert_eq!(parse_v("/data").unwrap(), vol(None, "/data", false, false));
+        assert_eq!(
+            parse_v("v:/d:ro,nocopy").unwrap(),
+            vol(Some("v"), "/d", true, true)
+        );
+        assert_eq!(
+            parse_v("/h:/c:ro").unwrap(),
+            MountArg::Bind(Volume {
+                host: "/h".into(),
+                container: "/c".into(),
+                read_only: true
+            })
+        );
+        for bad in [
+            "rel",
+            "/h:/c:nocopy",
+            "v:/c:bogus",
+            "a:b:c:d",
+            "v:rel",
+            "-v:/c",
+            "",
+        ] {
+            assert!(matches!(parse_v(bad), Err(Error::Invalid(_))), "{bad}");
         }
     }
 }

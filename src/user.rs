@@ -307,12 +307,21 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors_naming_the_file() {
-        let e = db().resolve("nobody").unwrap_err().to_string();
-        assert!(e.contains("\"nobody\"") && e.contains("/etc/passwd"), "{e}");
-        let e = db().resolve("app:nogroup").unwrap_err().to_string();
-        assert!(e.contains("\"nogroup\"") && e.contains("/etc/group"), "{e}");
-        let e = UserDb::default().resolve("app").unwrap_err().to_string();
-        assert!(e.contains("has no /etc/passwd"), "{e}");
+        let e = db().resolve("nobody").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("\"nobody\"") && m.contains("/etc/passwd")),
+            "{e}"
+        );
+        let e = db().resolve("app:nogroup").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("\"nogroup\"") && m.contains("/etc/group")),
+            "{e}"
+        );
+        let e = UserDb::default().resolve("app").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.contains("has no /etc/passwd")),
+            "{e}"
+        );
     }
 
     #[test]
