@@ -437,38 +437,59 @@ fn tag_normalised_refs_config_file_and_json_errors() {
 #[test]
 fn logs_keep_streams_apart_with_tail_since_and_times() {
     let f = Fixture::new("lc-logs");
+    // containerd's runc shim and nestcache's both start the log driver (binary://).
+    for runtime in ["runc", "shim"] {
+        logs_of(&f, runtime, &format!("l-{runtime}"));
+    }
+}
+
+fn logs_of(f: &Fixture, runtime: &str, id: &str) {
     let script = "echo err1 >&2; sleep 0.2; seq 1 5";
     let run = [
-        "run", "--cache", &f.cache, "-d", "--name", "l1", &f.image, "--", "sh", "-c", script,
+        "run",
+        "--cache",
+        &f.cache,
+        "-d",
+        "--runtime",
+        runtime,
+        "--name",
+        id,
+        &f.image,
+        "--",
+        "sh",
+        "-c",
+        script,
     ];
     f.env.ok(&run);
-    assert_eq!(f.env.ok(&["wait", "l1"]).trim(), "0");
-    let o = f.env.run(&["logs", "l1"]);
+    assert_eq!(f.env.ok(&["wait", id]).trim(), "0");
+    let o = f.env.run(&["logs", id]);
     assert_eq!(
         (text(&o.stdout), text(&o.stderr)),
-        ("1\n2\n3\n4\n5\n".into(), "err1\n".into())
+        ("1\n2\n3\n4\n5\n".into(), "err1\n".into()),
+        "{runtime}"
     );
-    assert_eq!(f.env.ok(&["logs", "--tail", "2", "l1"]), "4\n5\n");
-    let o = f.env.run(&["logs", "-n", "0", "l1"]);
+    assert_eq!(
+        f.env.ok(&["logs", "--tail", "2", id]),
+        "4\n5\n",
+        "{runtime}"
+    );
+    let o = f.env.run(&["logs", "-n", "0", id]);
     assert_eq!(
         (text(&o.stdout), text(&o.stderr)),
         (String::new(), String::new())
     );
     assert_eq!(
-        f.env.ok(&["logs", "--since", "2099-01-01T00:00:00Z", "l1"]),
+        f.env.ok(&["logs", "--since", "2099-01-01T00:00:00Z", id]),
         ""
     );
-    assert_eq!(
-        f.env.ok(&["logs", "--since", "1h", "l1"]).lines().count(),
-        5
-    );
-    let stamped = f.env.ok(&["logs", "-t", "--tail", "1", "l1"]);
+    assert_eq!(f.env.ok(&["logs", "--since", "1h", id]).lines().count(), 5);
+    let stamped = f.env.ok(&["logs", "-t", "--tail", "1", id]);
     let (time, line) = stamped.trim_end().split_once(' ').expect("TIME LINE");
     assert!(
         time.starts_with("20") && time.ends_with('Z') && line == "5",
-        "{stamped}"
+        "{runtime}: {stamped}"
     );
-    let e = f.env.fails(&["logs", "--since", "yesterday", "l1"]);
+    let e = f.env.fails(&["logs", "--since", "yesterday", id]);
     assert!(e.contains("--since"), "{e}");
 }
 

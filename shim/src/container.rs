@@ -24,9 +24,10 @@ use crate::init::InitLifecycle;
 use crate::mounts;
 use crate::options::{check_store, TaskOptions};
 use crate::process::{launch, Process, Snapshot};
-use crate::runc::{ProcessFiles, Runc, Runtime};
+use crate::runc::{Executor, ProcessFiles, Runc, Runtime, EXECUTOR_ENV};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
+use crate::timing::timed;
 
 /// What every container of the shim shares.
 pub struct Shared {
@@ -81,7 +82,7 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
     events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
 }
 
-fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
+fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) -> Result<Runc> {
     let mut runc = Runc::new(
         options.runc_binary.as_deref(),
         options.runc_root.as_deref(),
@@ -89,7 +90,43 @@ fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
         bundle,
     );
     runc.systemd_cgroup = options.systemd_cgroup;
-    runc
+    runc.executor = match spec.executor().map_err(ShimError::Invalid)? {
+        Some(chosen) => chosen,
+        None => match options.config.executor {
+            Some(chosen) => chosen,
+            None => node_default_executor()?,
+        },
+    };
+    Ok(runc)
+}
+
+/// The node's default executor: `NESTCACHE_SHIM_EXECUTOR` in the environment containerd
+/// runs its shims with, else `runc-direct`.
+fn node_default_executor() -> Result<Executor> {
+    executor_from_env(std::env::var(EXECUTOR_ENV).ok().as_deref())
+}
+
+fn executor_from_env(value: Option<&str>) -> Result<Executor> {
+    match value {
+        Some(name) if !name.is_empty() => Executor::parse(name).ok_or_else(|| {
+            ShimError::Options(format!(
+                "{EXECUTOR_ENV}={name:?}: expected one of {}",
+                Executor::NAMES
+            ))
+        }),
+        _ => Ok(Executor::default()),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_node_default_executor_is_read_strictly() {
+    assert_eq!(executor_from_env(None).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("")).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("runc")).unwrap(), Executor::Runc);
+    let err = executor_from_env(Some("crun")).unwrap_err();
+    assert!(matches!(err, ShimError::Options(_)), "{err}");
+    assert!(err.to_string().contains("runc-direct"), "{err}");
 }
 
 impl Container {
@@ -104,7 +141,7 @@ impl Container {
             let roots = new.options.store_roots(shared.state_dir_env.as_deref());
             check_store(&wanted.store, &roots)?;
         }
-        let runc = runc_for(&new.options, &shared.namespace, new.bundle);
+        let runc = runc_for(&new.options, &spec, &shared.namespace, new.bundle)?;
         let mut record = Record {
             runc: runc.clone(),
             rootfs_mounted: false,
@@ -113,7 +150,10 @@ impl Container {
         };
         record.save(new.bundle)?;
         let holder = LeaseHolder::new(&shared.containerd_address, &shared.namespace, new.id);
-        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder) {
+        let mounted = timed("mount-rootfs", new.id, || {
+            mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder)
+        });
+        if let Err(e) = mounted {
             let _ = mounts::teardown(new.bundle, Some(&record));
             return Err(ShimError::Rootfs(e));
         }
@@ -265,7 +305,7 @@ impl Container {
             let _ = exec.lifecycle.delete(&exec);
             exec.drop_io();
         }
-        self.init.drop_io();
+        timed("drain-output", &self.id, || self.init.drop_io());
         info!("deleted {}", self.id);
         Ok(self.init.snapshot())
     }

@@ -17,9 +17,10 @@ use log::warn;
 use nestcache::labels::NESTCACHE_SHIM_GROUP;
 
 use crate::bundle::{Record, Spec};
+use crate::direct::Direct;
 use crate::events::Events;
 use crate::mounts;
-use crate::runc::{Runc, RuncCli};
+use crate::runc::Runc;
 use crate::task::TaskService;
 
 /// CRI puts every container of a pod in the pod's sandbox: one shim per pod.
@@ -149,7 +150,7 @@ impl Shim for Service {
         let service = TaskService::new(
             &self.namespace,
             &self.address,
-            Arc::new(RuncCli),
+            Arc::new(Direct),
             Arc::new(events),
             self.exit.clone(),
         );
