@@ -29,6 +29,7 @@ pub mod image_config;
 pub mod init;
 pub mod mounts;
 pub mod options;
+pub mod panic_guard;
 pub mod process;
 pub mod registry;
 pub mod runc;

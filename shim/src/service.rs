@@ -20,6 +20,7 @@ use crate::bundle::{Record, Spec};
 use crate::direct::Direct;
 use crate::events::Events;
 use crate::mounts;
+use crate::panic_guard::Guarded;
 use crate::runc::Runc;
 use crate::task::TaskService;
 
@@ -66,7 +67,7 @@ pub struct Service {
 }
 
 impl Shim for Service {
-    type T = TaskService;
+    type T = Guarded<TaskService>;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         // containerd runs every shim command in the bundle; -bundle only comes with delete.
@@ -155,7 +156,7 @@ impl Shim for Service {
             self.exit.clone(),
         );
         match service {
-            Ok(t) => t,
+            Ok(t) => Guarded(t),
             Err(e) => {
                 // Without the exit monitor the shim could never report an exit.
                 eprintln!("containerd-shim-nestcache-v2: {e}");
