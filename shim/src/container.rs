@@ -23,7 +23,7 @@ use crate::exits::Exits;
 use crate::init::InitLifecycle;
 use crate::mounts;
 use crate::options::{check_store, TaskOptions};
-use crate::process::{launch, Process, Snapshot};
+use crate::process::{launch, Process, Snapshot, OUTPUT_DRAIN};
 use crate::runc::{Executor, ProcessFiles, Runc, Runtime, EXECUTOR_ENV};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
@@ -65,8 +65,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An exit, in order after the process's start event (the gate), published once.
+/// An exit, in order after the process's start event (the gate), published once, and
+/// only after its output is copied out (at most OUTPUT_DRAIN), as containerd's runc shim
+/// does: a client that sees the exit first (ctr, then its delete) can miss the output.
 pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
+    if !process.wait_output(OUTPUT_DRAIN) {
+        log::warn!(
+            "{}: exited, output still open after {OUTPUT_DRAIN:?} (a child holds it?)",
+            process.describe()
+        );
+    }
     let _gate = process.gate();
     let Some(exit) = process.set_exited(code) else {
         return;
