@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # containerd-shim-nestcache-v2 next to containerd-shim-runc-v2, in one run, on the same
 # image and the same private containerd:
-#   - resident memory (VmRSS, Pss) of one idle shim (its task runs `sleep`);
+#   - resident memory (VmRSS, Pss) of one idle shim (its task runs `sleep`), and of a
+#     running shim with no task yet (issue 17's goal: nestcache's ≤ 1/3 of runc-v2's);
+#   - the shim binaries' sizes;
 #   - task start latency: `ctr run -d` (container + task create + start), and the whole
 #     `ctr run --rm IMAGE /bin/true` cycle (create, start, exit, delete);
 #   - and, for the shim only, start from a nestcache store (annotated --rootfs run).
@@ -118,6 +120,30 @@ for rt in runc nestcache store; do
   ctr container rm "idle-$rt" >/dev/null 2>&1 || true
 done
 
+# A running shim with no task: each runtime's `start` spawns its long-lived shim, which
+# waits for containerd's first Create; none comes. The log fifo gets a reader, as
+# containerd would be.
+notask_mem() { # shim binary, id -> "rss_kib pss_kib"
+  local b=$dir/notask-$2 pid socket
+  mkdir -p "$b"
+  echo '{"ociVersion": "1.0.2"}' >"$b/config.json"
+  mkfifo "$b/log"
+  cat "$b/log" >/dev/null &
+  socket=$(cd "$b" && TTRPC_ADDRESS=$address.ttrpc "$1" -namespace "$ns" -id "$2" -address "$address" start)
+  sleep 1
+  pid=$(pgrep -f -- "-id $2 -address" | head -1)
+  mem "$pid"
+  kill -KILL "$pid"
+  rm -f "${socket#unix://}"
+}
+declare -A notask_rss notask_pss
+nc_shim=$(command -v containerd-shim-nestcache-v2)
+runc_shim=$(command -v containerd-shim-runc-v2)
+read -r notask_rss[runc] notask_pss[runc] < <(notask_mem "$runc_shim" notask-runc)
+read -r notask_rss[nestcache] notask_pss[nestcache] < <(notask_mem "$nc_shim" notask-nc)
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+stripped_size() { strip -o "$dir/stripped" "$1" && stat -L -c %s "$dir/stripped"; }
+
 read -r d_runc_med d_runc_mean <<<"$(stats "${detach_ns[runc]}")"
 read -r d_nc_med d_nc_mean <<<"$(stats "${detach_ns[nestcache]}")"
 read -r d_st_med d_st_mean <<<"$(stats "${detach_ns[store]}")"
@@ -130,6 +156,11 @@ echo "shim benchmark: $runs runs each, image $image (busybox-static, 1 layer), $
 printf '%-34s %14s %14s %16s %10s\n' "" "runc-v2 shim" "nestcache shim" "nestcache+store" "ratio n/r"
 printf '%-34s %14s %14s %16s %10s\n' "idle shim VmRSS (KiB)" "${rss[runc]}" "${rss[nestcache]}" "${rss[store]}" "$(ratio "${rss[nestcache]}" "${rss[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "idle shim Pss (KiB)" "${pss[runc]}" "${pss[nestcache]}" "${pss[store]}" "$(ratio "${pss[nestcache]}" "${pss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "no-task shim VmRSS (KiB)" "${notask_rss[runc]}" "${notask_rss[nestcache]}" "-" "$(ratio "${notask_rss[nestcache]}" "${notask_rss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "no-task shim Pss (KiB)" "${notask_pss[runc]}" "${notask_pss[nestcache]}" "-" "$(ratio "${notask_pss[nestcache]}" "${notask_pss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "shim binary MiB (as built)" "$(mib "$(stat -L -c %s "$runc_shim")")" "$(mib "$(stat -L -c %s "$nc_shim")")" "-" ""
+printf '%-34s %14s %14s %16s %10s\n' "shim binary MiB (stripped)" "$(mib "$(stripped_size "$runc_shim")")" "$(mib "$(stripped_size "$nc_shim")")" "-" ""
+printf '%-34s %14s %14s %16s %10s\n' "goal: idle VmRSS ratio <= 0.33" "" "" "" "$(ratio "${rss[nestcache]}" "${rss[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, median ms" "$d_runc_med" "$d_nc_med" "$d_st_med" "$(ratio "$d_nc_med" "$d_runc_med")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, mean ms" "$d_runc_mean" "$d_nc_mean" "$d_st_mean" "$(ratio "$d_nc_mean" "$d_runc_mean")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run --rm /bin/true, median ms" "$c_runc_med" "$c_nc_med" "$c_st_med" "$(ratio "$c_nc_med" "$c_runc_med")"

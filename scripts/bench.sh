@@ -11,5 +11,8 @@ cargo build --release --workspace >&2
 nc_temp_dir dir nestcache-bench
 nc_shim_on_path release "$dir"
 export NESTCACHE_STATE_DIR="$dir/state"
-nc_containerd_start "$dir/ctd"
+# The shim logs its per-phase milliseconds into containerd's log (bench.py reads them for
+# the warm run's phase table).
+NESTCACHE_SHIM_TIMING=1 nc_containerd_start "$dir/ctd"
+export NESTCACHE_BENCH_CONTAINERD_LOG="$dir/ctd/containerd.log"
 python3 scripts/bench.py "$@"

@@ -63,6 +63,10 @@ pub enum Error {
     Adopt(#[from] crate::cache::AdoptError),
     #[error(transparent)]
     Unpack(#[from] crate::unpack::UnpackError),
+    /// A multi-step operation stopped by SIGINT/SIGTERM/SIGHUP (after undoing its steps).
+    #[cfg(feature = "cli")]
+    #[error(transparent)]
+    Interrupted(#[from] crate::signals::InterruptedError),
     /// `--platform` asked for another platform than the image's (Docker's wording).
     #[error("image {image} was found but does not match the specified platform: wanted {wanted}, actual: {actual}")]
     PlatformMismatch {

@@ -25,6 +25,7 @@
 //! - [`env`]: Kubernetes or local; finding or starting containerd.
 //! - [`node`]: node setup for Kubernetes (binaries, containerd's config, label).
 //! - [`process`]: a process's identity that survives pid reuse (owners of leases, runs).
+//! - [`signals`]: SIGINT/SIGTERM/SIGHUP caught during a multi-step operation.
 //! - [`user`]: a `User` string resolved in an image's /etc/passwd and /etc/group (CLI and shim).
 
 #[cfg(feature = "cli")]
@@ -47,6 +48,8 @@ pub mod network;
 pub mod node;
 pub mod process;
 pub mod rootfs;
+#[cfg(feature = "cli")]
+pub mod signals;
 #[cfg(feature = "cli")]
 pub mod source;
 #[cfg(feature = "cli")]

@@ -288,6 +288,63 @@ fn the_shim_uses_only_the_modules_its_row_lists() {
     );
 }
 
+/// The modules of src/lib.rs behind feature `cli` (a `#[cfg(feature = "cli")]` line
+/// right above their `pub mod`).
+fn cli_modules(lib: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = lib.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == r#"#[cfg(feature = "cli")]"#)
+        .filter_map(|w| w[1].strip_prefix("pub mod ")?.strip_suffix(';'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The shim builds the library without feature `cli`: nothing it uses, and no module
+/// outside `cli`, may import a `cli` module, and the error rollup names their error
+/// types only under the same cfg.
+#[test]
+fn the_core_builds_without_feature_cli() {
+    let doc = read("docs/ARCHITECTURE.md");
+    let table = allowed_table(&doc);
+    let cli = cli_modules(&read("src/lib.rs"));
+    assert!(
+        cli.contains("containerd") && !cli.contains("store"),
+        "{cli:?}"
+    );
+    for (m, imports) in table
+        .iter()
+        .filter(|(m, _)| !cli.contains(*m) && *m != ROLLUP)
+    {
+        let bad: Vec<_> = imports.intersection(&cli).collect();
+        assert!(bad.is_empty(), "{m} is in the core but may import {bad:?}");
+    }
+    let shim: Vec<_> = shim_allowed(&doc, &table)
+        .intersection(&cli)
+        .cloned()
+        .collect();
+    assert!(
+        shim.is_empty(),
+        "the shim may use {shim:?}, behind feature cli"
+    );
+    let error = read("src/error.rs");
+    let lines: Vec<&str> = error.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let names_cli = paths_after(line, "crate::")
+            .iter()
+            .any(|p| cli.contains(top_module(p)));
+        let gated = lines[i.saturating_sub(3)..i]
+            .iter()
+            .any(|l| l.trim() == r#"#[cfg(feature = "cli")]"#);
+        assert!(
+            !names_cli || gated,
+            "src/error.rs:{}: `{}` needs #[cfg(feature = \"cli\")] (the shim builds without it)",
+            i + 1,
+            line.trim()
+        );
+    }
+}
+
 #[test]
 fn the_scanner_sees_every_form_of_crate_path() {
     let src = r#"

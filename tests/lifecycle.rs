@@ -437,37 +437,144 @@ fn tag_normalised_refs_config_file_and_json_errors() {
 #[test]
 fn logs_keep_streams_apart_with_tail_since_and_times() {
     let f = Fixture::new("lc-logs");
+    // containerd's runc shim and nestcache's both start the log driver (binary://).
+    for runtime in ["runc", "shim"] {
+        logs_of(&f, runtime, &format!("l-{runtime}"));
+    }
+}
+
+fn logs_of(f: &Fixture, runtime: &str, id: &str) {
     let script = "echo err1 >&2; sleep 0.2; seq 1 5";
     let run = [
-        "run", "--cache", &f.cache, "-d", "--name", "l1", &f.image, "--", "sh", "-c", script,
+        "run",
+        "--cache",
+        &f.cache,
+        "-d",
+        "--runtime",
+        runtime,
+        "--name",
+        id,
+        &f.image,
+        "--",
+        "sh",
+        "-c",
+        script,
     ];
     f.env.ok(&run);
-    assert_eq!(f.env.ok(&["wait", "l1"]).trim(), "0");
-    let o = f.env.run(&["logs", "l1"]);
+    assert_eq!(f.env.ok(&["wait", id]).trim(), "0");
+    let o = f.env.run(&["logs", id]);
     assert_eq!(
         (text(&o.stdout), text(&o.stderr)),
-        ("1\n2\n3\n4\n5\n".into(), "err1\n".into())
+        ("1\n2\n3\n4\n5\n".into(), "err1\n".into()),
+        "{runtime}"
     );
-    assert_eq!(f.env.ok(&["logs", "--tail", "2", "l1"]), "4\n5\n");
-    let o = f.env.run(&["logs", "-n", "0", "l1"]);
+    assert_eq!(
+        f.env.ok(&["logs", "--tail", "2", id]),
+        "4\n5\n",
+        "{runtime}"
+    );
+    let o = f.env.run(&["logs", "-n", "0", id]);
     assert_eq!(
         (text(&o.stdout), text(&o.stderr)),
         (String::new(), String::new())
     );
     assert_eq!(
-        f.env.ok(&["logs", "--since", "2099-01-01T00:00:00Z", "l1"]),
+        f.env.ok(&["logs", "--since", "2099-01-01T00:00:00Z", id]),
         ""
     );
-    assert_eq!(
-        f.env.ok(&["logs", "--since", "1h", "l1"]).lines().count(),
-        5
-    );
-    let stamped = f.env.ok(&["logs", "-t", "--tail", "1", "l1"]);
+    assert_eq!(f.env.ok(&["logs", "--since", "1h", id]).lines().count(), 5);
+    let stamped = f.env.ok(&["logs", "-t", "--tail", "1", id]);
     let (time, line) = stamped.trim_end().split_once(' ').expect("TIME LINE");
     assert!(
         time.starts_with("20") && time.ends_with('Z') && line == "5",
-        "{stamped}"
+        "{runtime}: {stamped}"
     );
-    let e = f.env.fails(&["logs", "--since", "yesterday", "l1"]);
+    let e = f.env.fails(&["logs", "--since", "yesterday", id]);
     assert!(e.contains("--since"), "{e}");
+}
+
+#[test]
+fn system_df_and_prune_never_take_what_is_in_use() {
+    testkit::require!(containerd);
+    let f = Fixture::new("lc-sys");
+    // A second image nothing uses (another config, the same layer).
+    let mut spec = mkimage::preset("small").expect("preset");
+    spec.ref_name = "unused".into();
+    spec.config.env.push("UNUSED=1".into());
+    let layout = f._images.path().join("unused");
+    spec.write_layout(&layout).expect("mkimage");
+    let source = format!("oci:{}:unused", layout.display());
+    f.env.ok(&["stage", "--cache", &f.cache, &source]);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-q", "--cache", f.cache.as_str()];
+        args.extend_from_slice(extra);
+        f.env.ok(&args)
+    };
+    f.sleeper("busy");
+    run(&["--name", "done", &f.image, "sh", "-c", "echo x > /x"]);
+    run(&["--name", "anon", "-v", "/data", &f.image, "true"]);
+    f.env.ok(&["rm", "anon"]);
+    run(&["--rm", "-v", "keepme:/k", &f.image, "true"]);
+
+    let df = f.json(&["system", "df", "--json"]);
+    let row = |kind: &str| {
+        let r = df.as_array().unwrap().iter().find(|r| r["Type"] == kind);
+        let r = r.unwrap_or_else(|| panic!("no {kind} in {df}"));
+        (
+            r["TotalCount"].as_u64().unwrap(),
+            r["Active"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(row("Images"), (2, 1), "{df}");
+    assert_eq!(row("Containers"), (2, 1), "{df}");
+    assert_eq!(row("Local Volumes"), (2, 0), "{df}");
+    assert_eq!(row("Build Cache"), (0, 0), "{df}");
+    let images = &df[0];
+    assert!(
+        images["Reclaimable"].as_u64() < images["Size"].as_u64(),
+        "{df}"
+    );
+    let table = f.env.ok(&["system", "df"]);
+    assert!(
+        table.starts_with("TYPE") && table.contains("Local Volumes"),
+        "{table}"
+    );
+
+    // Asked and refused: nothing goes.
+    let mut child = f
+        .env
+        .cmd()
+        .args(["system", "prune"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn prune");
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let o = child.wait_with_output().expect("prune");
+    assert_eq!(code(&o), Some(0));
+    assert!(
+        text(&o.stderr).contains("WARNING! This will remove"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(f.json(&["ps", "-a", "--json"]).as_array().unwrap().len(), 2);
+
+    let r = f.json(&["system", "prune", "-a", "--volumes", "-f", "--json"]);
+    assert_eq!(r["containers_deleted"], serde_json::json!(["done"]), "{r}");
+    assert_eq!(r["images_deleted"], serde_json::json!(["unused"]), "{r}");
+    let vols = r["volumes_deleted"].as_array().unwrap();
+    assert!(
+        vols.len() == 1 && vols[0].as_str().unwrap().len() == 64,
+        "{r}"
+    );
+    assert!(r["space_reclaimed"].as_u64() > Some(0), "{r}");
+    // What is in use stays: the running container, its image, the named volume.
+    f.env.ok(&["exec", "busy", "true"]);
+    run(&["--rm", &f.image, "true"]);
+    assert_eq!(f.env.ok(&["volume", "ls", "-q"]).trim(), "keepme");
+    let content = f.json(&["cache", "inspect", &f.cache, "--json"]);
+    let store = content["content_dir"].as_str().unwrap();
+    f.env.ok(&["store", "check", "--store", store]);
+    f.env.ok(&["volume", "rm", "keepme"]);
 }

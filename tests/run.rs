@@ -274,11 +274,7 @@ fn detached_logs_ps_stop_rm() {
     f.env.ok(&["rm", "d2"]);
     let e = f.env.fails(&["logs", "d1"]);
     assert!(e.contains("d1"), "{e}");
-    // --rm and -i make no sense detached.
-    assert!(f
-        .env
-        .fails(&f.args(&["-d", "--rm", &img]))
-        .contains("--detach"));
+    // -i makes no sense detached (-d --rm is tests/run_detached.rs's).
     assert!(f
         .env
         .fails(&f.args(&["-d", "-i", &img]))

@@ -56,12 +56,20 @@ impl Fixture {
 
     /// `nestcache run --cache C ARGS...`, stdout piped.
     fn spawn(&self, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
-        let mut child = self
-            .env
-            .cmd()
+        self.spawn_with(args, Stdio::null())
+    }
+
+    /// [`Fixture::spawn`] with that stdin.
+    fn spawn_with(&self, args: &[&str], stdin: Stdio) -> (Child, BufReader<ChildStdout>) {
+        let mut cmd = self.env.cmd();
+        // NESTCACHE_TEST_LOG=nestcache=debug: the run's log in the failure message.
+        if let Ok(log) = std::env::var("NESTCACHE_TEST_LOG") {
+            cmd.env("RUST_LOG", log);
+        }
+        let mut child = cmd
             .args(["run", "--cache", &self.cache])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,8 +117,16 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        for id in self.nested_ids() {
-            self.env.run(&["rm", "-f", &id]);
+        // Best effort, never a panic: the test may have failed with containerd stopped.
+        let listed = Command::new("ctr")
+            .args(["--address", &self.env.address])
+            .args(["--namespace", &self.env.namespace])
+            .args(["containers", "ls", "-q"])
+            .output();
+        let Ok(listed) = listed else { return };
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for id in listed.lines().filter(|l| !l.starts_with("nc-cache-")) {
+            self.env.run(&["rm", "-f", id]);
         }
         self.env.run(&["cache", "rm", &self.cache]);
     }
@@ -271,14 +287,14 @@ fn cache_rm_with_nested_containers() {
 
 /// containerd stopped during a foreground run (the process even exits meanwhile) and
 /// started again: the output and the real exit code are kept, nothing is left.
+///
+/// Under load the process prints "one" before containerd's answer to StartTask reached
+/// nestcache, so the restart often loses that answer too: the start must then be
+/// recognised as done, not failed.
 #[test]
-#[ignore = "passes alone and in most full runs, failed twice right after a rebuild (machine loaded): cause not found yet; run with --ignored"]
 fn containerd_restarted_during_a_foreground_run() {
     testkit::require!(containerd);
-    let ctd = PrivateContainerd::start();
-    let mut env = Env::new("ctd-restart");
-    env.address = ctd.address.clone();
-    let f = Fixture::in_env(env);
+    let (ctd, f) = fixture_with_own_containerd("ctd-restart");
     let script = format!("echo one; {WAIT_FOR_GO}; echo two; exit 3");
     let (mut child, mut out) = f.spawn(&["--rm", &f.image, "--", "sh", "-c", &script]);
     assert_eq!(line(&mut out), "one\n");
@@ -290,6 +306,114 @@ fn containerd_restarted_during_a_foreground_run() {
     let err = stderr_of(&mut child);
     assert_eq!(output, "two\n", "{err}");
     assert_eq!(status.code(), Some(3), "{err}");
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// A containerd of the test's own (it is stopped and restarted) with a cache on it.
+fn fixture_with_own_containerd(prefix: &str) -> (PrivateContainerd, Fixture) {
+    let ctd = PrivateContainerd::start();
+    let mut env = Env::new(prefix);
+    env.address = ctd.address.clone();
+    (ctd, Fixture::in_env(env))
+}
+
+/// How long the test leaves containerd down after acting, so that nestcache tries (and,
+/// without reconnecting, fails) its call meanwhile. Not an assertion: a slower nestcache
+/// makes the test pass without exercising the reconnect, never fail.
+const DOWN_FOR: Duration = Duration::from_millis(500);
+
+/// SIGTERM to a foreground `run` while containerd is down: queued, passed on once
+/// containerd is back; the process's answer to it and its exit code arrive.
+#[test]
+fn a_signal_while_containerd_is_down_is_passed_on_after() {
+    testkit::require!(containerd);
+    let (ctd, f) = fixture_with_own_containerd("ctd-signal");
+    let script = "trap 'echo got TERM; exit 7' TERM; echo one; while :; do sleep 0.05; done";
+    let (mut child, mut out) = f.spawn(&["--rm", &f.image, "--", "sh", "-c", script]);
+    assert_eq!(line(&mut out), "one\n");
+    ctd.stop();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM nestcache run");
+    std::thread::sleep(DOWN_FOR);
+    ctd.restart();
+    let output = rest(out);
+    let status = child.wait().expect("wait");
+    let err = stderr_of(&mut child);
+    assert_eq!(output, "got TERM\n", "{err}");
+    assert_eq!(status.code(), Some(7), "{err}");
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// `run -i` whose stdin ends while containerd is down: the data reaches the process
+/// (the FIFO needs no containerd), the end of stdin is passed on once it is back.
+#[test]
+fn stdin_ending_while_containerd_is_down_is_closed_after() {
+    testkit::require!(containerd);
+    let (ctd, f) = fixture_with_own_containerd("ctd-stdin");
+    let script = "echo one; cat; echo done; exit 4";
+    let (mut child, mut out) = f.spawn_with(
+        &["--rm", "-i", &f.image, "--", "sh", "-c", script],
+        Stdio::piped(),
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    assert_eq!(line(&mut out), "one\n");
+    ctd.stop();
+    std::io::Write::write_all(&mut stdin, b"x\n").expect("write stdin");
+    drop(stdin);
+    assert_eq!(line(&mut out), "x\n");
+    std::thread::sleep(DOWN_FOR);
+    ctd.restart();
+    let output = rest(out);
+    let status = child.wait().expect("wait");
+    let err = stderr_of(&mut child);
+    assert_eq!(output, "done\n", "{err}");
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert_no_leaks(&f.env, &f.content);
+}
+
+/// Concurrent deletes of one exited task on the runc shim a cache's containers share, as
+/// `stop` and the `run --rm` that waited for it make: none fails, the task is gone
+/// ("failed to delete task: ttrpc: closed" once made `run --rm` fail).
+#[test]
+fn concurrent_deletes_of_one_task_all_succeed() {
+    testkit::require!(containerd);
+    let f = Fixture::new("del-race");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let client = rt
+        .block_on(nestcache::containerd::Client::connect(
+            &f.env.address,
+            &f.env.namespace,
+        ))
+        .expect("connect");
+    for _ in 0..4 {
+        let id = unique("d");
+        let run = ["run", "--cache", &f.cache, "-d", "--name", &id, &f.image];
+        f.env.ok(&[&run[..], &["--", "true"]].concat());
+        f.wait_stopped(&id);
+        let deletes: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, id) = (client.clone(), id.clone());
+                rt.spawn(async move { client.delete_task(&id).await })
+            })
+            .collect();
+        let results: Vec<_> = deletes
+            .into_iter()
+            .map(|d| rt.block_on(d).expect("join"))
+            .collect();
+        // Every one succeeds; which got the exit status is the race's (containerd may
+        // close the shim connection before even the winner's answer is read).
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let state = rt.block_on(client.task_state(&id)).expect("task state");
+        assert!(state.is_none(), "{state:?}");
+        f.env.ok(&["rm", &id]);
+    }
     assert_no_leaks(&f.env, &f.content);
 }
 

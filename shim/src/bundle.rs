@@ -9,7 +9,7 @@ use log::warn;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ShimError;
-use crate::runc::Runc;
+use crate::runc::{Executor, Runc};
 use crate::store_rootfs::StoreLease;
 
 /// The annotations naming the store and the image in it (shared with the CLI).
@@ -17,6 +17,9 @@ pub use nestcache::labels::{ANNOTATION_IMAGE, ANNOTATION_STORE};
 /// CRI marks its pause container with this; pod annotations must not turn it into the
 /// nestcache image.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// How the shim runs this container's steps (`runc::Executor`): `runc`, `runc-direct`.
+pub const ANNOTATION_EXECUTOR: &str = "io.nestcache.executor";
 
 pub const RECORD_FILE: &str = "nestcache-shim.json";
 
@@ -49,6 +52,19 @@ impl Spec {
             })
             .unwrap_or_default();
         Ok(Spec { annotations })
+    }
+
+    /// The executor the spec's `io.nestcache.executor` annotation asks for, if it asks.
+    pub fn executor(&self) -> Result<Option<Executor>, String> {
+        let Some(name) = self.annotations.get(ANNOTATION_EXECUTOR) else {
+            return Ok(None);
+        };
+        Executor::parse(name).map(Some).ok_or_else(|| {
+            format!(
+                "annotation {ANNOTATION_EXECUTOR}={name:?}: expected one of {}",
+                Executor::NAMES
+            )
+        })
     }
 
     /// The store + image the spec asks for, if it asks; a half-annotated spec is an error.

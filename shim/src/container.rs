@@ -23,10 +23,11 @@ use crate::exits::Exits;
 use crate::init::InitLifecycle;
 use crate::mounts;
 use crate::options::{check_store, TaskOptions};
-use crate::process::{launch, Process, Snapshot};
-use crate::runc::{ProcessFiles, Runc, Runtime};
+use crate::process::{launch, Process, Snapshot, OUTPUT_DRAIN};
+use crate::runc::{Executor, ProcessFiles, Runc, Runtime, EXECUTOR_ENV};
 use crate::state::{State, Step};
 use crate::stdio::StdioPaths;
+use crate::timing::timed;
 
 /// What every container of the shim shares.
 pub struct Shared {
@@ -64,8 +65,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An exit, in order after the process's start event (the gate), published once.
+/// An exit, in order after the process's start event (the gate), published once, and
+/// only after its output is copied out (at most OUTPUT_DRAIN), as containerd's runc shim
+/// does: a client that sees the exit first (ctr, then its delete) can miss the output.
 pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
+    if !process.wait_output(OUTPUT_DRAIN) {
+        log::warn!(
+            "{}: exited, output still open after {OUTPUT_DRAIN:?} (a child holds it?)",
+            process.describe()
+        );
+    }
     let _gate = process.gate();
     let Some(exit) = process.set_exited(code) else {
         return;
@@ -81,7 +90,7 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
     events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
 }
 
-fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
+fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) -> Result<Runc> {
     let mut runc = Runc::new(
         options.runc_binary.as_deref(),
         options.runc_root.as_deref(),
@@ -89,7 +98,43 @@ fn runc_for(options: &TaskOptions, namespace: &str, bundle: &Path) -> Runc {
         bundle,
     );
     runc.systemd_cgroup = options.systemd_cgroup;
-    runc
+    runc.executor = match spec.executor().map_err(ShimError::Invalid)? {
+        Some(chosen) => chosen,
+        None => match options.config.executor {
+            Some(chosen) => chosen,
+            None => node_default_executor()?,
+        },
+    };
+    Ok(runc)
+}
+
+/// The node's default executor: `NESTCACHE_SHIM_EXECUTOR` in the environment containerd
+/// runs its shims with, else `runc-direct`.
+fn node_default_executor() -> Result<Executor> {
+    executor_from_env(std::env::var(EXECUTOR_ENV).ok().as_deref())
+}
+
+fn executor_from_env(value: Option<&str>) -> Result<Executor> {
+    match value {
+        Some(name) if !name.is_empty() => Executor::parse(name).ok_or_else(|| {
+            ShimError::Options(format!(
+                "{EXECUTOR_ENV}={name:?}: expected one of {}",
+                Executor::NAMES
+            ))
+        }),
+        _ => Ok(Executor::default()),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_node_default_executor_is_read_strictly() {
+    assert_eq!(executor_from_env(None).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("")).unwrap(), Executor::RuncDirect);
+    assert_eq!(executor_from_env(Some("runc")).unwrap(), Executor::Runc);
+    let err = executor_from_env(Some("crun")).unwrap_err();
+    assert!(matches!(err, ShimError::Options(_)), "{err}");
+    assert!(err.to_string().contains("runc-direct"), "{err}");
 }
 
 impl Container {
@@ -104,7 +149,7 @@ impl Container {
             let roots = new.options.store_roots(shared.state_dir_env.as_deref());
             check_store(&wanted.store, &roots)?;
         }
-        let runc = runc_for(&new.options, &shared.namespace, new.bundle);
+        let runc = runc_for(&new.options, &spec, &shared.namespace, new.bundle)?;
         let mut record = Record {
             runc: runc.clone(),
             rootfs_mounted: false,
@@ -113,7 +158,10 @@ impl Container {
         };
         record.save(new.bundle)?;
         let holder = LeaseHolder::new(&shared.containerd_address, &shared.namespace, new.id);
-        if let Err(e) = mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder) {
+        let mounted = timed("mount-rootfs", new.id, || {
+            mounts::setup(new.bundle, new.rootfs, &spec, &mut record, &holder)
+        });
+        if let Err(e) = mounted {
             let _ = mounts::teardown(new.bundle, Some(&record));
             return Err(ShimError::Rootfs(e));
         }
@@ -265,7 +313,7 @@ impl Container {
             let _ = exec.lifecycle.delete(&exec);
             exec.drop_io();
         }
-        self.init.drop_io();
+        timed("drain-output", &self.id, || self.init.drop_io());
         info!("deleted {}", self.id);
         Ok(self.init.snapshot())
     }

@@ -59,6 +59,9 @@ pub enum ShimError {
     Stats { id: String, reason: String },
     #[error("{0} is not implemented by this shim")]
     Unimplemented(&'static str),
+    /// An RPC's handler panicked (`panic_guard`): a bug of the shim's, answered at once.
+    #[error("{rpc}: the shim panicked: {message}")]
+    Panicked { rpc: &'static str, message: String },
 }
 
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -89,7 +92,9 @@ impl ShimError {
             ShimError::StoreNotAllowed { .. } => Code::PERMISSION_DENIED,
             ShimError::Runc(e) if e.is_not_found() => Code::NOT_FOUND,
             ShimError::Runc(_) => Code::UNKNOWN,
-            ShimError::Io { .. } | ShimError::Stats { .. } => Code::INTERNAL,
+            ShimError::Io { .. } | ShimError::Stats { .. } | ShimError::Panicked { .. } => {
+                Code::INTERNAL
+            }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
         }
     }
@@ -168,6 +173,13 @@ mod tests {
                 Code::INTERNAL,
             ),
             (ShimError::Unimplemented("checkpoint"), Code::UNIMPLEMENTED),
+            (
+                ShimError::Panicked {
+                    rpc: "kill",
+                    message: "boom".into(),
+                },
+                Code::INTERNAL,
+            ),
         ];
         for (e, want) in cases {
             let shown = e.to_string();

@@ -15,6 +15,7 @@ use crate::mounts;
 use crate::process::{Lifecycle, Process};
 use crate::runc::{Runc, Runtime};
 use crate::state::Step;
+use crate::timing::timed;
 
 pub struct InitLifecycle {
     pub runtime: Arc<dyn Runtime>,
@@ -60,6 +61,9 @@ impl Lifecycle for InitLifecycle {
                 return Err(e.into());
             }
         }
-        mounts::teardown(&self.bundle, Some(&self.record)).map_err(ShimError::Rootfs)
+        timed("unmount-rootfs", &p.container_id, || {
+            mounts::teardown(&self.bundle, Some(&self.record))
+        })
+        .map_err(ShimError::Rootfs)
     }
 }

@@ -10,14 +10,17 @@
 //! - `process` + `state`: a process and its state machine; `init` and `exec`: the two
 //!   lifecycles (strategy objects);
 //! - `options`: the runtime options and the store roots they allow;
-//! - seams: `runc::Runtime` (runc) and `events::EventSink` (events), faked in tests;
+//! - seams: `runc::Runtime` (runc; `direct::Direct` is the shim's, doing runc's start and
+//!   delete in-process where it may) and `events::EventSink` (events), faked in tests;
 //! - `cgroups`: Stats, from the init's cgroup (v1 and v2);
-//! - `bundle`, `mounts`, `store_rootfs`, `stdio`, `exits`, `command`: the machinery.
+//! - `bundle`, `mounts`, `store_rootfs`, `stdio`, `exits`, `command`: the machinery;
+//! - `timing`: per-phase milliseconds (NESTCACHE_SHIM_TIMING=1).
 
 pub mod bundle;
 pub mod cgroups;
 pub mod command;
 pub mod container;
+pub mod direct;
 pub mod error;
 pub mod events;
 pub mod exec;
@@ -26,6 +29,7 @@ pub mod image_config;
 pub mod init;
 pub mod mounts;
 pub mod options;
+pub mod panic_guard;
 pub mod process;
 pub mod registry;
 pub mod runc;
@@ -34,6 +38,7 @@ pub mod state;
 pub mod stdio;
 pub mod store_rootfs;
 pub mod task;
+pub mod timing;
 
 #[cfg(test)]
 mod fakes;

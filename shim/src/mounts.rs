@@ -9,6 +9,7 @@ use log::{info, warn};
 use crate::bundle::{self, Record, Spec};
 use crate::image_config;
 use crate::store_rootfs::{self, StoreLease};
+use crate::timing::timed;
 use nestcache::fsutil::{self, Unmounted};
 use nestcache::store::LeaseHolder;
 
@@ -27,13 +28,20 @@ pub fn setup(
 ) -> Result<(), String> {
     let target = rootfs_dir(bundle);
     if let Some(wanted) = spec.store_image()? {
+        // CRI always hands over the declared image's snapshot: the annotations win for
+        // the layers, and the snapshot's upper dir takes the container's writes.
+        let upper = store_rootfs::snapshot_upper(mounts);
         if !mounts.is_empty() {
-            // CRI always hands over the pulled image's snapshot; the annotations win.
             info!(
-                "rootfs from store {} image {}; ignoring {} snapshot mount(s) from containerd",
+                "rootfs from store {} image {}; of {} snapshot mount(s) from containerd, {}",
                 wanted.store.display(),
                 wanted.image,
-                mounts.len()
+                mounts.len(),
+                if upper.is_some() {
+                    "the upper dir is used"
+                } else {
+                    "none is used"
+                }
             );
         }
         let dir = store_rootfs::container_dir(bundle);
@@ -46,7 +54,7 @@ pub fn setup(
         record.lease = Some(lease.clone());
         record.save(bundle).map_err(|e| e.to_string())?;
         mkdir_rootfs(&target)?;
-        store_rootfs::mount(&wanted, &lease, holder, &dir, &target)?;
+        store_rootfs::mount(&wanted, &lease, holder, &dir, upper.as_ref(), &target)?;
         image_config::apply(bundle, &spec.annotations, &wanted)?;
         return bundle::set_root_to_bundle_rootfs(bundle);
     }
@@ -105,14 +113,15 @@ pub fn teardown(bundle: &Path, record: Option<&Record>) -> Result<(), String> {
     // containerd's contract: delete must leave bundle/rootfs unmounted, whatever the
     // record says (it may be missing when the shim died early). No dir, no mount.
     let target = rootfs_dir(bundle);
+    let id = bundle.file_name().unwrap_or_default().to_string_lossy();
     if target.exists() {
-        unmount_all(&target)?;
+        timed("unmount", &id, || unmount_all(&target))?;
     }
     if let Some(dir) = record.and_then(|r| r.store_dir.as_deref()) {
-        store_rootfs::cleanup(dir)?;
+        timed("remove-upper", &id, || store_rootfs::cleanup(dir))?;
     }
     if let Some(lease) = record.and_then(|r| r.lease.as_ref()) {
-        store_rootfs::release(lease);
+        timed("release-lease", &id, || store_rootfs::release(lease));
     }
     Ok(())
 }

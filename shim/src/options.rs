@@ -20,6 +20,7 @@ use containerd_shim::protos::protobuf::{CodedInputStream, Message};
 use serde::Deserialize;
 
 use crate::error::{Result, ShimError};
+use crate::runc::Executor;
 
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
@@ -35,6 +36,10 @@ pub struct ShimConfig {
     /// Directories under which `io.nestcache.store` may name a store (absolute paths).
     #[serde(default)]
     pub store_roots: Option<Vec<PathBuf>>,
+    /// How containers run (`runc`, `runc-direct`); a container's `io.nestcache.executor`
+    /// annotation wins. Default: `runc-direct`.
+    #[serde(default)]
+    pub executor: Option<Executor>,
 }
 
 /// What a task's options say.
@@ -243,6 +248,17 @@ mod tests {
             o.store_roots(Some("relative")),
             vec![PathBuf::from("/var/lib/nestcache")]
         );
+    }
+
+    #[test]
+    fn the_executor_option_is_read_strictly() {
+        let url = NESTCACHE_OPTIONS_TYPE;
+        let got = TaskOptions::parse(Some(&any(url, br#"{"executor":"runc"}"#.to_vec()))).unwrap();
+        assert_eq!(got.config.executor, Some(Executor::Runc));
+        let err =
+            TaskOptions::parse(Some(&any(url, br#"{"executor":"youki"}"#.to_vec()))).unwrap_err();
+        assert!(matches!(err, ShimError::Options(_)), "{err}");
+        assert!(err.to_string().contains("runc-direct"), "{err}");
     }
 
     #[test]

@@ -224,6 +224,12 @@ impl Process {
             .map(f)
     }
 
+    /// Waits (at most `limit`) until what the process wrote is copied out; true when it
+    /// has no io.
+    pub fn wait_output(&self, limit: std::time::Duration) -> bool {
+        self.with_io(|io| io.wait_output(limit)).unwrap_or(true)
+    }
+
     /// Drops the shim's side of the stdio (on delete), once what the process wrote is
     /// copied out (at most OUTPUT_DRAIN, as containerd's runc shim waits at delete).
     pub fn drop_io(&self) {

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{self, Finished};
+use crate::timing::timed;
 
 /// Where runc keeps container state when containerd passes no `root` option.
 pub const DEFAULT_ROOT: &str = "/run/containerd/nestcache";
@@ -27,6 +28,39 @@ pub struct Runc {
     /// runc's JSON log for the container's own commands (create, start, kill...), inside
     /// the bundle; each exec has a log of its own (`ProcessFiles`).
     pub log: PathBuf,
+    /// Which steps the shim may do itself (`direct`); absent in records of older shims.
+    #[serde(default)]
+    pub executor: Executor,
+}
+
+/// The environment variable (of containerd, so of its shims) naming the node's default
+/// executor.
+pub const EXECUTOR_ENV: &str = "NESTCACHE_SHIM_EXECUTOR";
+
+/// How a container's steps are run: chosen per container (annotation
+/// `io.nestcache.executor`, else the shim option `executor`, else `$NESTCACHE_SHIM_EXECUTOR`),
+/// `runc-direct` by default.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Executor {
+    /// Every step by the runc binary, as containerd's runc shim does.
+    Runc,
+    /// runc's binary, but start and the delete of a stopped container done in the
+    /// shim's process (`direct`), falling back to runc for anything else.
+    #[default]
+    RuncDirect,
+}
+
+impl Executor {
+    pub const NAMES: &'static str = "runc, runc-direct";
+
+    pub fn parse(name: &str) -> Option<Executor> {
+        match name {
+            "runc" => Some(Executor::Runc),
+            "runc-direct" => Some(Executor::RuncDirect),
+            _ => None,
+        }
+    }
 }
 
 /// The files of one runc create/exec: where runc writes the pid and its JSON log.
@@ -170,13 +204,20 @@ pub enum RuncError {
         code: i32,
         message: String,
     },
+    /// A step the shim did itself, in runc's place (`direct`).
+    #[error("{action} of {id} (in the shim, in runc's place) failed: {message}")]
+    Direct {
+        action: String,
+        id: String,
+        message: String,
+    },
 }
 
 impl RuncError {
     /// True when runc said the container or process does not exist (any more).
     pub fn is_not_found(&self) -> bool {
         match self {
-            RuncError::Failed { message, .. } => {
+            RuncError::Failed { message, .. } | RuncError::Direct { message, .. } => {
                 let m = message.to_ascii_lowercase();
                 m.contains("does not exist")
                     || m.contains("not found")
@@ -203,6 +244,7 @@ impl Runc {
                 .join(namespace),
             systemd_cgroup: false,
             log: bundle.join("runc-log.json"),
+            executor: Executor::default(),
         }
     }
 
@@ -320,7 +362,8 @@ impl Runc {
     fn simple(&self, args: &[&str], action: &str, id: &str) -> Result<Finished, RuncError> {
         let mut cmd = self.command();
         cmd.args(args).stdin(Stdio::null());
-        let out = command::run(cmd, true).map_err(|source| RuncError::Spawn {
+        let out = timed(&format!("runc-{action}"), id, || command::run(cmd, true));
+        let out = out.map_err(|source| RuncError::Spawn {
             binary: self.binary.clone(),
             source,
         })?;
@@ -353,7 +396,8 @@ impl Runc {
         cmd.stdin(Stdio::from(stdio.stdin))
             .stdout(Stdio::from(stdio.stdout))
             .stderr(Stdio::from(stdio.stderr));
-        let out = command::run(cmd, false).map_err(|source| RuncError::Spawn {
+        let out = timed(&format!("runc-{action}"), id, || command::run(cmd, false));
+        let out = out.map_err(|source| RuncError::Spawn {
             binary: self.binary.clone(),
             source,
         })?;

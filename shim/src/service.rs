@@ -17,9 +17,11 @@ use log::warn;
 use nestcache::labels::NESTCACHE_SHIM_GROUP;
 
 use crate::bundle::{Record, Spec};
+use crate::direct::Direct;
 use crate::events::Events;
 use crate::mounts;
-use crate::runc::{Runc, RuncCli};
+use crate::panic_guard::Guarded;
+use crate::runc::Runc;
 use crate::task::TaskService;
 
 /// CRI puts every container of a pod in the pod's sandbox: one shim per pod.
@@ -65,7 +67,7 @@ pub struct Service {
 }
 
 impl Shim for Service {
-    type T = TaskService;
+    type T = Guarded<TaskService>;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         // containerd runs every shim command in the bundle; -bundle only comes with delete.
@@ -149,12 +151,12 @@ impl Shim for Service {
         let service = TaskService::new(
             &self.namespace,
             &self.address,
-            Arc::new(RuncCli),
+            Arc::new(Direct),
             Arc::new(events),
             self.exit.clone(),
         );
         match service {
-            Ok(t) => t,
+            Ok(t) => Guarded(t),
             Err(e) => {
                 // Without the exit monitor the shim could never report an exit.
                 eprintln!("containerd-shim-nestcache-v2: {e}");

@@ -12,6 +12,7 @@ use nestcache::store::{LeaseHolder, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::StoreImage;
+use containerd_shim::protos::types::mount::Mount;
 
 /// The per-container dir (upper, work, lower links) of a store rootfs.
 pub fn container_dir(bundle: &Path) -> PathBuf {
@@ -26,14 +27,35 @@ pub struct StoreLease {
     pub id: String,
 }
 
+/// The upper and work dirs of containerd's overlay snapshot mount, if that is what
+/// containerd handed over (CRI does: the declared image's snapshot, key = container id).
+pub fn snapshot_upper(mounts: &[Mount]) -> Option<(PathBuf, PathBuf)> {
+    let [m] = mounts else {
+        return None;
+    };
+    if m.type_ != "overlay" {
+        return None;
+    }
+    let opt = |key: &str| {
+        m.options
+            .iter()
+            .find_map(|o| o.strip_prefix(key))
+            .map(PathBuf::from)
+    };
+    Some((opt("upperdir=")?, opt("workdir=")?))
+}
+
 /// Resolves the image in the store, leases it to `holder` (so `store gc` keeps it while
 /// the container exists), checks that every layer its manifest lists is extracted, and
-/// mounts the overlay at `target` with upper/work under `dir`.
+/// mounts the overlay at `target` with the links under `dir` and the upper/work dirs of
+/// containerd's snapshot (`upper`), else under `dir`. On the snapshot's, what the
+/// container writes is what containerd's snapshotter measures: CRI's writable layer.
 pub fn mount(
     wanted: &StoreImage,
     lease: &StoreLease,
     holder: &LeaseHolder,
     dir: &Path,
+    upper: Option<&(PathBuf, PathBuf)>,
     target: &Path,
 ) -> Result<(), String> {
     let what = format!("image {} in store {}", wanted.image, wanted.store.display());
@@ -61,10 +83,14 @@ pub fn mount(
     };
     let layers = rootfs::layer_dirs_in(store.layout(), &wanted.image, image.layers())
         .map_err(|e| format!("{what}: {e}"))?;
-    // The upper dir lives in the bundle and goes with the task: never worth a sync.
-    let overlay = Overlay::prepare(dir, &layers)
-        .map_err(|e| format!("{what}: {e}"))?
-        .volatile(true);
+    // The upper dir goes with the task (bundle) or the container (snapshot): never worth
+    // a sync.
+    let overlay = match upper {
+        Some((upper, work)) => Overlay::prepare_on_upper(dir, &layers, upper, work),
+        None => Overlay::prepare(dir, &layers),
+    }
+    .map_err(|e| format!("{what}: {e}"))?
+    .volatile(true);
     if let Err(e) = overlay.mount(target) {
         let _ = overlay.remove();
         return Err(format!("{what}: {e}"));
@@ -104,5 +130,44 @@ pub fn cleanup(dir: &Path) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("remove {}: {e}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(ty: &str, options: &[&str]) -> Mount {
+        Mount {
+            type_: ty.into(),
+            source: "overlay".into(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_upper_of_one_overlay_snapshot_mount() {
+        let snap = mount(
+            "overlay",
+            &[
+                "index=off",
+                "workdir=/s/2/work",
+                "upperdir=/s/2/fs",
+                "lowerdir=/s/1/fs",
+            ],
+        );
+        assert_eq!(
+            snapshot_upper(std::slice::from_ref(&snap)),
+            Some((PathBuf::from("/s/2/fs"), PathBuf::from("/s/2/work")))
+        );
+        assert_eq!(snapshot_upper(&[]), None);
+        assert_eq!(snapshot_upper(&[snap.clone(), snap]), None);
+        // A view (no upper) or a bind snapshot: nothing to write into.
+        assert_eq!(
+            snapshot_upper(&[mount("overlay", &["lowerdir=/s/1/fs"])]),
+            None
+        );
+        assert_eq!(snapshot_upper(&[mount("bind", &["rbind", "rw"])]), None);
     }
 }

@@ -31,6 +31,7 @@ use crate::registry::Registry;
 use crate::runc::Runtime;
 use crate::state::State;
 use crate::stdio::StdioPaths;
+use crate::timing::timed;
 
 pub struct TaskService {
     shared: Arc<Shared>,
@@ -38,12 +39,24 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
-fn stdio_paths(terminal: bool, stdin: &str, stdout: &str, stderr: &str) -> StdioPaths {
+fn stdio_paths(
+    shared: &Shared,
+    id: &str,
+    terminal: bool,
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> StdioPaths {
     StdioPaths {
         stdin: stdin.to_string(),
         stdout: stdout.to_string(),
         stderr: stderr.to_string(),
         terminal,
+        // What containerd's runc shim tells a `binary://` logging program.
+        log_env: vec![
+            ("CONTAINER_ID".into(), id.to_string()),
+            ("CONTAINER_NAMESPACE".into(), shared.namespace.clone()),
+        ],
     }
 }
 
@@ -105,7 +118,14 @@ impl TaskService {
             id: &req.id,
             bundle: Path::new(&req.bundle),
             rootfs: &req.rootfs,
-            stdio: stdio_paths(req.terminal, &req.stdin, &req.stdout, &req.stderr),
+            stdio: stdio_paths(
+                &self.shared,
+                &req.id,
+                req.terminal,
+                &req.stdin,
+                &req.stdout,
+                &req.stderr,
+            ),
             options: TaskOptions::parse(req.options.as_ref())?,
         };
         let (container, early_exit) = Container::create(&self.shared, new)?;
@@ -165,7 +185,14 @@ impl TaskService {
             .as_ref()
             .map(|a| a.value.clone())
             .ok_or_else(|| ShimError::Invalid("exec without a process spec".into()))?;
-        let stdio = stdio_paths(req.terminal, &req.stdin, &req.stdout, &req.stderr);
+        let stdio = stdio_paths(
+            &self.shared,
+            &req.id,
+            req.terminal,
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+        );
         self.registry
             .get(&req.id)?
             .add_exec(&req.exec_id, stdio, spec)?;
@@ -219,8 +246,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
-        let pid = self
-            .do_create(&req)
+        let pid = timed("rpc-create", &req.id, || self.do_create(&req))
             .inspect_err(|e| warn!("create {}: {e}", req.id))?;
         Ok(CreateTaskResponse {
             pid,
@@ -229,7 +255,9 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        let pid = self.registry.get(&req.id)?.start(&req.exec_id)?;
+        let pid = timed("rpc-start", &req.id, || {
+            self.registry.get(&req.id)?.start(&req.exec_id)
+        })?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -237,7 +265,7 @@ impl Task for TaskService {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self.do_delete(&req)?)
+        Ok(timed("rpc-delete", &req.id, || self.do_delete(&req))?)
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -309,7 +337,7 @@ impl Task for TaskService {
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let process = self.registry.get(&req.id)?.process(&req.exec_id)?;
-        let exit = process.wait();
+        let exit = timed("rpc-wait", &req.id, || process.wait());
         Ok(WaitResponse {
             exit_status: exit.code,
             exited_at: MessageField::some(exit.at),

@@ -535,13 +535,13 @@ fn stats_and_update_of_a_store_rootfs_container() {
         let pod_id = run_pod(&mut c, &pod).await;
         let mut a = cri::container_config("a", DECLARED);
         if let Some(sc) = a.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
-            // Root (runAsGroup too: with a declared image without User, uid 0 alone
-            // reads as unset), so the exec may write anywhere in the rootfs.
+            // Root, so the exec may write anywhere in the rootfs (with a declared image
+            // without User, 0:0 reads as unset and the store image's app user would win).
             sc.run_as_user = Some(Int64Value { value: 0 });
-            sc.run_as_group = Some(Int64Value { value: 0 });
+            sc.run_as_group = Some(Int64Value { value: 1 });
         }
         let a = start(&mut c, &pod_id, &pod, a).await;
-        sh(&mut c, &a, "dd if=/dev/zero of=/blob bs=1M count=20 2>/dev/null; sync").await;
+        sh(&mut c, &a, "dd if=/dev/zero of=/blob bs=1M count=20 2>/dev/null && sync").await;
 
         let s = c
             .container_stats(ContainerStatsRequest {
@@ -557,6 +557,27 @@ fn stats_and_update_of_a_store_rootfs_container() {
         assert!(cpu.is_some_and(|n| n > 0), "cpu: {cpu:?}");
         let mem = s.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
         assert!(mem.is_some_and(|n| n > 0), "memory working set: {mem:?}");
+        // The writable layer is containerd's snapshot usage, sampled every
+        // stats_collect_period: the store rootfs writes into that snapshot's upper dir.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let written = loop {
+            let used = c
+                .container_stats(ContainerStatsRequest {
+                    container_id: a.clone(),
+                })
+                .await
+                .expect("ContainerStats")
+                .into_inner()
+                .stats
+                .and_then(|s| s.writable_layer)
+                .and_then(|w| w.used_bytes)
+                .map_or(0, |v| v.value);
+            if used >= 20 << 20 || Instant::now() > deadline {
+                break used;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(written >= 20 << 20, "writable layer: {written} bytes after 20 MiB");
 
         let all = c
             .list_container_stats(ListContainerStatsRequest {

@@ -49,9 +49,9 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             Err(e) => return Err(e),
         },
     };
-    // From here on SIGINT / SIGTERM no longer kill the process: they make create undo
+    // From here on SIGINT / SIGTERM / SIGHUP no longer kill the process: they make create undo
     // what it did and fail, so that an interrupted create leaves nothing behind.
-    let mut interrupt = Interrupt::listen();
+    let mut signals = crate::signals::Signals::install()?;
     let dir = ContentDir::prepare(state, &opts.name, content_dir.as_deref())?;
     let keeper = keeper::install(state)?;
     let id = container_id(&opts.name);
@@ -110,10 +110,7 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
     let meta = layout.cache_meta_dir(&opts.name);
     let started = tokio::select! {
         r = start(client, &id, opts, &meta, &nonce, expires_at, &dir.path) => r,
-        sig = interrupt.wait() => Err(Error::Other(format!(
-            "cache {:?}: interrupted by {sig}; the cache was deleted",
-            opts.name
-        ))),
+        e = signals.interrupted(format!("cache {:?} (deleted again)", opts.name)) => Err(e),
     };
     match started {
         Ok(()) => {
@@ -132,47 +129,6 @@ pub async fn create(client: &Client, state: &StateLayout, opts: &CreateOptions) 
             dir.undo();
             Err(e)
         }
-    }
-}
-
-/// SIGINT / SIGTERM, caught instead of killing the process while a create is under way.
-/// (tokio keeps its handler installed for the rest of the process.)
-struct Interrupt {
-    rx: tokio::sync::oneshot::Receiver<&'static str>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Interrupt {
-    fn listen() -> Interrupt {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let int = signal(SignalKind::interrupt());
-        let term = signal(SignalKind::terminate());
-        let task = tokio::spawn(async move {
-            let (Ok(mut int), Ok(mut term)) = (int, term) else {
-                return;
-            };
-            let which = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
-            let _ = tx.send(which);
-        });
-        Interrupt { rx, task }
-    }
-
-    /// Resolves when a signal came (at once if it came earlier); never otherwise.
-    async fn wait(&mut self) -> &'static str {
-        match (&mut self.rx).await {
-            Ok(sig) => sig,
-            Err(_) => std::future::pending().await,
-        }
-    }
-}
-
-impl Drop for Interrupt {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -62,20 +62,9 @@ fn will_remove_dir(info: &CacheInfo, opts: &RemoveOptions) -> bool {
 
 /// The nested containers running from cache `name`.
 pub async fn running_users(client: &Client, name: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for c in client
-        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
-        .await?
-    {
-        let running = client
-            .task_state(&c.id)
-            .await?
-            .is_some_and(|t| t.status != TaskStatus::Stopped);
-        if running {
-            out.push(c.id);
-        }
-    }
-    Ok(out)
+    client
+        .running_with_labels(&[(labels::ROLE, labels::ROLE_NESTED), (labels::NAME, name)])
+        .await
 }
 
 /// Stops and deletes the task, deletes the container, removes the handshake files and,

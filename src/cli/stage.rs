@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use nestcache::image::PlatformSpec;
+use nestcache::signals::{self, Signals};
 use nestcache::source;
 use nestcache::stage::{self, StageOptions};
 use nestcache::store::Store;
@@ -157,22 +158,6 @@ impl RegistryArgs {
     }
 }
 
-/// Resolves with the exit code a shell would report for the first SIGINT (130) or SIGTERM
-/// (143); never, if the handlers cannot be installed (the defaults then apply).
-async fn interrupted() -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => 130,
-        _ = term.recv() => 143,
-    }
-}
-
 pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     let platform = a
         .platform
@@ -192,6 +177,8 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     };
     let spec = a.source.clone();
     let source_opts = a.registry.source_options();
+    // A signal no longer kills the process: the temp files go first (below).
+    let mut signals = Signals::install()?;
     let work = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         // The source first: a bad source must not leave a new empty store behind.
         let src = source::parse_with(&spec, &source_opts)?;
@@ -204,14 +191,14 @@ pub async fn run(g: &Globals, a: StageArgs) -> anyhow::Result<ExitCode> {
     });
     let report = tokio::select! {
         r = work => r.context("stage worker")??,
-        code = interrupted() => {
+        sig = signals.recv() => {
             // The worker is still writing: its temp files go now, and the process with it.
             let n = nestcache::store::temp::remove_live();
             eprintln!(
                 "nestcache: stage interrupted by {}: removed {n} temp files; nothing was half-written",
-                if code == 130 { "SIGINT" } else { "SIGTERM" }
+                signals::name(sig)
             );
-            std::process::exit(code);
+            std::process::exit(signals::exit_code(sig));
         }
     };
     if a.json {

@@ -110,11 +110,16 @@ impl Client {
 
     /// The container with that id, or None.
     pub async fn get_container(&self, id: &str) -> Result<Option<Container>> {
-        let req = self.request(GetContainerRequest { id: id.to_string() });
-        match self.inner.containers().get(req).await {
+        let what = format!("get container {id}");
+        let call = || {
+            let req = self.request(GetContainerRequest { id: id.to_string() });
+            let mut containers = self.inner.containers();
+            async move { containers.get(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(r) => Ok(r.into_inner().container.map(Container::from_raw)),
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(self.error(format_args!("get container {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
@@ -154,28 +159,38 @@ impl Client {
         let mask = prost_types::FieldMask {
             paths: set.iter().map(|(k, _)| format!("labels.{k}")).collect(),
         };
-        let req = self.request(UpdateContainerRequest {
-            container: Some(raw),
-            update_mask: Some(mask),
-        });
-        match self.inner.containers().update(req).await {
+        let what = format!("update container {id}");
+        let call = || {
+            let req = self.request(UpdateContainerRequest {
+                container: Some(raw.clone()),
+                update_mask: Some(mask.clone()),
+            });
+            let mut containers = self.inner.containers();
+            async move { containers.update(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(r) => r
                 .into_inner()
                 .container
                 .map(Container::from_raw)
                 .ok_or_else(|| self.empty_answer("update container", id)),
-            Err(s) => Err(self.error(format_args!("update container {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
     /// Deletes the container record; false when there was none. containerd refuses while
     /// a task exists: delete the task first.
     pub async fn delete_container(&self, id: &str) -> Result<bool> {
-        let req = self.request(DeleteContainerRequest { id: id.to_string() });
-        match self.inner.containers().delete(req).await {
+        let what = format!("delete container {id}");
+        let call = || {
+            let req = self.request(DeleteContainerRequest { id: id.to_string() });
+            let mut containers = self.inner.containers();
+            async move { containers.delete(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(self.error(format_args!("delete container {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 

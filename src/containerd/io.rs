@@ -275,28 +275,38 @@ impl super::Client {
     /// Tells the shim to close the task's stdin (it keeps a writer of its own open until
     /// then), so the process reads end-of-file once our stdin is done.
     pub async fn close_task_stdin(&self, id: &str) -> Result<()> {
-        let req = self.request(containerd_client::services::v1::CloseIoRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-            stdin: true,
-        });
-        match self.inner.tasks().close_io(req).await {
+        let what = format!("close stdin of task {id}");
+        let call = || {
+            let req = self.request(containerd_client::services::v1::CloseIoRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                stdin: true,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.close_io(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
-            Err(s) => Err(self.error(format_args!("close stdin of task {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
     /// Sets the task's terminal size.
     pub async fn resize_task_pty(&self, id: &str, width: u32, height: u32) -> Result<()> {
-        let req = self.request(containerd_client::services::v1::ResizePtyRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-            width,
-            height,
-        });
-        match self.inner.tasks().resize_pty(req).await {
+        let what = format!("resize the terminal of task {id}");
+        let call = || {
+            let req = self.request(containerd_client::services::v1::ResizePtyRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                width,
+                height,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.resize_pty(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
-            Err(s) => Err(self.error(format_args!("resize the terminal of task {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 }

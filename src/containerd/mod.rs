@@ -6,6 +6,7 @@
 //! - `tasks`: create (rootfs mounts, stdio), start, wait, kill, delete, state.
 //! - `process`: exec processes in a running task, per-process calls, the task's pids.
 //! - [`events`]: containerd's event stream, decoded.
+//! - `reconnect`: calls that outlive a containerd restart (bounded retries).
 //!
 //! Every call carries the namespace (containerd-client's `with_namespace!`); the
 //! namespace is validated at connect so that header can never be malformed.
@@ -18,6 +19,7 @@ pub mod io;
 /// client); re-exported so `containerd::labels::X` keeps working.
 pub use crate::labels;
 mod process;
+mod reconnect;
 mod tasks;
 
 pub use tasks::Mount;
@@ -30,6 +32,7 @@ use crate::{Error, Result};
 
 pub use containers::{Container, NewContainer};
 pub use error::ContainerdError;
+pub use reconnect::RECONNECT_WINDOW;
 pub use tasks::{ExitStatus, NewTask, TaskState, TaskStatus, TaskWait};
 
 /// containerd's default gRPC socket.

@@ -66,11 +66,16 @@ impl Client {
         let client = self.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
         let handle = tokio::spawn(async move {
-            let req = client.request(WaitRequest {
-                container_id: id.clone(),
-                exec_id: exec_id.clone(),
-            });
-            match client.inner.tasks().wait(req).await {
+            let what = format!("wait for exec {exec_id} in {id}");
+            let call = || {
+                let req = client.request(WaitRequest {
+                    container_id: id.clone(),
+                    exec_id: exec_id.clone(),
+                });
+                let mut tasks = client.inner.tasks();
+                async move { tasks.wait(req).await }
+            };
+            match client.reconnecting(&what, call).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     Ok(ExitStatus {
@@ -78,7 +83,7 @@ impl Client {
                         exited_at: r.exited_at.and_then(timestamp),
                     })
                 }
-                Err(s) => Err(client.error(format_args!("wait for exec {exec_id} in {id}"), s)),
+                Err(s) => Err(client.error(&what, s)),
             }
         });
         TaskWait::from_handle(handle)
@@ -86,29 +91,39 @@ impl Client {
 
     /// Sends `signal` to exec process `exec_id`; one that is gone is not an error.
     pub async fn kill_process(&self, id: &str, exec_id: &str, signal: i32) -> Result<()> {
-        let req = self.request(KillRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            signal: signal as u32,
-            all: false,
-        });
-        match self.inner.tasks().kill(req).await {
+        let what = format!("kill exec {exec_id} in {id}");
+        let call = || {
+            let req = self.request(KillRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                signal: signal as u32,
+                all: false,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.kill(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(self.error(format_args!("kill exec {exec_id} in {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
     /// Closes the stdin of exec process `exec_id` (see `close_task_stdin`).
     pub async fn close_process_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
-        let req = self.request(CloseIoRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            stdin: true,
-        });
-        match self.inner.tasks().close_io(req).await {
+        let what = format!("close stdin of exec {exec_id} in {id}");
+        let call = || {
+            let req = self.request(CloseIoRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                stdin: true,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.close_io(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
-            Err(s) => Err(self.error(format_args!("close stdin of exec {exec_id} in {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
@@ -120,28 +135,38 @@ impl Client {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        let req = self.request(ResizePtyRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            width,
-            height,
-        });
-        match self.inner.tasks().resize_pty(req).await {
+        let what = format!("resize exec {exec_id} in {id}");
+        let call = || {
+            let req = self.request(ResizePtyRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                width,
+                height,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.resize_pty(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
-            Err(s) => Err(self.error(format_args!("resize exec {exec_id} in {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
     /// Deletes exited exec process `exec_id`; one that is gone is not an error.
     pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<()> {
-        let req = self.request(DeleteProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-        });
-        match self.inner.tasks().delete_process(req).await {
+        let what = format!("delete exec {exec_id} in {id}");
+        let call = || {
+            let req = self.request(DeleteProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.delete_process(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(self.error(format_args!("delete exec {exec_id} in {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 

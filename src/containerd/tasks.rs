@@ -15,6 +15,7 @@ use containerd_client::types::v1::Status;
 use tonic::Code;
 
 use super::containers::timestamp;
+use super::reconnect::connection_lost;
 use super::Client;
 use crate::{Error, Result};
 
@@ -126,25 +127,6 @@ impl TaskWait {
     }
 }
 
-/// How long a wait keeps reconnecting to a containerd that went away before it fails.
-pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
-
-/// Whether a failed call failed because the connection did (containerd stopped or
-/// restarting) rather than because containerd answered no.
-fn connection_lost(s: &tonic::Status) -> bool {
-    match s.code() {
-        Code::Unavailable | Code::Cancelled => true,
-        // hyper's "connection closed / reset" surfaces as Unknown with a transport error.
-        Code::Unknown => {
-            let m = s.message().to_ascii_lowercase();
-            ["transport", "connection", "broken pipe", "h2 protocol"]
-                .iter()
-                .any(|w| m.contains(w))
-        }
-        _ => false,
-    }
-}
-
 impl Client {
     /// Creates the task (the shim and the process, not yet started); returns its pid.
     pub async fn create_task(&self, t: NewTask) -> Result<u32> {
@@ -164,15 +146,47 @@ impl Client {
         }
     }
 
-    /// Starts a created task; returns its pid.
+    /// Starts a created task; returns its pid. A start whose answer was lost with the
+    /// connection may have reached the shim or not: once containerd is back, the task's
+    /// state says which, and only a task still created is started again.
     pub async fn start_task(&self, id: &str) -> Result<u32> {
-        let req = self.request(StartRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-        });
-        match self.inner.tasks().start(req).await {
+        let what = format!("start task {id}");
+        let call = || {
+            let req = self.request(StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.start(req).await }
+        };
+        let lost = match call().await {
+            Ok(r) => return Ok(r.into_inner().pid),
+            Err(s) if !connection_lost(&s) => return Err(self.error(&what, s)),
+            Err(s) => s,
+        };
+        tracing::warn!("{what}: lost containerd ({}); reconnecting", lost.message());
+        if let Some(pid) = self.started_pid(id, &what).await? {
+            return Ok(pid);
+        }
+        match self.reconnecting(&what, call).await {
             Ok(r) => Ok(r.into_inner().pid),
-            Err(s) => Err(self.error(format_args!("start task {id}"), s)),
+            // The first start may have completed meanwhile ("already started").
+            Err(s) => match self.started_pid(id, &what).await? {
+                Some(pid) => Ok(pid),
+                None => Err(self.error(&what, s)),
+            },
+        }
+    }
+
+    /// The pid of a task that is past `created`; None while it is created.
+    async fn started_pid(&self, id: &str, what: &str) -> Result<Option<u32>> {
+        match self.task_state(id).await? {
+            Some(s) if s.status == TaskStatus::Created => Ok(None),
+            Some(s) => Ok(Some(s.pid)),
+            None => Err(Error::NotFound(format!(
+                "{what} (namespace {}): the task went while containerd was away",
+                self.namespace
+            ))),
         }
     }
 
@@ -187,64 +201,62 @@ impl Client {
 
     /// One Wait, called again while containerd is away (restarted, upgraded): the task
     /// lives on in its shim, which keeps its exit status for the containerd that comes
-    /// back, so the real exit code is not lost with the connection. Bounded by
-    /// [`RECONNECT_WINDOW`] from the first failure.
+    /// back, so the real exit code is not lost with the connection.
     async fn wait_reconnecting(&self, id: &str) -> Result<ExitStatus> {
-        let mut lost_at: Option<std::time::Instant> = None;
-        let mut pause = Duration::from_millis(100);
-        loop {
+        let what = format!("wait for task {id}");
+        let call = || {
             let req = self.request(WaitRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
             });
-            let status = match self.inner.tasks().wait(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    if lost_at.is_some() {
-                        tracing::info!("task {id}: containerd is back; its exit was kept");
-                    }
-                    return Ok(ExitStatus {
-                        code: r.exit_status,
-                        exited_at: r.exited_at.and_then(timestamp),
-                    });
-                }
-                Err(s) => s,
-            };
-            let since = *lost_at.get_or_insert_with(std::time::Instant::now);
-            if !connection_lost(&status) || since.elapsed() >= RECONNECT_WINDOW {
-                return Err(self.error(format_args!("wait for task {id}"), status));
+            let mut tasks = self.inner.tasks();
+            async move { tasks.wait(req).await }
+        };
+        match self.reconnecting(&what, call).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(ExitStatus {
+                    code: r.exit_status,
+                    exited_at: r.exited_at.and_then(timestamp),
+                })
             }
-            tracing::warn!(
-                "task {id}: lost containerd ({}); reconnecting",
-                status.message()
-            );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
     /// Sends `signal` to the task's init process (or, with `all`, every process in it).
     /// A task that is already gone is not an error.
     pub async fn kill_task(&self, id: &str, signal: i32, all: bool) -> Result<()> {
-        let req = self.request(KillRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-            signal: signal as u32,
-            all,
-        });
-        match self.inner.tasks().kill(req).await {
+        let what = format!("kill task {id}");
+        let call = || {
+            let req = self.request(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: signal as u32,
+                all,
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.kill(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(self.error(format_args!("kill task {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 
-    /// Deletes a stopped (or never started) task; None when there was no task.
+    /// Deletes a stopped (or never started) task; None when there was no task, or when
+    /// another delete of it won the race.
     pub async fn delete_task(&self, id: &str) -> Result<Option<ExitStatus>> {
-        let req = self.request(DeleteTaskRequest {
-            container_id: id.to_string(),
-        });
-        match self.inner.tasks().delete(req).await {
+        let what = format!("delete task {id}");
+        let call = || {
+            let req = self.request(DeleteTaskRequest {
+                container_id: id.to_string(),
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.delete(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(Some(ExitStatus {
@@ -253,17 +265,48 @@ impl Client {
                 }))
             }
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(self.error(format_args!("delete task {id}"), s)),
+            // Two deletes of one task at once (`stop` and the `run --rm` that waited for
+            // it, on a shim the cache's containers share): containerd closes the
+            // winner's shim connection, which the loser's call is still using, after it
+            // has dropped the task ("ttrpc: closed"). A task that is gone is deleted.
+            Err(s) => match self.task_state(id).await {
+                Ok(None) => {
+                    tracing::debug!("{what}: deleted by another caller ({})", s.message());
+                    Ok(None)
+                }
+                _ => Err(self.error(&what, s)),
+            },
         }
+    }
+
+    /// The ids of the containers with these labels whose task has not stopped (a
+    /// container without a task is not running either).
+    pub async fn running_with_labels(&self, pairs: &[(&str, &str)]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for c in self.list_by_labels(pairs).await? {
+            let running = self
+                .task_state(&c.id)
+                .await?
+                .is_some_and(|t| t.status != TaskStatus::Stopped);
+            if running {
+                out.push(c.id);
+            }
+        }
+        Ok(out)
     }
 
     /// The task's state, or None when the container has no task.
     pub async fn task_state(&self, id: &str) -> Result<Option<TaskState>> {
-        let req = self.request(GetRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-        });
-        match self.inner.tasks().get(req).await {
+        let what = format!("get task {id}");
+        let call = || {
+            let req = self.request(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            });
+            let mut tasks = self.inner.tasks();
+            async move { tasks.get(req).await }
+        };
+        match self.reconnecting(&what, call).await {
             Ok(r) => Ok(r.into_inner().process.map(|p| TaskState {
                 pid: p.pid,
                 status: TaskStatus::from_raw(p.status),
@@ -271,7 +314,7 @@ impl Client {
                 exited_at: p.exited_at.and_then(timestamp),
             })),
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(self.error(format_args!("get task {id}"), s)),
+            Err(s) => Err(self.error(&what, s)),
         }
     }
 

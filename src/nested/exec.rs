@@ -8,15 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Process;
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::exec_error::{classify, ExecError};
 use super::manage::{get, running_pid};
 use super::rootpath::ContainerRoot;
 use crate::containerd::io::{Fifos, RawTerminal, Stdio};
-use crate::containerd::{Client, ExitStatus, TaskWait};
+use crate::containerd::{Client, ExitStatus};
 use crate::error::{Error, Result};
 use crate::layout::StateLayout;
+use crate::signals::Signals;
 use crate::user::UserDb;
 
 /// What `exec` is asked for.
@@ -101,7 +101,13 @@ async fn attached(
             let _ = client.resize_process_pty(id, exec_id, w, h).await;
         }
     }
-    let exit = forward_until_exit(client, id, exec_id, wait, stdin_closed, tty).await;
+    let target = super::forward::Target {
+        id: id.to_string(),
+        exec_id: Some(exec_id.to_string()),
+    };
+    let mut signals = Signals::install()?;
+    let exit =
+        super::forward::until_exit(client, target, wait, stdin_closed, &mut signals, tty).await;
     drop(raw);
     let exit = exit?;
     copies.wait_output().await?;
@@ -125,53 +131,6 @@ fn invoke_error(id: &str, process: &Process, e: Error) -> Error {
         }
         .into(),
         None => e,
-    }
-}
-
-/// Waits for the exec'd process, passing SIGINT/SIGTERM/SIGHUP on, closing its stdin once
-/// ours has ended, and following our terminal's size.
-async fn forward_until_exit(
-    client: &Client,
-    id: &str,
-    exec_id: &str,
-    wait: TaskWait,
-    mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
-    tty: bool,
-) -> Result<ExitStatus> {
-    let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install a signal handler", e));
-    let (mut int, mut term, mut hup) = (
-        sig(SignalKind::interrupt())?,
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::hangup())?,
-    );
-    let mut winch = if tty {
-        Some(sig(SignalKind::window_change())?)
-    } else {
-        None
-    };
-    let wait = wait.result();
-    tokio::pin!(wait);
-    loop {
-        let forward = tokio::select! {
-            r = &mut wait => return r,
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
-            _ = async { winch.as_mut().expect("guarded").recv().await }, if winch.is_some() => {
-                if let Some((w, h)) = RawTerminal::size() {
-                    let _ = client.resize_process_pty(id, exec_id, w, h).await;
-                }
-                continue;
-            }
-            r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
-                stdin_closed = None;
-                if r.is_ok() {
-                    client.close_process_stdin(id, exec_id).await?;
-                }
-                continue;
-            }
-        };
-        client.kill_process(id, exec_id, forward).await?;
     }
 }
 

@@ -3,9 +3,9 @@
 //! `logs` can keep the streams apart, print timestamps (`-t`), start at a time
 //! (`--since`) and show the last lines (`--tail`).
 //!
-//! The writer is the nestcache binary itself, started by the runc shim as a containerd
-//! logging binary ([`drive`]). With nestcache's own shim (no `binary://` support) the
-//! output goes to a raw file instead; `logs` reads that too, without times or streams.
+//! The writer is the nestcache binary itself, started as a containerd logging binary
+//! ([`drive`]) by the shim — containerd's runc shim or nestcache's, which both speak
+//! `binary://`. A raw log (an older nestcache's) is still read, without times or streams.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};

@@ -289,7 +289,7 @@ pub async fn remove_exited_of_cache(
 }
 
 /// `logs` with Docker's options: the JSON log the log driver keeps (streams apart,
-/// times), else the raw log of a container run by nestcache's shim (no times there).
+/// times), else a raw log (no times there: a container logged by an older nestcache).
 pub async fn logs_with(
     client: &Client,
     state: &StateLayout,
@@ -310,7 +310,7 @@ pub async fn logs_with(
     }
     if opts.since.is_some() || opts.timestamps || opts.tail.is_some() {
         return Err(Error::Invalid(format!(
-            "{id} keeps a raw log (run with --runtime shim, or by an older nestcache): --since, --tail and -t need the JSON log"
+            "{id} keeps a raw log (run by an older nestcache, or not through its log driver): --since, --tail and -t need the JSON log"
         )));
     }
     struct Raw<'a>(&'a mut (dyn super::logs::Sink + Send));

@@ -25,11 +25,13 @@ pub mod procs;
 pub mod rootpath;
 pub mod run;
 pub mod spec;
+pub mod system;
 pub mod verify;
 pub mod volumes;
 pub mod watch;
 
 mod cleanup;
+mod forward;
 mod phases;
 mod reap;
 
@@ -82,18 +84,18 @@ impl std::str::FromStr for Runtime {
 /// A detached container's JSON log (see [`logs`]), beside the raw `log`.
 pub const JSON_LOG: &str = "log.json";
 
-/// A detached task's output: through nestcache's log driver under containerd's runc
-/// shim (streams apart, timestamps), a raw file under nestcache's shim, which does not
-/// start logging binaries.
-pub fn detached_stdio(paths: &ContainerPaths, runtime: Runtime) -> crate::containerd::io::Stdio {
+/// A detached task's output: through nestcache's log driver (streams apart, timestamps),
+/// started as containerd's `binary://` logging program by either shim (containerd's runc
+/// shim, nestcache's); a raw file when this process is not the nestcache binary.
+pub fn detached_stdio(paths: &ContainerPaths) -> crate::containerd::io::Stdio {
     use crate::containerd::io::Stdio;
     let driver = std::env::current_exe().ok().filter(|p| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("nestcache"))
     });
-    match (runtime, driver) {
-        (Runtime::Runc, Some(exe)) => Stdio::log_binary(&exe, &paths.dir.join(JSON_LOG)),
-        _ => Stdio::log_file(&paths.log),
+    match driver {
+        Some(exe) => Stdio::log_binary(&exe, &paths.dir.join(JSON_LOG)),
+        None => Stdio::log_file(&paths.log),
     }
 }
 

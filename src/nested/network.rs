@@ -113,19 +113,11 @@ pub async fn reap(client: &Client, state: &StateLayout) -> Vec<String> {
 
 /// Nested containers with a task that has not stopped, and every cache's name.
 async fn live(client: &Client) -> Result<(HashSet<String>, HashSet<String>)> {
-    let mut ids = HashSet::new();
-    for c in client
-        .list_by_labels(&[(labels::ROLE, labels::ROLE_NESTED)])
+    let ids: HashSet<String> = client
+        .running_with_labels(&[(labels::ROLE, labels::ROLE_NESTED)])
         .await?
-    {
-        let running = client
-            .task_state(&c.id)
-            .await?
-            .is_some_and(|t| t.status != TaskStatus::Stopped);
-        if running {
-            ids.insert(c.id);
-        }
-    }
+        .into_iter()
+        .collect();
     let caches = crate::cache::list_containers(client)
         .await?
         .iter()

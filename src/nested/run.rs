@@ -8,9 +8,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::signal::unix::{signal, Signal, SignalKind};
-
 use super::exec_error::{classify, ExecError};
 use super::image::{self, PreparedImage};
 use super::network::{self as net, Plan};
@@ -27,6 +24,8 @@ use crate::labels;
 use crate::layout::StateLayout;
 use crate::network::{self, NetLayout, NetworkOptions, Prepared};
 use crate::rootfs::Overlay;
+use crate::signals::{InterruptedError, Signals};
+use serde::Serialize;
 
 /// Everything `run` is asked for.
 #[derive(Debug, Clone)]
@@ -501,7 +500,7 @@ async fn create_and_run(
     let tty = opts.spec.tty;
     let (stdio, fifos) = if opts.detach {
         // With -t the shim copies the console to the same log, as nerdctl's `-d -t` does.
-        let mut stdio = super::detached_stdio(paths, opts.runtime);
+        let mut stdio = super::detached_stdio(paths);
         stdio.terminal = tty;
         (stdio, None)
     } else {
@@ -582,7 +581,11 @@ async fn create_and_run(
         return Err(start_error(id, argv0, "could not start", e));
     }
     phases.mark("start task");
-    let exit = forward_signals_until_exit(client, id, wait, stdin_closed, signals, tty).await;
+    let target = super::forward::Target {
+        id: id.to_string(),
+        exec_id: None,
+    };
+    let exit = super::forward::until_exit(client, target, wait, stdin_closed, signals, tty).await;
     drop(raw);
     let exit = exit?;
     phases.mark("wait for exit");
@@ -695,89 +698,11 @@ fn start_error(id: &str, argv0: &str, what: &str, e: Error) -> Error {
     }
 }
 
-/// The signals nestcache handles while it runs a container.
-struct Signals {
-    int: Signal,
-    term: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Signals> {
-        let sig = |k: SignalKind| signal(k).map_err(|e| Error::io("install a signal handler", e));
-        Ok(Signals {
-            int: sig(SignalKind::interrupt())?,
-            term: sig(SignalKind::terminate())?,
-            hup: sig(SignalKind::hangup())?,
-        })
+/// A signal before the task started: the run is undone.
+fn interrupted(signal: i32) -> Error {
+    InterruptedError {
+        what: "run, before its container started".into(),
+        signal,
     }
-
-    /// The next signal.
-    async fn recv(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.hup.recv() => libc::SIGHUP,
-        }
-    }
-
-    /// A signal that has already arrived, if any.
-    async fn pending(&mut self) -> Option<i32> {
-        tokio::select! {
-            biased;
-            s = self.recv() => Some(s),
-            _ = std::future::ready(()) => None,
-        }
-    }
-}
-
-fn interrupted(sig: i32) -> Error {
-    let name = nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str())
-        .unwrap_or("a signal");
-    Error::Other(format!(
-        "interrupted by {name} before the container started"
-    ))
-}
-
-/// Waits for the task to exit, passing SIGINT/SIGTERM/SIGHUP on to it, closing its stdin
-/// once ours has ended, and resizing its terminal with ours.
-async fn forward_signals_until_exit(
-    client: &Client,
-    id: &str,
-    wait: crate::containerd::TaskWait,
-    mut stdin_closed: Option<tokio::sync::oneshot::Receiver<()>>,
-    signals: &mut Signals,
-    tty: bool,
-) -> Result<crate::containerd::ExitStatus> {
-    let wait = wait.result();
-    tokio::pin!(wait);
-    // With a terminal, our window size follows to the task's.
-    let mut winch = match tty {
-        true => Some(
-            signal(SignalKind::window_change())
-                .map_err(|e| Error::io("install a signal handler", e))?,
-        ),
-        false => None,
-    };
-    loop {
-        let forward = tokio::select! {
-            r = &mut wait => return r,
-            s = signals.recv() => s,
-            _ = async { winch.as_mut().expect("guarded").recv().await }, if winch.is_some() => {
-                if let Some((w, h)) = RawTerminal::size() {
-                    let _ = client.resize_task_pty(id, w, h).await;
-                }
-                continue;
-            }
-            r = async { stdin_closed.as_mut().expect("guarded").await }, if stdin_closed.is_some() => {
-                stdin_closed = None;
-                if r.is_ok() {
-                    client.close_task_stdin(id).await?;
-                }
-                continue;
-            }
-        };
-        client.kill_task(id, forward, false).await?;
-    }
+    .into()
 }

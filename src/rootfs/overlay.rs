@@ -44,6 +44,9 @@ pub struct Overlay {
     dir: PathBuf,
     layer_count: usize,
     volatile: bool,
+    /// Upper and work dirs someone else owns (a containerd snapshot's), used instead of
+    /// `upper/` and `work/` under `dir` and never removed here.
+    external: Option<(PathBuf, PathBuf)>,
 }
 
 impl Overlay {
@@ -51,6 +54,35 @@ impl Overlay {
     /// `dir`. `dir` may exist (it also holds the container's io and log); its overlay
     /// parts must not.
     pub fn prepare(dir: &Path, layers: &[PathBuf]) -> Result<Overlay> {
+        Self::prepare_with(dir, layers, None)
+    }
+
+    /// Like [`Overlay::prepare`], but writes go to `upper` (with `work` beside it), dirs
+    /// that exist and stay someone else's: the shim hands a store-rootfs container the
+    /// upper dir of containerd's snapshot, so the snapshot's usage (what CRI reports as
+    /// the writable layer) is what the container wrote.
+    pub fn prepare_on_upper(
+        dir: &Path,
+        layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+    ) -> Result<Overlay> {
+        for d in [upper, work] {
+            if !d.is_absolute() || !d.is_dir() {
+                return Err(Error::NotFound(format!(
+                    "overlay upper/work directory {}",
+                    d.display()
+                )));
+            }
+        }
+        Self::prepare_with(dir, layers, Some((upper.to_path_buf(), work.to_path_buf())))
+    }
+
+    fn prepare_with(
+        dir: &Path,
+        layers: &[PathBuf],
+        external: Option<(PathBuf, PathBuf)>,
+    ) -> Result<Overlay> {
         if layers.len() > MAX_LAYERS {
             return Err(Error::Invalid(format!(
                 "the image has {} layers; overlayfs stacks at most {MAX_LAYERS}",
@@ -70,6 +102,7 @@ impl Overlay {
             dir: dir.to_path_buf(),
             layer_count: layers.len().max(1),
             volatile: false,
+            external,
         };
         let result = overlay.create_parts(layers);
         if result.is_err() {
@@ -88,6 +121,7 @@ impl Overlay {
             dir: dir.to_path_buf(),
             layer_count: count,
             volatile: false,
+            external: None,
         })
     }
 
@@ -115,8 +149,10 @@ impl Overlay {
             symlink(layer, &link)
                 .ctx(|| format!("link {} -> {}", link.display(), layer.display()))?;
         }
-        for d in [self.upper_dir(), self.work_dir()] {
-            std::fs::create_dir(&d).ctx(|| format!("create {}", d.display()))?;
+        if self.external.is_none() {
+            for d in [self.upper_dir(), self.work_dir()] {
+                std::fs::create_dir(&d).ctx(|| format!("create {}", d.display()))?;
+            }
         }
         Ok(())
     }
@@ -130,11 +166,17 @@ impl Overlay {
     }
 
     pub fn upper_dir(&self) -> PathBuf {
-        self.dir.join("upper")
+        match &self.external {
+            Some((upper, _)) => upper.clone(),
+            None => self.dir.join("upper"),
+        }
     }
 
     pub fn work_dir(&self) -> PathBuf {
-        self.dir.join("work")
+        match &self.external {
+            Some((_, work)) => work.clone(),
+            None => self.dir.join("work"),
+        }
     }
 
     /// Link names, top layer first, as overlayfs wants its lowerdir list.
@@ -226,10 +268,15 @@ impl Overlay {
         })
     }
 
-    /// Deletes the links, upper and work dirs (what the container wrote is gone). The
-    /// overlay must not be mounted any more.
+    /// Deletes the links, upper and work dirs (what the container wrote is gone; external
+    /// upper and work dirs stay, they are their owner's). The overlay must not be
+    /// mounted any more.
     pub fn remove(&self) -> Result<()> {
-        for d in [self.lower_links_dir(), self.upper_dir(), self.work_dir()] {
+        let mut dirs = vec![self.lower_links_dir()];
+        if self.external.is_none() {
+            dirs.extend([self.upper_dir(), self.work_dir()]);
+        }
+        for d in dirs {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -394,6 +441,33 @@ mod tests {
         // Unmounting twice is fine (cleanup may run again).
         unmount(&target).unwrap();
         o.remove().unwrap();
+    }
+
+    #[test]
+    fn writes_go_to_an_external_upper_that_remove_leaves() {
+        testkit::require!(root);
+        let t = tempfile::tempdir().unwrap();
+        let (upper, work) = (t.path().join("snap/fs"), t.path().join("snap/work"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let dir = t.path().join("c");
+        let l = layers(t.path(), 2);
+        assert!(Overlay::prepare_on_upper(&dir, &l, &t.path().join("nope"), &work).is_err());
+        let o = Overlay::prepare_on_upper(&dir, &l, &upper, &work).unwrap();
+        assert!(!dir.join("upper").exists() && !dir.join("work").exists());
+        assert!(o
+            .relative_mount_data()
+            .contains(&format!("upperdir={}", upper.display())));
+        let target = dir.join("rootfs");
+        std::fs::create_dir(&target).unwrap();
+        o.mount(&target).unwrap();
+        let written = std::fs::write(target.join("new"), "x");
+        unmount(&target).unwrap();
+        written.unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("new")).unwrap(), "x");
+        o.remove().unwrap();
+        assert!(upper.join("new").is_file(), "the owner's upper dir stays");
+        assert!(!dir.join("lower").exists());
     }
 
     #[test]

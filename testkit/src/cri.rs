@@ -129,6 +129,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
+  # The writable layer's usage is sampled this often (seconds; 10 by default).
+  stats_collect_period = 1
   netns_mounts_under_state_dir = true
   enable_selinux = false
   stream_server_address = "127.0.0.1"
