@@ -5,6 +5,7 @@
 //! The byte stream is inflated on a thread of its own ([`stream::spawn_decoder`]) and
 //! hashed as the tar parser reads it; [`super::entry`] writes each entry.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +17,7 @@ use super::lower;
 use super::path::RelPath;
 use super::stream::{self, Limits};
 use super::tree::Tree;
+use super::writers::{self, Writers};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 
@@ -84,6 +86,7 @@ pub fn discard(dir: &Path) {
     }
 }
 
+/// Runs [`apply_entries`] with the small-file writer threads of this layer beside it.
 fn extract(
     chunks: stream::Chunks,
     tripped: stream::Tripped,
@@ -91,6 +94,27 @@ fn extract(
     dest: &Path,
     lowers: Option<&[PathBuf]>,
     limits: &Limits,
+) -> Result<Outcome> {
+    let n = writers::per_layer();
+    let (tx, shared) = writers::queue(diff_id);
+    std::thread::scope(|s| {
+        for _ in 0..n {
+            s.spawn(|| writers::work(&shared));
+        }
+        // Dropped on the way out, which ends the writer threads.
+        let w = (n > 0).then(|| Writers::new(tx, &shared));
+        apply_entries(chunks, tripped, diff_id, dest, lowers, limits, w.as_ref())
+    })
+}
+
+fn apply_entries(
+    chunks: stream::Chunks,
+    tripped: stream::Tripped,
+    diff_id: &Digest,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+    writers: Option<&Writers<'_>>,
 ) -> Result<Outcome> {
     let stream_error = |entry: Option<&Path>, source: io::Error| -> Error {
         let layer = diff_id.clone();
@@ -117,8 +141,11 @@ fn extract(
             implicit: Vec::new(),
             depends: false,
             dirs: Vec::new(),
+            pending: HashSet::new(),
+            made: HashSet::new(),
         },
         buf: vec![0; COPY_BUFFER],
+        writers,
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(
         TAR_BUFFER,
@@ -162,7 +189,8 @@ fn extract(
         }
         .into());
     }
-    ap.finish_dirs()
+    ap.fence()
+        .and_then(|()| ap.finish_dirs())
         .map_err(|f| f.into_error(diff_id, PathBuf::from(".")))?;
     Ok(Outcome::Done(LayerStats {
         diff_id: diff_id.clone(),

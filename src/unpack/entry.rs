@@ -4,7 +4,17 @@
 //! Ownership, modes and times are applied per entry right after it is written; directory
 //! modes and mtimes wait until the end ([`Applier::finish_dirs`]), since writing into a
 //! directory changes its mtime and a read-only mode would stand in the way.
+//!
+//! Small regular files may be handed to writer threads ([`super::writers`]); everything
+//! else stays on the parser's thread, in tar order. Queued files never meet another
+//! entry's path half-written, because the parser waits for the queue to drain (a fence)
+//! before anything that could touch one: an entry at a queued file's own path, a
+//! hardlink (its target may be queued), a device node, a whiteout, and making room
+//! over something already there (which may remove a directory queued files are going
+//! into). A file at a path this layer made a directory is written inline; a missing
+//! parent that is a queued file is refused as the walker would refuse the file itself.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -28,10 +38,13 @@ use super::lower::{self, OPAQUE_XATTR};
 use super::meta::{read_meta, Meta};
 use super::path::RelPath;
 use super::tree::{io_err, kind, lstat_at, DirMeta, Tree, TreeError};
+use super::writers::{Job, Writers, SMALL_FILE};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Files queued since the last fence, at most (bounds the parser's bookkeeping).
+const MAX_PENDING: usize = 8192;
 /// Copy buffer for file contents; large reads let the decompressor work in big strides.
 pub(super) const COPY_BUFFER: usize = 1 << 20;
 
@@ -47,6 +60,11 @@ pub(super) struct Parents<'a> {
     pub(super) depends: bool,
     /// Directory modes and times, applied at the end.
     pub(super) dirs: Vec<DeferredDir>,
+    /// Files handed to the writer threads since the last fence.
+    pub(super) pending: HashSet<RelPath>,
+    /// Every directory this layer created (some may be gone since): a file entry at one
+    /// of these paths is written inline, where replacing a directory is safe.
+    pub(super) made: HashSet<RelPath>,
 }
 
 pub(super) struct DeferredDir {
@@ -57,6 +75,13 @@ pub(super) struct DeferredDir {
 
 impl Parents<'_> {
     fn make(&mut self, rel: &RelPath) -> std::result::Result<DirMeta, TreeError> {
+        if self.pending.contains(rel) {
+            // What the walker finds once the queued file is written.
+            return Err(TreeError::Unsafe(format!(
+                "goes through non-directory {rel}"
+            )));
+        }
+        self.made.insert(rel.clone());
         let Some(lowers) = self.lowers else {
             self.implicit.push(rel.clone());
             return Ok(DirMeta::IMPLICIT);
@@ -88,6 +113,8 @@ pub(super) struct Applier<'a> {
     pub(super) tree: Tree,
     pub(super) parents: Parents<'a>,
     pub(super) buf: Vec<u8>,
+    /// Writer threads for small files; `None` writes every file inline.
+    pub(super) writers: Option<&'a Writers<'a>>,
 }
 
 impl Applier<'_> {
@@ -101,15 +128,21 @@ impl Applier<'_> {
         if let Some((_, last)) = rel.split_last() {
             let last = last.as_bytes();
             if last.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                // It may remove a tree queued files are being written into.
+                self.fence()?;
                 return self.whiteout(&rel, last).map(|_| Step::Next);
             }
         }
         match etype {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(&rel, e, &meta)?
+                self.file(&rel, e, meta)?
             }
-            EntryType::Directory => self.dir(&rel, &meta)?,
+            EntryType::Directory => {
+                self.fence_for(&rel)?;
+                self.dir(&rel, &meta)?
+            }
             EntryType::Symlink => {
+                self.fence_for(&rel)?;
                 let target = e
                     .link_name()
                     .ok()
@@ -125,9 +158,12 @@ impl Applier<'_> {
                     .flatten()
                     .ok_or_else(|| Fail::Invalid("hardlink without a target".into()))?
                     .into_owned();
+                // Its target may be a queued file.
+                self.fence()?;
                 return self.hardlink(&rel, &target);
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.fence()?;
                 self.node(&rel, e, etype, &meta)?
             }
             other => {
@@ -165,6 +201,8 @@ impl Applier<'_> {
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(io_err(format!("{what} {rel}"), e).into()),
         }
+        // Making room may remove a directory queued files are being written into.
+        self.fence()?;
         let (dir, kept) = self.prepare(rel, is_dir)?;
         if kept {
             return Ok((dir, None));
@@ -173,7 +211,30 @@ impl Applier<'_> {
         Ok((dir, Some(t)))
     }
 
-    fn file<R: Read>(&mut self, rel: &RelPath, e: &mut tar::Entry<R>, meta: &Meta) -> Res<()> {
+    /// Waits for the writer threads to finish every queued file.
+    pub(super) fn fence(&mut self) -> Res<()> {
+        if let Some(w) = self.writers {
+            w.fence()?;
+        }
+        self.parents.pending.clear();
+        Ok(())
+    }
+
+    /// Fences when `rel` itself is a queued file (a later entry replaces it).
+    fn fence_for(&mut self, rel: &RelPath) -> Res<()> {
+        if self.parents.pending.contains(rel) {
+            self.fence()?;
+        }
+        Ok(())
+    }
+
+    fn file<R: Read>(&mut self, rel: &RelPath, e: &mut tar::Entry<R>, meta: Meta) -> Res<()> {
+        self.fence_for(rel)?;
+        if let Some(w) = self.writers {
+            if e.size() <= SMALL_FILE && !self.parents.made.contains(rel) {
+                return self.queue(w, rel, e, meta);
+            }
+        }
         let (_, file) = self.create(rel, false, "create", create_file_at)?;
         let file = file.ok_or_else(|| Fail::Invalid("file entry kept a directory".into()))?;
         let mut file = File::from(file);
@@ -196,23 +257,45 @@ impl Applier<'_> {
                 actual: got,
             });
         }
-        let fd = file.as_raw_fd();
-        fchown(
-            fd,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-        )
-        .map_err(|e| io_err(format!("chown {rel}"), e))?;
-        // After chown, which clears setuid/setgid.
-        fchmod(fd, Mode::from_bits_truncate(meta.mode))
-            .map_err(|e| io_err(format!("chmod {rel}"), e))?;
-        for (k, v) in &meta.xattrs {
-            if let Err(err) = xattr::FileExt::set_xattr(&file, k, v) {
-                xattr_failed(rel, k, err)?;
-            }
+        set_file_meta(&file, rel, &meta)
+    }
+
+    /// Hands a small file to the writer threads: its parent resolved here (missing
+    /// parents made, symlinks refused), its body read whole.
+    fn queue<R: Read>(
+        &mut self,
+        w: &Writers<'_>,
+        rel: &RelPath,
+        e: &mut tar::Entry<R>,
+        meta: Meta,
+    ) -> Res<()> {
+        let (parent, name) = rel
+            .split_last()
+            .ok_or_else(|| Fail::Unsafe("names the layer root".into()))?;
+        let parents = &mut self.parents;
+        let dir = self
+            .tree
+            .dir_shared(parent, Some(&mut |r| parents.make(r)))?;
+        let want = e.size();
+        let mut body = Vec::with_capacity(want as usize);
+        e.take(want).read_to_end(&mut body).map_err(Fail::Stream)?;
+        if body.len() as u64 != want {
+            return Err(Fail::Short {
+                expected: want,
+                actual: body.len() as u64,
+            });
         }
-        futimens(fd, &meta.mtime, &meta.mtime)
-            .map_err(|e| io_err(format!("set times of {rel}"), e))?;
+        self.parents.pending.insert(rel.clone());
+        w.submit(Job {
+            dir,
+            name: name.to_os_string(),
+            rel: rel.clone(),
+            body,
+            meta,
+        })?;
+        if self.parents.pending.len() >= MAX_PENDING {
+            self.fence()?;
+        }
         Ok(())
     }
 
@@ -231,6 +314,7 @@ impl Applier<'_> {
             let full = self.tree.full_path(rel);
             self.set_xattrs_path(rel, &full, &meta.xattrs)?;
             self.parents.implicit.retain(|d| d != rel);
+            self.parents.made.insert(rel.clone());
         }
         self.parents.dirs.push(DeferredDir {
             rel: rel.clone(),
@@ -543,7 +627,31 @@ fn last(rel: &RelPath) -> &OsStr {
     rel.split_last().map_or(OsStr::new("."), |(_, l)| l)
 }
 
-fn create_file_at(dir: RawFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+/// A regular file's metadata once its bytes are written: owner, mode (after the owner,
+/// whose change clears setuid/setgid), xattrs (after the owner too, which clears file
+/// capabilities), times last (every other change bumps them).
+pub(super) fn set_file_meta(file: &File, rel: &RelPath, meta: &Meta) -> Res<()> {
+    let fd = file.as_raw_fd();
+    fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| io_err(format!("chown {rel}"), e))?;
+    fchmod(fd, Mode::from_bits_truncate(meta.mode))
+        .map_err(|e| io_err(format!("chmod {rel}"), e))?;
+    for (k, v) in &meta.xattrs {
+        if let Err(err) = xattr::FileExt::set_xattr(file, k, v) {
+            xattr_failed(rel, k, err)?;
+        }
+    }
+    futimens(fd, &meta.mtime, &meta.mtime).map_err(|e| io_err(format!("set times of {rel}"), e))?;
+    Ok(())
+}
+
+/// Creates a new file (never through a symlink, never over anything), mode 0600 until
+/// its metadata is applied.
+pub(super) fn create_file_at(dir: RawFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
     let fd = openat(
         Some(dir),
         name,

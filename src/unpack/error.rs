@@ -130,6 +130,8 @@ pub(super) enum Fail {
     Io(String, io::Error),
     /// The byte stream itself failed (truncated, corrupt, guard tripped).
     Stream(io::Error),
+    /// A file writer thread failed on an earlier entry; already named.
+    Written(Box<UnpackError>),
 }
 
 impl From<TreeError> for Fail {
@@ -171,6 +173,7 @@ impl Fail {
                 entry: Some(entry),
                 source,
             },
+            Fail::Written(e) => *e,
         }
     }
 }

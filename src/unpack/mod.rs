@@ -21,6 +21,7 @@ mod meta;
 mod path;
 mod stream;
 mod tree;
+mod writers;
 
 pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 pub use ensure::{

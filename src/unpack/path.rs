@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// A path inside a layer: non-empty list of normal components (possibly empty for the
 /// root itself, which tars write as `./`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RelPath {
     parts: Vec<OsString>,
 }

@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
@@ -55,10 +56,11 @@ impl DirMeta {
 pub type MissingDir<'a> = &'a mut dyn FnMut(&RelPath) -> TreeResult<DirMeta>;
 
 pub struct Tree {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     root_path: PathBuf,
-    /// fds of the directories along the last resolved path, root excluded.
-    cursor: Vec<(OsString, OwnedFd)>,
+    /// fds of the directories along the last resolved path, root excluded. Shared, so a
+    /// file writer thread can keep using one after the walker moved on.
+    cursor: Vec<(OsString, Arc<OwnedFd>)>,
 }
 
 impl Tree {
@@ -71,7 +73,7 @@ impl Tree {
         )?;
         Ok(Tree {
             // SAFETY: openat returned a fresh fd that nothing else owns.
-            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             root_path: root_path.to_path_buf(),
             cursor: Vec::new(),
         })
@@ -151,12 +153,25 @@ impl Tree {
                 }
                 Err(e) => return Err(io_err(format!("open directory {}", show(&parts[..=i])), e)),
             };
-            self.cursor.push((parts[i].clone(), fd));
+            self.cursor.push((parts[i].clone(), Arc::new(fd)));
         }
         Ok(self
             .cursor
             .last()
             .map_or(self.root.as_raw_fd(), |(_, fd)| fd.as_raw_fd()))
+    }
+
+    /// [`Tree::dir`], as an fd that stays valid after the walker moves on.
+    pub fn dir_shared(
+        &mut self,
+        parts: &[OsString],
+        missing: Option<MissingDir>,
+    ) -> TreeResult<Arc<OwnedFd>> {
+        self.dir(parts, missing)?;
+        Ok(self
+            .cursor
+            .last()
+            .map_or_else(|| self.root.clone(), |(_, fd)| fd.clone()))
     }
 
     fn classify_non_dir(&self, parent: RawFd, name: &OsStr, parts: &[OsString]) -> TreeError {
