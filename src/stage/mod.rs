@@ -364,14 +364,7 @@ fn unpack_layers(
         &claimed,
         present_policy(opts.verify_existing),
     )?;
-    let blobs: Vec<LayerBlob> = layers
-        .iter()
-        .map(|l| LayerBlob {
-            digest: l.digest.clone(),
-            media_type: l.media_type(),
-            diff_id: l.diff_id.clone(),
-        })
-        .collect();
+    let blobs: Vec<LayerBlob> = layers.iter().map(LayerBlob::from).collect();
     ensure_layers_with(store.layout(), &blobs, &opts.limits, &feed)?;
     feed.finish()
 }

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -26,7 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::Layer;
 use crate::source::Source;
 use crate::store::{BlobClaim, Ingested, NoTee, Present, Store, Tee};
-use crate::unpack::{apply_layer, Feed, LayerBlob, Limits, Outcome};
+use crate::unpack::{apply_layer, chunk_pipe, ChunkSender, Feed, LayerBlob, Limits, Outcome};
 
 /// The [`Feed`] of a stage: layers whose blobs are claimed are streamed from the source;
 /// the others (blob present, layer missing) are read from the store.
@@ -229,7 +228,7 @@ struct LayerTee<'scope, 'env> {
     dest: &'env Path,
     lowers: Option<&'env [PathBuf]>,
     limits: &'env Limits,
-    tx: Option<PipeWriter>,
+    tx: Option<ChunkSender>,
     running: Option<ScopedJoinHandle<'scope, Result<Outcome>>>,
     /// What the extractor returned when it ended before the stream did.
     ended: Option<Result<Outcome>>,
@@ -258,7 +257,7 @@ impl<'scope, 'env> LayerTee<'scope, 'env> {
     }
 
     fn spawn(&mut self) {
-        let (tx, rx) = pipe();
+        let (tx, rx) = chunk_pipe(PIPE_CHUNKS);
         let (layer, dest, lowers, limits) = (self.layer, self.dest, self.lowers, self.limits);
         self.tx = Some(tx);
         self.running = Some(self.scope.spawn(move || {
@@ -296,7 +295,7 @@ impl Tee for LayerTee<'_, '_> {
         let Some(tx) = &mut self.tx else {
             return Ok(());
         };
-        if tx.send(bytes) {
+        if tx.send_copy(bytes) {
             return Ok(());
         }
         // The extractor stopped reading: it is done or failed.
@@ -318,89 +317,5 @@ impl Tee for LayerTee<'_, '_> {
         crate::unpack::discard(self.dest);
         self.spawn();
         Ok(())
-    }
-}
-
-/// A bounded in-process byte pipe: the ingest writes chunks, the extractor reads them;
-/// read buffers go back to the writer for reuse.
-fn pipe() -> (PipeWriter, PipeReader) {
-    let (tx, rx) = sync_channel(PIPE_CHUNKS);
-    let (spare_tx, spare_rx) = sync_channel(PIPE_CHUNKS);
-    (
-        PipeWriter {
-            tx,
-            spare: spare_rx,
-        },
-        PipeReader {
-            rx,
-            spare: spare_tx,
-            cur: Vec::new(),
-            pos: 0,
-        },
-    )
-}
-
-struct PipeWriter {
-    tx: SyncSender<Vec<u8>>,
-    spare: Receiver<Vec<u8>>,
-}
-
-impl PipeWriter {
-    /// Sends a copy of `bytes`; false once the reader is gone.
-    fn send(&mut self, bytes: &[u8]) -> bool {
-        let mut buf = self.spare.try_recv().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(bytes);
-        self.tx.send(buf).is_ok()
-    }
-}
-
-struct PipeReader {
-    rx: Receiver<Vec<u8>>,
-    spare: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for PipeReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            let Ok(next) = self.rx.recv() else {
-                // The writer closed the pipe: the end of the blob (or of a failed ingest,
-                // whose result is dropped).
-                return Ok(0);
-            };
-            let done = std::mem::replace(&mut self.cur, next);
-            let _ = self.spare.try_send(done);
-            self.pos = 0;
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pipe_carries_every_byte_in_order_and_ends_when_the_writer_goes() {
-        let (mut w, mut r) = pipe();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).unwrap();
-            got
-        });
-        for chunk in data.chunks(7_777) {
-            assert!(w.send(chunk));
-        }
-        drop(w);
-        assert_eq!(reader.join().unwrap(), data);
-        let (mut w, r) = pipe();
-        drop(r);
-        assert!(!w.send(b"nobody reads"));
     }
 }

@@ -15,6 +15,7 @@ use super::entry::{Applier, Parents, Step, COPY_BUFFER};
 use super::error::{Fail, UnpackError};
 use super::lower;
 use super::path::RelPath;
+use super::pipe::Chunks;
 use super::stream::{self, Limits};
 use super::tree::Tree;
 use super::writers::{self, Writers};
@@ -88,7 +89,7 @@ pub fn discard(dir: &Path) {
 
 /// Runs [`apply_entries`] with the small-file writer threads of this layer beside it.
 fn extract(
-    chunks: stream::Chunks,
+    chunks: Chunks,
     tripped: stream::Tripped,
     diff_id: &Digest,
     dest: &Path,
@@ -108,7 +109,7 @@ fn extract(
 }
 
 fn apply_entries(
-    chunks: stream::Chunks,
+    chunks: Chunks,
     tripped: stream::Tripped,
     diff_id: &Digest,
     dest: &Path,

@@ -24,7 +24,7 @@ use super::error::UnpackError;
 use super::stream::Limits;
 use crate::digest::{chain_ids, Digest};
 use crate::error::{Error, IoContext, Result};
-use crate::image::ResolvedImage;
+use crate::image::{Layer, ResolvedImage};
 use crate::layout::ContentLayout;
 use crate::store::{temp, Store};
 
@@ -36,6 +36,16 @@ pub struct LayerBlob {
     pub diff_id: Digest,
 }
 
+impl From<&Layer> for LayerBlob {
+    fn from(l: &Layer) -> Self {
+        LayerBlob {
+            digest: l.digest.clone(),
+            media_type: l.media_type(),
+            diff_id: l.diff_id.clone(),
+        }
+    }
+}
+
 /// Makes sure every layer of a resolved image is extracted in `store`; returns the layer
 /// directories bottom → top. Holds the store's gc lock (shared) meanwhile, so `store gc`
 /// never removes a work dir or a layer under an extraction.
@@ -44,15 +54,7 @@ pub fn ensure_unpacked(
     img: &ResolvedImage,
     limits: &Limits,
 ) -> Result<Vec<PathBuf>> {
-    let layers: Vec<LayerBlob> = img
-        .layers()
-        .iter()
-        .map(|l| LayerBlob {
-            digest: l.digest.clone(),
-            media_type: l.media_type(),
-            diff_id: l.diff_id.clone(),
-        })
-        .collect();
+    let layers: Vec<LayerBlob> = img.layers().iter().map(LayerBlob::from).collect();
     let _gc = store.writer_lock()?;
     ensure_layers(store.layout(), &layers, limits)
 }

@@ -19,6 +19,7 @@ mod error;
 mod lower;
 mod meta;
 mod path;
+mod pipe;
 mod stream;
 mod tree;
 mod writers;
@@ -30,4 +31,5 @@ pub use ensure::{
 };
 pub use error::{GuardTrip, UnpackError};
 pub use path::RelPath;
+pub use pipe::{chunk_pipe, ChunkSender};
 pub use stream::Limits;

@@ -4,10 +4,10 @@
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
 use std::rc::Rc;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use super::error::GuardTrip;
+use super::pipe::{chunk_pipe, ChunkSender, Chunks};
 
 /// Limits against decompression bombs and absurd archives.
 #[derive(Debug, Clone)]
@@ -150,8 +150,7 @@ pub fn spawn_decoder<'scope, 'env, R: Read + Send + 'env>(
     blob: R,
     limits: &Limits,
 ) -> (Chunks, Tripped) {
-    let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
-    let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
+    let (tx, rx) = chunk_pipe(CHUNKS_IN_FLIGHT);
     let tripped = Tripped::default();
     let limits = limits.clone();
     let shared = tripped.clone();
@@ -164,26 +163,14 @@ pub fn spawn_decoder<'scope, 'env, R: Read + Send + 'env>(
             }
         };
         guard.tripped = shared;
-        decode_loop(&mut guard, &tx, &spare_rx);
+        decode_loop(&mut guard, &tx);
     });
-    (
-        Chunks {
-            rx,
-            spare: spare_tx,
-            cur: Vec::new(),
-            pos: 0,
-        },
-        tripped,
-    )
+    (rx, tripped)
 }
 
-fn decode_loop(
-    guard: &mut Guard<'_>,
-    tx: &SyncSender<io::Result<Vec<u8>>>,
-    spare: &Receiver<Vec<u8>>,
-) {
+fn decode_loop(guard: &mut Guard<'_>, tx: &ChunkSender) {
     loop {
-        let mut buf = spare.try_recv().unwrap_or_default();
+        let mut buf = tx.buffer();
         buf.resize(CHUNK, 0);
         let mut n = 0;
         while n < CHUNK {
@@ -201,35 +188,8 @@ fn decode_loop(
             return;
         }
         buf.truncate(n);
-        if tx.send(Ok(buf)).is_err() {
+        if !tx.send(Ok(buf)) {
             return;
         }
-    }
-}
-
-/// The consuming end of [`spawn_decoder`].
-pub struct Chunks {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    spare: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Chunks {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.cur.len() {
-            let next = match self.rx.recv() {
-                Ok(r) => r?,
-                // The decoder finished (or died: then the diff_id check fails).
-                Err(_) => return Ok(0),
-            };
-            let done = std::mem::replace(&mut self.cur, next);
-            let _ = self.spare.try_send(done);
-            self.pos = 0;
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
