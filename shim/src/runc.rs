@@ -6,6 +6,7 @@
 //! to a log file, not stderr: one log per process, so that concurrent execs never read
 //! each other's errors), `--systemd-cgroup` when asked for.
 
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -274,17 +275,13 @@ impl Runc {
         files: &ProcessFiles,
         io: RuncIo,
     ) -> Result<(), RuncError> {
-        let mut cmd = self.command_logging_to(&files.log);
-        cmd.arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&files.pid_file);
-        if let Some(sock) = io.console_socket {
-            cmd.arg("--console-socket").arg(sock);
-        }
-        cmd.arg(id);
-        self.run_passing(cmd, "create", id, &files.log, io.stdio)
+        self.run_with_pid_file(
+            "create",
+            &["--bundle".as_ref(), bundle.as_os_str()],
+            id,
+            files,
+            io,
+        )
     }
 
     /// `runc exec --detach`: an extra process described by a process.json.
@@ -295,18 +292,33 @@ impl Runc {
         files: &ProcessFiles,
         io: RuncIo,
     ) -> Result<(), RuncError> {
+        let args: [&OsStr; 3] = [
+            "--detach".as_ref(),
+            "--process".as_ref(),
+            process_json.as_os_str(),
+        ];
+        self.run_with_pid_file("exec", &args, id, files, io)
+    }
+
+    /// `runc VERB ARGS --pid-file F [--console-socket S] ID`, stdio passed to the process.
+    fn run_with_pid_file(
+        &self,
+        verb: &str,
+        args: &[&OsStr],
+        id: &str,
+        files: &ProcessFiles,
+        io: RuncIo,
+    ) -> Result<(), RuncError> {
         let mut cmd = self.command_logging_to(&files.log);
-        cmd.arg("exec")
-            .arg("--detach")
-            .arg("--process")
-            .arg(process_json)
+        cmd.arg(verb)
+            .args(args)
             .arg("--pid-file")
             .arg(&files.pid_file);
         if let Some(sock) = io.console_socket {
             cmd.arg("--console-socket").arg(sock);
         }
         cmd.arg(id);
-        self.run_passing(cmd, "exec", id, &files.log, io.stdio)
+        self.run_passing(cmd, verb, id, &files.log, io.stdio)
     }
 
     pub fn update(&self, id: &str, resources: &Path) -> Result<(), RuncError> {

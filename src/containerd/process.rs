@@ -6,14 +6,13 @@
 
 use containerd_client::services::v1::{
     CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, KillRequest, ListPidsRequest,
-    ResizePtyRequest, StartRequest, WaitRequest,
+    ResizePtyRequest, StartRequest,
 };
 use oci_spec::runtime::Process;
 use tonic::Code;
 
-use super::containers::timestamp;
 use super::io::Stdio;
-use super::{Client, ExitStatus, TaskWait};
+use super::{Client, TaskWait};
 use crate::{Error, Result};
 
 /// The type URL containerd expects for an OCI process spec carried as `Any` (JSON).
@@ -65,27 +64,7 @@ impl Client {
     pub fn wait_process(&self, id: &str, exec_id: &str) -> TaskWait {
         let client = self.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
-        let handle = tokio::spawn(async move {
-            let what = format!("wait for exec {exec_id} in {id}");
-            let call = || {
-                let req = client.request(WaitRequest {
-                    container_id: id.clone(),
-                    exec_id: exec_id.clone(),
-                });
-                let mut tasks = client.inner.tasks();
-                async move { tasks.wait(req).await }
-            };
-            match client.reconnecting(&what, call).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    Ok(ExitStatus {
-                        code: r.exit_status,
-                        exited_at: r.exited_at.and_then(timestamp),
-                    })
-                }
-                Err(s) => Err(client.error(&what, s)),
-            }
-        });
+        let handle = tokio::spawn(async move { client.wait_reconnecting(&id, &exec_id).await });
         TaskWait::from_handle(handle)
     }
 

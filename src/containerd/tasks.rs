@@ -195,19 +195,25 @@ impl Client {
     pub fn wait_task(&self, id: &str) -> TaskWait {
         let client = self.clone();
         let id = id.to_string();
-        let handle = tokio::spawn(async move { client.wait_reconnecting(&id).await });
+        let handle = tokio::spawn(async move { client.wait_reconnecting(&id, "").await });
         TaskWait { handle }
     }
 
     /// One Wait, called again while containerd is away (restarted, upgraded): the task
     /// lives on in its shim, which keeps its exit status for the containerd that comes
     /// back, so the real exit code is not lost with the connection.
-    async fn wait_reconnecting(&self, id: &str) -> Result<ExitStatus> {
-        let what = format!("wait for task {id}");
+    /// Waits for the exit of task `id` (`exec_id` empty) or of one of its execs,
+    /// reconnecting across a containerd restart.
+    pub(super) async fn wait_reconnecting(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
+        let what = if exec_id.is_empty() {
+            format!("wait for task {id}")
+        } else {
+            format!("wait for exec {exec_id} in {id}")
+        };
         let call = || {
             let req = self.request(WaitRequest {
                 container_id: id.to_string(),
-                exec_id: String::new(),
+                exec_id: exec_id.to_string(),
             });
             let mut tasks = self.inner.tasks();
             async move { tasks.wait(req).await }
