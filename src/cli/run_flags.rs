@@ -247,43 +247,12 @@ impl ProcessArgs {
             spec.init = Some(nestcache::nested::init::install(state)?);
         }
         if let Some(s) = &self.stop_signal {
-            let n = parse_signal(s)?;
+            let n = nestcache::nested::manage::parse_signal(s)?;
             labels.insert(nestcache::labels::STOP_SIGNAL.into(), n.to_string());
         }
         if let Some(t) = self.stop_timeout {
             labels.insert(nestcache::labels::STOP_TIMEOUT.into(), t.to_string());
         }
         Ok(())
-    }
-}
-
-/// `SIGTERM`, `TERM`, `term` or `15`.
-pub fn parse_signal(s: &str) -> anyhow::Result<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        if nix::sys::signal::Signal::try_from(n).is_ok() {
-            return Ok(n);
-        }
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|sig| sig as i32)
-        .map_err(|_| anyhow::anyhow!("invalid signal {s:?} (e.g. SIGTERM, INT, 9)"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_and_number() {
-        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
-        assert_eq!(parse_signal("int").unwrap(), 2);
-        assert_eq!(parse_signal("9").unwrap(), 9);
-        assert!(parse_signal("SIGNOPE").is_err() && parse_signal("999").is_err());
     }
 }

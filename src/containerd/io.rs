@@ -293,21 +293,7 @@ impl super::Client {
 
     /// Sets the task's terminal size.
     pub async fn resize_task_pty(&self, id: &str, width: u32, height: u32) -> Result<()> {
-        let what = format!("resize the terminal of task {id}");
-        let call = || {
-            let req = self.request(containerd_client::services::v1::ResizePtyRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-                width,
-                height,
-            });
-            let mut tasks = self.inner.tasks();
-            async move { tasks.resize_pty(req).await }
-        };
-        match self.reconnecting(&what, call).await {
-            Ok(_) => Ok(()),
-            Err(s) => Err(self.error(&what, s)),
-        }
+        self.resize_process_pty(id, "", width, height).await
     }
 }
 

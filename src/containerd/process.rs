@@ -106,7 +106,7 @@ impl Client {
         }
     }
 
-    /// Sets the terminal size of exec process `exec_id`.
+    /// Sets the terminal size of exec process `exec_id` (empty: the task's init).
     pub async fn resize_process_pty(
         &self,
         id: &str,
@@ -114,7 +114,11 @@ impl Client {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        let what = format!("resize exec {exec_id} in {id}");
+        let what = if exec_id.is_empty() {
+            format!("resize the terminal of task {id}")
+        } else {
+            format!("resize exec {exec_id} in {id}")
+        };
         let call = || {
             let req = self.request(ResizePtyRequest {
                 container_id: id.to_string(),
