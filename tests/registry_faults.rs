@@ -9,10 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::cmd::run_ok;
-use testkit::images::{image, oci_dir, Image, OCI_MANIFEST};
+use testkit::images::{image, OCI_MANIFEST};
 use testkit::registry::proxy::{Faults, Proxy};
-use testkit::registry::{ingest_leftovers, nestcache, output, ref_digest, Options, Registry};
+use testkit::registry::{ingest_leftovers, nestcache, output, ref_digest, serve_image, Pushed};
 
 /// Small deadlines so that every hostile case ends in seconds.
 const DEADLINES: &[&str] = &[
@@ -23,59 +22,6 @@ const DEADLINES: &[&str] = &[
     "--registry-min-rate",
     "10000",
 ];
-
-/// A registry holding `img` as `faulty/app:v1`, and the manifest it serves (skopeo
-/// compresses plain tar layers on the way, so digests and sizes are the registry's).
-fn registry_with(dir: &Path, img: &Image) -> (Registry, Pushed) {
-    oci_dir(&dir.join("layout"), &[img], &[("v1", &img.manifest)]);
-    let reg = Registry::start(Options::default());
-    reg.push(&dir.join("layout"), "v1", "faulty/app:v1");
-    let raw = run_ok(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/faulty/app:v1", reg.addr),
-    ]));
-    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
-    let layers = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().unwrap().to_string(),
-                l["size"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    (
-        reg,
-        Pushed {
-            manifest,
-            raw: raw.stdout,
-            layers,
-        },
-    )
-}
-
-/// What the registry serves for `faulty/app:v1`.
-struct Pushed {
-    manifest: Value,
-    raw: Vec<u8>,
-    /// (digest, size) of each layer.
-    layers: Vec<(String, u64)>,
-}
-
-impl Pushed {
-    /// The biggest layer: where mid-stream faults go.
-    fn big(&self) -> (String, u64) {
-        self.layers.iter().max_by_key(|l| l.1).unwrap().clone()
-    }
-
-    fn small(&self) -> String {
-        self.layers.iter().min_by_key(|l| l.1).unwrap().0.clone()
-    }
-}
 
 fn stage_cmd(home: &Path, store: &Path, proxy: &Proxy, extra: &[&str]) -> Command {
     let mut c = nestcache(home);
@@ -136,7 +82,7 @@ fn hostile_registry_cases_each_end_in_one_line() {
     testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(600, 2, "amd64", 2 << 20);
-    let (reg, pushed) = registry_with(t.path(), &img);
+    let (reg, pushed) = serve_image(t.path(), &img, "faulty/app:v1");
     let big = pushed.big().0;
     let small = pushed.small();
     let huge = huge_manifest(&pushed);
@@ -297,7 +243,7 @@ fn killed_stage_resumes_from_its_offset() {
     testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(610, 2, "amd64", 6 << 20);
-    let (reg, pushed) = registry_with(t.path(), &img);
+    let (reg, pushed) = serve_image(t.path(), &img, "faulty/app:v1");
     let (big, size) = pushed.big();
     let size = size as usize;
     let store = t.path().join("store");
@@ -353,7 +299,7 @@ fn four_concurrent_stages_fetch_and_write_each_blob_once() {
     testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(620, 3, "amd64", 8 << 20);
-    let (reg, pushed) = registry_with(t.path(), &img);
+    let (reg, pushed) = serve_image(t.path(), &img, "faulty/app:v1");
     let proxy = Proxy::start(&reg.addr, Faults::default());
     let store = t.path().join("store");
     nestcache::store::Store::open(&store).unwrap();
@@ -392,7 +338,7 @@ fn sigint_and_sigterm_remove_the_partial_ingest_with_one_line() {
     testkit::require!(tool "docker-registry", tool "skopeo");
     let t = tempfile::tempdir().unwrap();
     let img = image(630, 2, "amd64", 2 << 20);
-    let (reg, pushed) = registry_with(t.path(), &img);
+    let (reg, pushed) = serve_image(t.path(), &img, "faulty/app:v1");
     let (big, _) = pushed.big();
     // The registry stalls mid-blob: the signal lands while the partial ingest exists.
     let proxy = Proxy::start(

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use nestcache::digest::Digest;
 use serde_json::Value;
-use testkit::cmd::{cargo_bin, run_ok};
+use testkit::cmd::cargo_bin;
 use testkit::images::*;
 use testkit::layers::{gzip, LayerTar};
 use testkit::leaks::{names_in, temp_leftovers};
 use testkit::registry::proxy::{Faults, Proxy};
-use testkit::registry::{nestcache, output, Options, Registry};
+use testkit::registry::{nestcache, output, serve_image};
 
 /// Big enough that the extractor has consumed many chunks before the blob ends.
 const BIG: usize = 3 << 20;
@@ -272,29 +272,6 @@ fn concurrent_stagers_write_each_blob_once_and_never_deadlock() {
     assert_eq!(names, ["a", "b"]);
 }
 
-/// A registry serving the image as `onepass/app:v1`, and its big layer's (digest, size)
-/// as the registry holds it.
-fn registry_with(dir: &Path, img: &Image) -> (Registry, String) {
-    oci_dir(&dir.join("layout"), &[img], &[("v1", &img.manifest)]);
-    let reg = Registry::start(Options::default());
-    reg.push(&dir.join("layout"), "v1", "onepass/app:v1");
-    let raw = run_ok(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/onepass/app:v1", reg.addr),
-    ]));
-    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
-    let big = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by_key(|l| l["size"].as_u64().unwrap())
-        .unwrap();
-    let digest = big["digest"].as_str().unwrap().to_string();
-    (reg, digest)
-}
-
 fn registry_stage(home: &Path, store: &str, proxy: &Proxy) -> (bool, String, String) {
     output(
         nestcache(home)
@@ -321,7 +298,8 @@ fn a_registry_dropping_mid_blob_resumes_in_the_pass_or_publishes_nothing() {
     let d = Dirs::new();
     let (blobs, diff_ids, content) = layers(6);
     let img = build(blobs.clone(), diff_ids.clone(), "amd64", |_, _| {});
-    let (reg, big) = registry_with(&d.path("reg"), &img);
+    let (reg, pushed) = serve_image(&d.path("reg"), &img, "onepass/app:v1");
+    let big = pushed.big().0;
 
     // Cut once mid-blob: the download resumes by a Range request within the same pass,
     // and the extractor sees one unbroken stream.

@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use crate::cmd::output;
+use serde_json::Value;
+
 use crate::cmd::{cargo_bin, run_ok};
+use crate::images::{oci_dir, Image};
 
 pub const USER: &str = "tester";
 pub const PASS: &str = "nestcache-test-pw";
@@ -177,6 +180,60 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A registry serving `img` as `repo_tag`, and what it serves (skopeo compresses plain
+/// tar layers on the way, so digests and sizes are the registry's, not the layout's).
+pub fn serve_image(dir: &Path, img: &Image, repo_tag: &str) -> (Registry, Pushed) {
+    oci_dir(&dir.join("layout"), &[img], &[("v1", &img.manifest)]);
+    let reg = Registry::start(Options::default());
+    reg.push(&dir.join("layout"), "v1", repo_tag);
+    let raw = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/{repo_tag}", reg.addr),
+    ]));
+    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (
+        reg,
+        Pushed {
+            manifest,
+            raw: raw.stdout,
+            layers,
+        },
+    )
+}
+
+/// What a registry serves for one pushed image.
+pub struct Pushed {
+    pub manifest: Value,
+    /// The manifest's bytes as served.
+    pub raw: Vec<u8>,
+    /// (digest, size) of each layer.
+    pub layers: Vec<(String, u64)>,
+}
+
+impl Pushed {
+    /// The biggest layer: where mid-stream faults go.
+    pub fn big(&self) -> (String, u64) {
+        self.layers.iter().max_by_key(|l| l.1).unwrap().clone()
+    }
+
+    pub fn small(&self) -> String {
+        self.layers.iter().min_by_key(|l| l.1).unwrap().0.clone()
     }
 }
 
