@@ -27,21 +27,13 @@ async fn once(cri: &CriContainerd, handler: &str, annotations: &[(&str, &str)]) 
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(cri::container_config("app", DECLARED)),
-            sandbox_config: Some(pod),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    let id = cri::start_container(
+        &mut c,
+        &pod_id,
+        &pod,
+        cri::container_config("app", DECLARED),
+    )
+    .await;
     loop {
         let st = c
             .container_status(ContainerStatusRequest {

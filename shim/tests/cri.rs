@@ -66,30 +66,6 @@ async fn run_pod(c: &mut Client, config: &PodSandboxConfig) -> String {
     .pod_sandbox_id
 }
 
-async fn start(
-    c: &mut Client,
-    pod: &str,
-    config: &PodSandboxConfig,
-    ctr: ContainerConfig,
-) -> String {
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(ctr),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
-    id
-}
-
 async fn exec(c: &mut Client, id: &str, cmd: &[&str]) -> (i32, String, String) {
     let r = c
         .exec_sync(ExecSyncRequest {
@@ -242,7 +218,7 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
         let pod_id = run_pod(&mut c, &pod).await;
 
         // Sets nothing: all of it from the store image.
-        let a = start(&mut c, &pod_id, &pod, inspectable("a")).await;
+        let a = cri::start_container(&mut c, &pod_id, &pod, inspectable("a")).await;
         let i = init(&mut c, &a).await;
         // (busybox sh would exec a lone command; the `exit` keeps it PID 1)
         assert_eq!(
@@ -290,7 +266,7 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
         b.command = vec!["/bin/busybox".into(), "sleep".into(), "1001".into()];
         b.envs = cri::env(&[("FOO", "pod")]);
         b.working_dir = "/etc".into();
-        let b = start(&mut c, &pod_id, &pod, b).await;
+        let b = cri::start_container(&mut c, &pod_id, &pod, b).await;
         let i = init(&mut c, &b).await;
         assert_eq!(i.argv, ["/bin/busybox", "sleep", "1001"]);
         assert_eq!(i.env.get("FOO").map(String::as_str), Some("pod"));
@@ -303,7 +279,7 @@ fn store_image_config_fills_in_what_the_pod_did_not_set() {
         if let Some(sc) = d.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
             sc.run_as_user = Some(Int64Value { value: 1000 });
         }
-        let d = start(&mut c, &pod_id, &pod, d).await;
+        let d = cri::start_container(&mut c, &pod_id, &pod, d).await;
         let i = init(&mut c, &d).await;
         assert_eq!(i.argv, ["/bin/sh", "-c", "sleep 1002; exit 0"]);
         assert_eq!(i.uid, "1000", "runAsUser set by the pod wins");
@@ -331,7 +307,8 @@ fn exec_of_a_missing_binary_leaves_the_pod_running() {
             ],
         );
         let pod_id = run_pod(&mut c, &pod).await;
-        let a = start(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
+        let a =
+            cri::start_container(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
         let r = c
             .exec_sync(ExecSyncRequest {
                 container_id: a.clone(),
@@ -379,7 +356,8 @@ fn plain_runc_container_and_pod_network_under_the_nestcache_handler() {
         let mut c = cri.client().await.unwrap();
         let pod = cri::pod_config("plain", &[]);
         let pod_id = run_pod(&mut c, &pod).await;
-        let a = start(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
+        let a =
+            cri::start_container(&mut c, &pod_id, &pod, cri::container_config("a", DECLARED)).await;
         let i = init(&mut c, &a).await;
         assert_eq!(
             i.argv,
@@ -455,7 +433,7 @@ fn a_pod_container_with_a_host_dir_at_the_path_becomes_the_cache() {
             ("NESTCACHE_STATE_DIR", "/tmp/nc-state"),
             ("NESTCACHE_NET", "none"),
         ]);
-        let job = start(&mut c, &pod_id, &pod, job).await;
+        let job = cri::start_container(&mut c, &pod_id, &pod, job).await;
 
         let (code, out, err) = exec(
             &mut c,
@@ -540,7 +518,7 @@ fn stats_and_update_of_a_store_rootfs_container() {
             sc.run_as_user = Some(Int64Value { value: 0 });
             sc.run_as_group = Some(Int64Value { value: 1 });
         }
-        let a = start(&mut c, &pod_id, &pod, a).await;
+        let a = cri::start_container(&mut c, &pod_id, &pod, a).await;
         sh(&mut c, &a, "dd if=/dev/zero of=/blob bs=1M count=20 2>/dev/null && sync").await;
 
         let s = c

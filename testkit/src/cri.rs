@@ -345,6 +345,31 @@ fn built_shim() -> Option<PathBuf> {
 }
 
 /// A pod as kubelet describes it: name, uid and namespace unique to the test.
+/// CreateContainer + StartContainer of `ctr` in pod `pod`, as kubelet does; its id.
+pub async fn start_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &PodSandboxConfig,
+    ctr: ContainerConfig,
+) -> String {
+    let id = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
 pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig {
     let uid = crate::unique(name);
     PodSandboxConfig {
