@@ -240,9 +240,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.ctx(|| format!("read {}", dir.display()))?;
-            let path = entry.path();
-            let data = fs::read(&path).ctx(|| format!("read lease {}", path.display()))?;
-            out.push(parse_lease(&path, &data)?);
+            out.extend(read_listed_lease(&entry.path())?);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -317,6 +315,21 @@ fn media_type_of(data: &[u8]) -> String {
     }
 }
 
+/// A lease file `read_dir` listed: None when it was released (removed) since the
+/// listing, as a run ending beside a gc does; anything else unreadable is an error.
+fn read_listed_lease(path: &Path) -> Result<Option<Lease>> {
+    match fs::read(path) {
+        Ok(data) => parse_lease(path, &data).map(Some),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(fs::symlink_metadata(path), Err(ref m) if m.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(format!("read lease {}", path.display()), e)),
+    }
+}
+
 fn parse_lease(path: &Path, data: &[u8]) -> Result<Lease> {
     let corrupt = |why: String| LeaseError::Corrupt {
         path: path.to_path_buf(),
@@ -340,6 +353,16 @@ fn parse_lease(path: &Path, data: &[u8]) -> Result<Lease> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_released_after_the_listing_is_skipped_but_a_dangling_link_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = tmp.path().join("gone.json");
+        assert!(read_listed_lease(&gone).unwrap().is_none());
+        let link = tmp.path().join("link.json");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &link).unwrap();
+        assert!(read_listed_lease(&link).is_err());
+    }
 
     fn holder() -> LeaseHolder {
         LeaseHolder::new("/run/c.sock", "ns", "c1")
