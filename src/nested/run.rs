@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub mount_cache: bool,
     pub cache_rw: bool,
     pub runtime: Runtime,
+    /// `--shim-linger`: how long nestcache's shim stays after the cache's last nested
+    /// container (the shim's `linger_ms` option); None: the shim's default.
+    pub shim_linger_ms: Option<u64>,
     /// `--label`/`--label-file` (no `io.nestcache.` keys) and nestcache's own extra
     /// labels (the named volumes used, stop signal and timeout).
     pub labels: std::collections::HashMap<String, String>,
@@ -223,7 +226,7 @@ pub async fn run(
                         .collect(),
                     spec,
                     runtime: Some(opts.runtime.containerd_name().to_string()),
-                    runtime_options: shim_options(&opts.runtime, &cache),
+                    runtime_options: shim_options(&opts, &cache),
                 })
                 .await
                 .map(drop)
@@ -357,12 +360,14 @@ fn release_lease_after_failure(client: &Client, id: &str, cache: &cache::CacheIn
 
 /// nestcache's shim assembles the rootfs from the store an annotation names, and only
 /// from stores under the roots its options allow: this run's is the cache's content dir.
-fn shim_options(runtime: &Runtime, cache: &cache::CacheInfo) -> Option<prost_types::Any> {
-    (*runtime == Runtime::Shim).then(|| prost_types::Any {
+fn shim_options(opts: &RunOptions, cache: &cache::CacheInfo) -> Option<prost_types::Any> {
+    let mut options = serde_json::json!({ "store_roots": [&cache.content_dir] });
+    if let Some(ms) = opts.shim_linger_ms {
+        options["linger_ms"] = ms.into();
+    }
+    (opts.runtime == Runtime::Shim).then(|| prost_types::Any {
         type_url: labels::SHIM_OPTIONS_TYPE_URL.to_string(),
-        value: serde_json::json!({ "store_roots": [&cache.content_dir] })
-            .to_string()
-            .into_bytes(),
+        value: options.to_string().into_bytes(),
     })
 }
 
