@@ -131,6 +131,8 @@ impl TaskService {
     }
 
     fn do_create(&self, req: &CreateTaskRequest) -> Result<u32> {
+        // containerd reads this task's log FIFO for as long as the task lives.
+        crate::logger::follow(Path::new(&req.bundle));
         let _creating = self.lifetime.creating(&req.id)?;
         let reserved = self.registry.reserve(&req.id)?;
         let new = NewTask {
@@ -173,7 +175,6 @@ impl TaskService {
         if let Some(code) = early_exit {
             report_exit(&*self.shared.events, &container.init, code);
         }
-        crate::logger::follow(Path::new(&req.bundle));
         info!("created {} (pid {pid})", req.id);
         Ok(pid)
     }

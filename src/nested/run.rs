@@ -118,7 +118,8 @@ pub async fn run(
     // they abort the run (cleaning up), afterwards they are passed on to the task.
     let mut phases = Phases::new();
     let mut signals = Signals::install()?;
-    let cache = cache::find(client, &opts.cache).await?;
+    // Its keeper's task state is not needed to run in it: one round trip less.
+    let cache = cache::find_without_status(client, &opts.cache).await?;
     phases.mark("find cache");
     if cache.expired {
         return Err(Error::Invalid(format!(
@@ -275,9 +276,7 @@ pub async fn run(
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
-                let grace = Duration::from_secs(10);
-                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
-                    .await?;
+                cleanup::remove_exited(client, &id, &paths, &cache.content_dir, anon).await?;
                 report.removed = true;
                 phases.mark("remove task, container, dirs");
             }
