@@ -90,6 +90,26 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
     events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
 }
 
+/// [`report_exit`], on a thread of its own when the output is still being copied: a
+/// process whose output a child holds open must not hold back every other exit of a
+/// group shim for OUTPUT_DRAIN (the exit monitor's thread reports them one at a time).
+pub fn report_exit_unblocking(events: &Arc<dyn EventSink>, process: Arc<Process>, code: i32) {
+    if process.wait_output(std::time::Duration::ZERO) {
+        return report_exit(&**events, &process, code);
+    }
+    let (sink, held) = (events.clone(), process.clone());
+    let spawned = std::thread::Builder::new()
+        .name("exit-drain".into())
+        .spawn(move || report_exit(&*sink, &held, code));
+    if let Err(e) = spawned {
+        warn!(
+            "{}: no thread to drain its output ({e}); reporting inline",
+            process.describe()
+        );
+        report_exit(&**events, &process, code);
+    }
+}
+
 fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) -> Result<Runc> {
     let mut runc = Runc::new(
         options.runc_binary.as_deref(),

@@ -21,7 +21,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use log::{info, warn};
 
-use crate::container::{report_exit, Container, NewTask, Shared};
+use crate::container::{report_exit, report_exit_unblocking, Container, NewTask, Shared};
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::exits::Exits;
@@ -89,7 +89,9 @@ impl TaskService {
         exit: Arc<ExitSignal>,
     ) -> std::io::Result<Self> {
         let on_exit = events.clone();
-        let exits = Exits::start(Box::new(move |p, code| report_exit(&*on_exit, &p, code)))?;
+        let exits = Exits::start(Box::new(move |p, code| {
+            report_exit_unblocking(&on_exit, p, code)
+        }))?;
         Ok(TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
