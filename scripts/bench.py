@@ -196,6 +196,7 @@ def bench_nestcache(fig, image, archive, ref, reps, warm, tmp, env):
             for _ in range(warm):
                 fig.add(image, "nestcache run --rm (warm, shim)", run(shim, env=env)[0])
             bench_warm_phases(fig, image, shim, warm, env)
+            bench_raw_runc_same_spec(fig, image, cache, ref, warm, i, tmp, env)
             # The network's cost: the cache's bridge through CNI (ADD on start, DEL on
             # removal), made by the first of these runs and removed with the cache.
             bridge = [a if a != "none" else "bridge" for a in nested]
@@ -204,6 +205,39 @@ def bench_nestcache(fig, image, archive, ref, reps, warm, tmp, env):
                 fig.add(image, "nestcache run --rm (warm, --net bridge)", run(bridge, env=env)[0])
         finally:
             run([NESTCACHE, "cache", "rm", cache, "--keep-content"], env=env, check=False)
+
+
+def bench_raw_runc_same_spec(fig, image, cache, ref, warm, rep, tmp, env):
+    """Raw `runc run` of the very spec nestcache's shim runs (containerd's seccomp profile,
+    masked paths, cgroup), on umoci's rootfs of the same image: the baseline that differs
+    from a nested run only by containerd and nestcache. umoci's own config has no seccomp."""
+    rootfs = os.path.realpath(os.path.join(tmp, f"umoci-{rep}", "rootfs"))
+    if not os.path.isdir(rootfs):
+        return
+    bundle = os.path.join(tmp, f"nc-spec-{rep}")
+    os.makedirs(bundle, exist_ok=True)
+    cid = output([NESTCACHE, "run", "-d", "-q", "--runtime", "shim", "--net", "none", "--cache", cache,
+                  ref, "--", "sleep", "60"], env=env).split()[-1]
+    try:
+        info = json.loads(output(["ctr", "--address", env["CONTAINERD_ADDRESS"], "--namespace", "nestcache",
+                                  "containers", "info", cid]))
+        spec = info["Spec"]
+        for m in spec.get("mounts", []):
+            # Bind sources in the nested container's dir go with it: keep copies.
+            src = m.get("source", "")
+            if "bind" in m.get("options", []) + [m.get("type")] or "rbind" in m.get("options", []):
+                if os.path.isfile(src):
+                    m["source"] = shutil.copy(src, os.path.join(bundle, os.path.basename(src)))
+    finally:
+        run([NESTCACHE, "rm", "-f", cid], env=env, check=False)
+    spec["root"] = {"path": rootfs, "readonly": False}
+    spec["process"]["args"], spec["process"]["terminal"] = ["/bin/true"], False
+    spec.pop("hooks", None)
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(spec, f)
+    for w in range(warm):
+        fig.add(image, "runc run (raw, nestcache's spec)",
+                run(["runc", "run", "--bundle", bundle, f"rawspec-{os.getpid()}-{rep}-{w}"])[0])
 
 
 # --- Warm start, phase by phase (issue 17 item 3) -------------------------------------
@@ -398,6 +432,10 @@ def goal_values(g, size, sha_mbps):
         ("warm nested run / warm ctr run", ratio(g("nestcache run --rm (warm)"), g("ctr run --rm (warm)")), "<= 0.7"),
         ("warm nested run, nestcache shim / raw runc run",
          ratio(g("nestcache run --rm (warm, shim)"), g("runc run (raw)")), "<= 1.5"),
+        ("warm nested run, nestcache shim / raw runc run of the same spec",
+         ratio(g("nestcache run --rm (warm, shim)"), g("runc run (raw, nestcache's spec)")), "<= 1.5"),
+        ("raw runc run of nestcache's spec / raw runc run (umoci's config)",
+         ratio(g("runc run (raw, nestcache's spec)"), g("runc run (raw)")), "spec cost"),
         ("containerd's own cost of a task (derived) / raw runc run",
          ratio(g("containerd's own cost of a task (derived)"), g("runc run (raw)")), "floor"),
         ("warm nested run, nestcache shim / warm ctr run",
@@ -424,6 +462,7 @@ COMPARISONS = [
     ("nestcache run --rm (warm)", "runc run (raw)"),
     ("nestcache run --rm (warm, shim)", "ctr run --rm (warm)"),
     ("nestcache run --rm (warm, shim)", "runc run (raw)"),
+    ("nestcache run --rm (warm, shim)", "runc run (raw, nestcache's spec)"),
     ("nestcache run --rm (warm)", "floor: runc create+start+delete"),
     ("nestcache run --rm (warm, --net bridge)", "nestcache run --rm (warm)"),
     ("nestcache run --rm (warm, shim)", "floor: runc create+start+delete"),

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -55,6 +56,8 @@ pub struct Container {
     pub bundle: PathBuf,
     pub runc: Runc,
     pub init: Arc<Process>,
+    /// How long the shim stays after its last task, as this container asks (`lifetime`).
+    pub linger: Duration,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Serializes the init's start and delete (a delete must not overtake a start).
     ops: Mutex<()>,
@@ -88,6 +91,26 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
         ..Default::default()
     };
     events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
+}
+
+/// [`report_exit`], on a thread of its own when the output is still being copied: a
+/// process whose output a child holds open must not hold back every other exit of a
+/// group shim for OUTPUT_DRAIN (the exit monitor's thread reports them one at a time).
+pub fn report_exit_unblocking(events: &Arc<dyn EventSink>, process: Arc<Process>, code: i32) {
+    if process.wait_output(std::time::Duration::ZERO) {
+        return report_exit(&**events, &process, code);
+    }
+    let (sink, held) = (events.clone(), process.clone());
+    let spawned = std::thread::Builder::new()
+        .name("exit-drain".into())
+        .spawn(move || report_exit(&*sink, &held, code));
+    if let Err(e) = spawned {
+        warn!(
+            "{}: no thread to drain its output ({e}); reporting inline",
+            process.describe()
+        );
+        report_exit(&**events, &process, code);
+    }
 }
 
 fn runc_for(options: &TaskOptions, spec: &Spec, namespace: &str, bundle: &Path) -> Result<Runc> {
@@ -150,6 +173,7 @@ impl Container {
             check_store(&wanted.store, &roots)?;
         }
         let runc = runc_for(&new.options, &spec, &shared.namespace, new.bundle)?;
+        let linger = crate::lifetime::linger_for(&spec, &new.options.config)?;
         let mut record = Record {
             runc: runc.clone(),
             rootfs_mounted: false,
@@ -196,6 +220,7 @@ impl Container {
             bundle: new.bundle.to_path_buf(),
             runc,
             init,
+            linger,
             execs: Mutex::new(HashMap::new()),
             ops: Mutex::new(()),
             shared: shared.clone(),

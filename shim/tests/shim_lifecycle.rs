@@ -1,7 +1,8 @@
 //! The shim's process lifecycle against real containerd + runc: a failed exec leaves the
 //! shim and every container of its group running; one exec started twice at once runs
 //! once; an exec deleted before it started wakes its Wait; an OOM kill of one container
-//! leaves its group's other one running; Stats and Update read back from the cgroup.
+//! leaves its group's other one running; Stats and Update read back from the cgroup; an exec
+//! whose output a child holds open does not hold back the group's other exits.
 //! Some steps talk ttrpc to the shim directly (ctr 1.6 has no `task update`, no way to
 //! create an exec without starting it).
 
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use containerd_shim::api::{
-    DeleteRequest, ExecProcessRequest, StartRequest, StatsRequest, UpdateTaskRequest, WaitRequest,
+    DeleteRequest, ExecProcessRequest, StartRequest, StateRequest, StatsRequest, UpdateTaskRequest,
+    WaitRequest,
 };
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -309,4 +311,76 @@ fn an_oom_kill_of_one_container_leaves_its_group_running() {
     assert_eq!(ctr.task_status(&other).as_deref(), Some("RUNNING"));
     let exec = ctr.run(&["task", "exec", "--exec-id", "after", &other, "/bin/true"]);
     assert!(exec.status.success(), "{}", stderr(&exec));
+}
+
+/// The exit status and exited_at (seconds) of a Wait on `id`/`exec_id`.
+fn wait_exit(client: &TaskClient, ctx: context::Context, id: &str, exec_id: &str) -> (u32, f64) {
+    let req = WaitRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    let r = client.wait(ctx, &req).unwrap();
+    let t = r.exited_at.into_option().unwrap();
+    (r.exit_status, t.seconds as f64 + t.nanos as f64 / 1e9)
+}
+
+#[test]
+fn an_exec_whose_output_is_held_open_does_not_hold_back_its_groups_other_exits() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
+    let ctr = Ctr::new("shim-drain");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let group = unique("g");
+    let (a, _ga) = sleeper(&ctr, root.path(), &group);
+    let (b, _gb) = sleeper(&ctr, root.path(), &group);
+    let (client, _) = shim_client(&ctr, &a);
+    // The exec's shell exits at once; the sleep it leaves behind keeps its stdout open,
+    // so its exit waits OUTPUT_DRAIN (2 s) for the copy to finish.
+    let exec = {
+        let a = a.clone();
+        let ctr = Ctr {
+            address: ctr.address.clone(),
+            namespace: ctr.namespace.clone(),
+        };
+        std::thread::spawn(move || {
+            ctr.run(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "held",
+                &a,
+                "/bin/sh",
+                "-c",
+                "sleep 6 & exit 0",
+            ])
+        })
+    };
+    let mut sh_pid = 0;
+    ctr.wait_for("the exec to start", || {
+        let req = StateRequest {
+            id: a.clone(),
+            exec_id: "held".into(),
+            ..Default::default()
+        };
+        sh_pid = client.state(ctx(&ctr), &req).map(|s| s.pid).unwrap_or(0);
+        sh_pid != 0
+    });
+    // Waited on before anything exits, so ctr's delete of the exec cannot come first.
+    let held = {
+        let (client, c, a) = (client.clone(), ctx(&ctr), a.clone());
+        std::thread::spawn(move || wait_exit(&client, c, &a, "held"))
+    };
+    ctr.wait_for("the exec's shell to exit", || !alive(sh_pid));
+    // Now another container of the group exits: its exit must not queue behind the drain.
+    ctr.ok(&["task", "kill", "-s", "KILL", &b]);
+    let (b_status, b_at) = wait_exit(&client, ctx(&ctr), &b, "");
+    let (held_status, held_at) = held.join().unwrap();
+    assert_eq!((b_status, held_status), (137, 0));
+    assert!(
+        b_at < held_at,
+        "the group's other exit was reported after the held exec's drain: {b_at} >= {held_at}"
+    );
+    let out = exec.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -38,6 +38,16 @@ impl ChunkSender {
         buf
     }
 
+    /// A buffer of exactly `len` bytes to fill, whose contents are whatever a returned
+    /// chunk held: the caller overwrites what it sends (and truncates to it), so only a
+    /// fresh buffer, or the tail a short chunk left, is zeroed, not every chunk again
+    /// (zeroing 1 MiB per inflated MiB was 2.5% of a stage's CPU).
+    pub fn buffer_of(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
     /// Sends a chunk (or the error that ends the stream); false once the reader is gone.
     pub fn send(&self, chunk: io::Result<Vec<u8>>) -> bool {
         self.tx.send(chunk).is_ok()
@@ -96,6 +106,29 @@ mod tests {
         }
         drop(w);
         assert_eq!(reader.join().unwrap().unwrap(), data);
+    }
+
+    #[test]
+    fn a_reused_buffer_has_the_asked_length_and_only_the_kept_bytes_are_sent() {
+        let (w, mut r) = chunk_pipe(2);
+        assert!(w.send(Ok(b"abcdefgh".to_vec())));
+        assert!(w.send(Ok(b"xy".to_vec())));
+        let mut got = [0u8; 9];
+        // Reading into the second chunk hands the first back to the sender as a spare.
+        r.read_exact(&mut got).unwrap();
+        // The reader's first spare is the empty buffer it started with.
+        assert_eq!(w.buffer_of(16), vec![0u8; 16]);
+        let mut reused = w.buffer_of(16);
+        assert_eq!(reused.len(), 16);
+        assert_eq!(&reused[..8], b"abcdefgh", "a spare is reused, not zeroed");
+        reused[..3].copy_from_slice(b"123");
+        reused.truncate(3);
+        assert!(w.send(Ok(reused)));
+        drop(w);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(&got, b"abcdefghx");
+        assert_eq!(rest, b"y123");
     }
 
     #[test]

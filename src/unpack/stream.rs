@@ -170,8 +170,7 @@ pub fn spawn_decoder<'scope, 'env, R: Read + Send + 'env>(
 
 fn decode_loop(guard: &mut Guard<'_>, tx: &ChunkSender) {
     loop {
-        let mut buf = tx.buffer();
-        buf.resize(CHUNK, 0);
+        let mut buf = tx.buffer_of(CHUNK);
         let mut n = 0;
         while n < CHUNK {
             match guard.read(&mut buf[n..]) {

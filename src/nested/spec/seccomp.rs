@@ -98,6 +98,10 @@ pub struct Host {
     pub arch: &'static str,
     /// The running kernel's (major, minor).
     pub kernel: (u32, u32),
+    /// Whether the kernel runs x32 programs. Most distribution kernels are built without
+    /// the x32 ABI; there the profile's `SCMP_ARCH_X32` can match no process, and libseccomp
+    /// compiling it costs runc about 5 ms per container start.
+    pub x32: bool,
 }
 
 impl Host {
@@ -109,8 +113,41 @@ impl Host {
         Host {
             arch: go_arch(std::env::consts::ARCH),
             kernel: kernel_version(&release).unwrap_or((0, 0)),
+            x32: kernel_runs_x32(),
         }
     }
+}
+
+/// Asks the kernel with an x32 `getpid`: ENOSYS means no x32 ABI. Under a seccomp filter
+/// of its own this process might be killed for the probe (a filter without x32 treats it
+/// as a foreign architecture), so there it does not ask and assumes x32, which keeps the
+/// profile as written.
+#[cfg(target_arch = "x86_64")]
+fn kernel_runs_x32() -> bool {
+    const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
+    if !seccomp_mode_is_off() {
+        return true;
+    }
+    // SAFETY: getpid takes no arguments and changes nothing; only its number is foreign.
+    let ret = unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) };
+    !(ret == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_runs_x32() -> bool {
+    false
+}
+
+/// `Seccomp: 0` in /proc/self/status: no filter applies to this process.
+#[cfg(target_arch = "x86_64")]
+fn seccomp_mode_is_off() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim() == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Rust's architecture name → Go's, which seccomp profiles use.
@@ -237,7 +274,9 @@ fn apply(profile: Profile, caps: &[Capability], host: &Host, origin: &str) -> Re
 }
 
 /// Explicit `architectures` win; else the `archMap` entry of the native architecture
-/// (with its sub-architectures, e.g. x86 and x32 beside x86_64), as Docker does.
+/// (with its sub-architectures, e.g. x86 and x32 beside x86_64), as Docker does, less x32
+/// on a kernel without it. The one difference that makes: an x86_64 program issuing an
+/// x32-numbered syscall is killed (SIGSYS) where it would have got ENOSYS.
 fn architectures(explicit: &[Arch], map: &[ArchMap], host: &Host) -> Option<Vec<Arch>> {
     if !explicit.is_empty() {
         return Some(explicit.to_vec());
@@ -247,6 +286,7 @@ fn architectures(explicit: &[Arch], map: &[ArchMap], host: &Host) -> Option<Vec<
     Some(
         std::iter::once(entry.architecture)
             .chain(entry.sub_architectures.iter().copied())
+            .filter(|a| host.x32 || *a != Arch::ScmpArchX32)
             .collect(),
     )
 }
@@ -259,6 +299,7 @@ mod tests {
         Host {
             arch: "amd64",
             kernel: (6, 1),
+            x32: true,
         }
     }
 
@@ -335,6 +376,7 @@ mod tests {
         let arm = Host {
             arch: "arm64",
             kernel: (4, 4),
+            x32: false,
         };
         let s = default_for(&[], &arm);
         let n = names(&s);
@@ -345,6 +387,56 @@ mod tests {
             s.architectures().as_ref().unwrap(),
             &[Arch::ScmpArchAarch64, Arch::ScmpArchArm]
         );
+    }
+
+    #[test]
+    fn x32_is_left_out_only_where_the_kernel_lacks_it_and_the_profile_does_not_name_it() {
+        let no_x32 = Host {
+            x32: false,
+            ..amd64()
+        };
+        assert_eq!(
+            default_for(&[], &no_x32).architectures().as_ref().unwrap(),
+            &[Arch::ScmpArchX86_64, Arch::ScmpArchX86]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.json");
+        std::fs::write(
+            &p,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X32"],
+               "syscalls":[{"name":"mkdir","action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let s = resolve(&Seccomp::Profile(p), &[], &no_x32)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.architectures().as_ref().unwrap(),
+            &[Arch::ScmpArchX86_64, Arch::ScmpArchX32]
+        );
+    }
+
+    /// A kernel built without the x32 ABI (its config says so) is probed as such. (One built
+    /// with it may still have it off at boot, so that side is not asserted.)
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_x32_probe_matches_the_kernel_config() {
+        let Ok(config) = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)",
+            ])
+            .output()
+        else {
+            return;
+        };
+        let config = String::from_utf8_lossy(&config.stdout);
+        if !config.contains("CONFIG_X86_64=y") || !seccomp_mode_is_off() {
+            return;
+        }
+        if !config.lines().any(|l| l == "CONFIG_X86_X32_ABI=y") {
+            assert!(!kernel_runs_x32());
+        }
     }
 
     #[test]
