@@ -68,8 +68,13 @@ pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 pub const NESTCACHE_RUNTIME: &str = "io.containerd.nestcache.v2";
 
 /// Runtime options for nestcache's shim (the container's `runtime.options`): JSON,
-/// `{"store_roots": ["/abs/dir", ...]}`, the directories `io.nestcache.store` may name.
+/// `{"store_roots": ["/abs/dir", ...], "linger_ms": N}`: the directories
+/// `io.nestcache.store` may name, and how long a group shim stays after its last task.
 pub const SHIM_OPTIONS_TYPE_URL: &str = "io.nestcache.shim.v1.Options";
+
+/// How long nestcache's shim stays after its group's last task (milliseconds): the
+/// shim's default in containerd's environment, `run --shim-linger` in nestcache's.
+pub const SHIM_LINGER_ENV: &str = "NESTCACHE_SHIM_LINGER_MS";
 
 /// The type URL containerd expects for an OCI runtime spec carried as `Any` (JSON).
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";

@@ -521,13 +521,7 @@ fn tty_gets_a_terminal_of_our_size() {
 #[test]
 fn shim_runtime_runs_from_the_store() {
     testkit::require!(containerd);
-    let on_path = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
-    });
-    if !on_path {
-        eprintln!(
-            "skipped: containerd-shim-nestcache-v2 is not on PATH (scripts/test.sh puts it there)"
-        );
+    if !shim_on_path() {
         return;
     }
     let f = Fixture::new("run-shim");
@@ -563,6 +557,70 @@ fn shim_runtime_runs_from_the_store() {
         Some(3)
     );
     f.assert_nothing_left();
+}
+
+/// `--shim-linger`: the cache's shim stays after a `--rm` run, the next run joins it (no
+/// new shim process), and a run asking for no linger takes it away with its container.
+#[test]
+fn the_caches_shim_lingers_for_the_next_run() {
+    testkit::require!(containerd);
+    if !shim_on_path() {
+        return;
+    }
+    let f = Fixture::new("run-linger");
+    let img = f.small("linger", |_| {});
+    let run = |linger: &str| {
+        let out = f.run(&[
+            "--rm",
+            "--runtime",
+            "shim",
+            "--shim-linger",
+            linger,
+            &img,
+            "--",
+            "true",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    // Not the cache container's own (runc) shim.
+    let shims = || -> Vec<String> {
+        let all = testkit::leaks::shims_of(&f.env.namespace);
+        all.into_iter()
+            .filter(|c| c.contains("containerd-shim-nestcache-v2"))
+            .collect()
+    };
+    run("60000");
+    let lingering = shims();
+    assert_eq!(lingering.len(), 1, "the cache's shim stays: {lingering:?}");
+    run("60000");
+    // The same process: its command line names the first run's container.
+    assert_eq!(
+        shims(),
+        lingering,
+        "the second run joined the lingering shim"
+    );
+    run("0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shims().is_empty() {
+        assert!(Instant::now() < deadline, "shim left: {:?}", shims());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.assert_nothing_left();
+    let bad = f.run(&["--rm", "--runtime", "shim", "--shim-linger", "soon", &img]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--shim-linger"), "{}", stderr(&bad));
+}
+
+fn shim_on_path() -> bool {
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("containerd-shim-nestcache-v2").exists())
+    });
+    if !on_path {
+        eprintln!(
+            "skipped: containerd-shim-nestcache-v2 is not on PATH (scripts/test.sh puts it there)"
+        );
+    }
+    on_path
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -55,6 +56,8 @@ pub struct Container {
     pub bundle: PathBuf,
     pub runc: Runc,
     pub init: Arc<Process>,
+    /// How long the shim stays after its last task, as this container asks (`lifetime`).
+    pub linger: Duration,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Serializes the init's start and delete (a delete must not overtake a start).
     ops: Mutex<()>,
@@ -170,6 +173,7 @@ impl Container {
             check_store(&wanted.store, &roots)?;
         }
         let runc = runc_for(&new.options, &spec, &shared.namespace, new.bundle)?;
+        let linger = crate::lifetime::linger_for(&spec, &new.options.config)?;
         let mut record = Record {
             runc: runc.clone(),
             rootfs_mounted: false,
@@ -216,6 +220,7 @@ impl Container {
             bundle: new.bundle.to_path_buf(),
             runc,
             init,
+            linger,
             execs: Mutex::new(HashMap::new()),
             ops: Mutex::new(()),
             shared: shared.clone(),

@@ -59,6 +59,9 @@ pub enum ShimError {
     Stats { id: String, reason: String },
     #[error("{0} is not implemented by this shim")]
     Unimplemented(&'static str),
+    /// The shim is exiting (idle past its linger): a task must go to a new shim.
+    #[error("this shim is shutting down (idle); its group's next task starts a new one")]
+    ShuttingDown,
     /// An RPC's handler panicked (`panic_guard`): a bug of the shim's, answered at once.
     #[error("{rpc}: the shim panicked: {message}")]
     Panicked { rpc: &'static str, message: String },
@@ -96,6 +99,7 @@ impl ShimError {
                 Code::INTERNAL
             }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::ShuttingDown => Code::UNAVAILABLE,
         }
     }
 }
@@ -173,6 +177,7 @@ mod tests {
                 Code::INTERNAL,
             ),
             (ShimError::Unimplemented("checkpoint"), Code::UNIMPLEMENTED),
+            (ShimError::ShuttingDown, Code::UNAVAILABLE),
             (
                 ShimError::Panicked {
                     rpc: "kill",

@@ -9,7 +9,8 @@
 //! - `registry`: the containers of this shim; `container`: one container's operations;
 //! - `process` + `state`: a process and its state machine; `init` and `exec`: the two
 //!   lifecycles (strategy objects);
-//! - `options`: the runtime options and the store roots they allow;
+//! - `options`: the runtime options and the store roots they allow; `lifetime`: how
+//!   long the shim serves (its group's joins and linger);
 //! - seams: `runc::Runtime` (runc; `direct::Direct` is the shim's, doing runc's start and
 //!   delete in-process where it may) and `events::EventSink` (events), faked in tests;
 //! - `cgroups`: Stats, from the init's cgroup (v1 and v2);
@@ -27,6 +28,7 @@ pub mod exec;
 pub mod exits;
 pub mod image_config;
 pub mod init;
+pub mod lifetime;
 pub mod logger;
 pub mod mounts;
 pub mod options;

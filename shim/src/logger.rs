@@ -5,23 +5,30 @@
 //! the reaper never ran. Checking for a reader (POLLERR on a FIFO's write end) first
 //! means no write raises SIGPIPE (but a reader closing in between: then the next is
 //! dropped), and logging resumes if containerd opens the FIFO again.
+//!
+//! A group shim outlives its first task (and, lingering, its last): each create moves the
+//! log to the new task's `log` FIFO ([`follow`]), which containerd reads while that task
+//! lives, so a joined task's lines (its phase timings too) reach containerd's log.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::{OnceLock, RwLock};
 
 use containerd_shim::logger::FifoLogger;
 use log::{LevelFilter, Log, Metadata, Record};
 
-pub struct ShimLog {
+struct Sink {
     /// The same FIFO as `inner` writes, kept to poll it.
     fifo: OwnedFd,
     inner: FifoLogger,
 }
 
-impl ShimLog {
-    pub fn new(file: File) -> std::io::Result<ShimLog> {
-        Ok(ShimLog {
+impl Sink {
+    fn new(file: File) -> std::io::Result<Sink> {
+        Ok(Sink {
             fifo: file.try_clone()?.into(),
             inner: FifoLogger::with_file(file),
         })
@@ -40,21 +47,57 @@ impl ShimLog {
     }
 }
 
+pub struct ShimLog {
+    sink: RwLock<Sink>,
+}
+
+impl ShimLog {
+    pub fn new(file: File) -> std::io::Result<ShimLog> {
+        Ok(ShimLog {
+            sink: RwLock::new(Sink::new(file)?),
+        })
+    }
+
+    fn sink(&self) -> std::sync::RwLockReadGuard<'_, Sink> {
+        self.sink.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    fn reader_gone(&self) -> bool {
+        self.sink().reader_gone()
+    }
+
+    /// Writes to `fifo` from now on, if it has a reader (else the current one stays).
+    pub fn switch_to(&self, fifo: &Path) -> std::io::Result<()> {
+        // Non-blocking: without a reader the open fails (ENXIO) instead of waiting.
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)?;
+        let sink = Sink::new(file)?;
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+        Ok(())
+    }
+}
+
 impl Log for ShimLog {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.inner.enabled(metadata)
+        self.sink().inner.enabled(metadata)
     }
 
     fn log(&self, record: &Record) {
-        if self.enabled(record.metadata()) && !self.reader_gone() {
-            self.inner.log(record);
+        let sink = self.sink();
+        if sink.inner.enabled(record.metadata()) && !sink.reader_gone() {
+            sink.inner.log(record);
         }
     }
 
     fn flush(&self) {
-        self.inner.flush();
+        self.sink().inner.flush();
     }
 }
+
+static LOG: OnceLock<ShimLog> = OnceLock::new();
 
 /// Logs to `log` in the working directory (the shim's bundle) at RUST_LOG's level (info
 /// by default; debug at least with `-debug`), as containerd-shim's own setup does.
@@ -69,16 +112,27 @@ pub fn init(debug: bool) -> std::io::Result<()> {
     } else {
         level
     };
-    log::set_boxed_logger(Box::new(ShimLog::new(file)?)).map_err(std::io::Error::other)?;
+    let log = ShimLog::new(file)?;
+    let log = LOG.get_or_init(|| log);
+    log::set_logger(log).map_err(std::io::Error::other)?;
     log::set_max_level(level);
     Ok(())
+}
+
+/// Moves the shim's log to the `log` FIFO of `bundle` (a task just created here): a no-op
+/// outside the long-lived shim, and where that FIFO has no reader.
+pub fn follow(bundle: &Path) {
+    if let Some(log) = LOG.get() {
+        if let Err(e) = log.switch_to(&bundle.join("log")) {
+            log::debug!("shim log stays where it was ({}): {e}", bundle.display());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn records_are_dropped_while_the_fifo_has_no_reader() {
@@ -112,5 +166,45 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&path);
         assert!(!log.reader_gone(), "{reader:?}");
+    }
+
+    #[test]
+    fn the_log_moves_to_a_fifo_with_a_reader_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = |name: &str| {
+            let path = dir.path().join(name);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+            path
+        };
+        let (first, second, unread) = (fifo("first"), fifo("second"), fifo("unread"));
+        let open_reader = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .unwrap()
+        };
+        let mut first_reader = open_reader(&first);
+        let log = ShimLog::new(OpenOptions::new().write(true).open(&first).unwrap()).unwrap();
+        let record = |msg| {
+            log.log(
+                &Record::builder()
+                    .level(log::Level::Error)
+                    .args(format_args!("{msg}"))
+                    .build(),
+            )
+        };
+        let mut second_reader = open_reader(&second);
+        log.switch_to(&second).unwrap();
+        record("to the second");
+        let err = log.switch_to(&unread).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}");
+        record("still the second");
+        let (mut got_first, mut got_second) = (String::new(), String::new());
+        let _ = first_reader.read_to_string(&mut got_first);
+        let _ = second_reader.read_to_string(&mut got_second);
+        assert_eq!(got_first, "");
+        assert!(got_second.contains("to the second"), "{got_second:?}");
+        assert!(got_second.contains("still the second"), "{got_second:?}");
     }
 }

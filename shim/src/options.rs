@@ -40,6 +40,11 @@ pub struct ShimConfig {
     /// annotation wins. Default: `runc-direct`.
     #[serde(default)]
     pub executor: Option<Executor>,
+    /// How long a group shim (`io.nestcache.group`) stays after its last task for the
+    /// group's next task to join, in milliseconds (0: it exits with its last task).
+    /// Default: `$NESTCACHE_SHIM_LINGER_MS`, else 30 s (`lifetime`).
+    #[serde(default)]
+    pub linger_ms: Option<u64>,
 }
 
 /// What a task's options say.

@@ -4,12 +4,16 @@
 //! - the long-lived shim itself: serve the Task service (`create_task_service`);
 //! - `delete`: clean up after a shim that is gone (runc delete --force, unmount).
 
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use containerd_shim::api::DeleteResponse;
+use containerd_shim::api::{ConnectRequest, DeleteResponse};
 use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::shim::shim_ttrpc::TaskClient;
+use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::write_address;
 use containerd_shim::{socket_address, spawn, Config, Error, ExitSignal, Flags, Shim, StartOpts};
@@ -22,7 +26,7 @@ use crate::events::Events;
 use crate::mounts;
 use crate::panic_guard::Guarded;
 use crate::runc::Runc;
-use crate::task::TaskService;
+use crate::task::{Serving, TaskService};
 
 /// CRI puts every container of a pod in the pod's sandbox: one shim per pod.
 const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -41,17 +45,42 @@ pub fn group_of(spec: &Spec, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// Whether a shim already serves `address`. A socket file nobody answers on is left by a
-/// shim that died; it is removed so the new shim can bind at once.
-fn group_shim_answers(address: &str) -> bool {
+/// How long a `start` waits for a running group shim to answer its join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Joins the group shim serving `address` for task `id`: its `Connect` keeps that shim up
+/// until the task's Create (`lifetime`). False when none will serve it: no socket, a dead
+/// shim's socket (removed here, so the new shim can bind at once), or a shim on its way
+/// out (which has unlinked its socket already).
+fn join_group_shim(address: &str, id: &str) -> bool {
     let path = address.strip_prefix("unix://").unwrap_or(address);
-    match UnixStream::connect(path) {
+    let stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                let _ = std::fs::remove_file(path);
+            }
+            return false;
+        }
+    };
+    let client = match ttrpc::Client::new(stream.into_raw_fd()) {
+        Ok(c) => TaskClient::new(c),
+        Err(e) => {
+            warn!("join the shim at {address}: {e}");
+            return false;
+        }
+    };
+    let req = ConnectRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let timeout = JOIN_TIMEOUT.as_nanos() as i64;
+    match client.connect(ttrpc::context::with_timeout(timeout), &req) {
         Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            let _ = std::fs::remove_file(path);
+        Err(e) => {
+            warn!("join the shim at {address}: {e}");
             false
         }
-        Err(_) => false,
     }
 }
 
@@ -103,7 +132,7 @@ impl Shim for Service {
         // run by containerd's runc shim, which derives its socket the same way).
         let grouping = format!("nestcache-{grouping}");
         let address = socket_address(&opts.address, &opts.namespace, &grouping);
-        if group_shim_answers(&address) {
+        if join_group_shim(&address, &opts.id) {
             // containerd runs `start` for every task: joining a running shim costs this
             // process and nothing else.
             write_address(&address)?;
@@ -142,26 +171,25 @@ impl Shim for Service {
     }
 
     fn wait(&mut self) {
+        // The socket is gone already: `lifetime` unlinks it before the exit is signalled.
         self.exit.wait();
-        // The shim crate removes the socket named in the `address` file of its working
-        // dir, the bundle of the group's first container, which containerd may have
-        // deleted by now; a socket left behind would make the group's next shim wait for
-        // it. Ours goes here, by the name we were started with.
-        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
-        if !path.is_empty() {
-            let _ = std::fs::remove_file(path);
-        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
         let events = Events::start(publisher, ttrpc_address, self.namespace.clone());
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        let serving = Serving {
+            socket: Some(PathBuf::from(path)).filter(|p| !p.as_os_str().is_empty()),
+            first: Some(self.id.clone()),
+        };
         let service = TaskService::new(
             &self.namespace,
             &self.address,
             Arc::new(Direct),
             Arc::new(events),
             self.exit.clone(),
+            serving,
         );
         match service {
             Ok(t) => Guarded(t),

@@ -2,7 +2,7 @@
 //! the registry or a container (`container`), and converts the answer; errors become
 //! ttrpc statuses through `ShimError`'s one mapping.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::api::{
@@ -25,6 +25,7 @@ use crate::container::{report_exit, report_exit_unblocking, Container, NewTask, 
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::exits::Exits;
+use crate::lifetime::Lifetime;
 use crate::options::TaskOptions;
 use crate::process::{timestamp_field, Snapshot};
 use crate::registry::Registry;
@@ -35,8 +36,16 @@ use crate::timing::timed;
 
 pub struct TaskService {
     shared: Arc<Shared>,
-    registry: Registry,
-    exit: Arc<ExitSignal>,
+    registry: Arc<Registry>,
+    lifetime: Arc<Lifetime>,
+}
+
+/// Where the shim serves and what it was spawned for (none in unit tests).
+#[derive(Default)]
+pub struct Serving {
+    pub socket: Option<PathBuf>,
+    /// The task the shim was spawned for: its Create is on its way.
+    pub first: Option<String>,
 }
 
 fn stdio_paths(
@@ -87,11 +96,20 @@ impl TaskService {
         runtime: Arc<dyn Runtime>,
         events: Arc<dyn EventSink>,
         exit: Arc<ExitSignal>,
+        serving: Serving,
     ) -> std::io::Result<Self> {
         let on_exit = events.clone();
         let exits = Exits::start(Box::new(move |p, code| {
             report_exit_unblocking(&on_exit, p, code)
         }))?;
+        let registry = Arc::new(Registry::default());
+        let tasks = registry.clone();
+        let lifetime = Lifetime::start(
+            exit,
+            serving.socket,
+            serving.first.as_deref(),
+            Box::new(move || !tasks.is_empty()),
+        )?;
         Ok(TaskService {
             shared: Arc::new(Shared {
                 namespace: namespace.to_string(),
@@ -101,8 +119,8 @@ impl TaskService {
                 state_dir_env: std::env::var("NESTCACHE_STATE_DIR").ok(),
                 containerd_address: containerd_address.to_string(),
             }),
-            registry: Registry::default(),
-            exit,
+            registry,
+            lifetime,
         })
     }
 
@@ -115,6 +133,9 @@ impl TaskService {
     }
 
     fn do_create(&self, req: &CreateTaskRequest) -> Result<u32> {
+        // containerd reads this task's log FIFO for as long as the task lives.
+        crate::logger::follow(Path::new(&req.bundle));
+        let _creating = self.lifetime.creating(&req.id)?;
         let reserved = self.registry.reserve(&req.id)?;
         let new = NewTask {
             id: &req.id,
@@ -133,6 +154,7 @@ impl TaskService {
         let (container, early_exit) = Container::create(&self.shared, new)?;
         let container = Arc::new(container);
         let pid = container.init.pid();
+        self.lifetime.set_linger(container.linger);
         self.registry.insert(&reserved, container.clone());
         self.publish(
             TASK_CREATE_EVENT_TOPIC,
@@ -166,6 +188,7 @@ impl TaskService {
         }
         let snap = container.delete()?;
         self.registry.remove(&req.id);
+        self.lifetime.deleted(&req.id);
         let response = delete_response(&snap);
         self.publish(
             TASK_DELETE_EVENT_TOPIC,
@@ -348,7 +371,14 @@ impl Task for TaskService {
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
-        let task_pid = self.registry.get(&req.id).map_or(0, |c| c.init.pid());
+        // Of a task this shim does not have: a `start` joining (service::join_group_shim).
+        let task_pid = match self.registry.get(&req.id) {
+            Ok(c) => c.init.pid(),
+            Err(_) => {
+                self.lifetime.join(&req.id)?;
+                0
+            }
+        };
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -378,11 +408,9 @@ impl Task for TaskService {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TtrpcResult<api::Empty> {
-        // containerd asks after every delete; a shim with a container of its group stays.
-        if !req.now && !self.registry.is_empty() {
-            return Ok(api::Empty::new());
-        }
-        self.exit.signal();
+        // containerd asks after every delete: the shim goes when it has nothing left to
+        // serve and its linger is over (`lifetime`).
+        self.lifetime.shutdown(&req.id, req.now);
         Ok(api::Empty::new())
     }
 }

@@ -271,10 +271,19 @@ fn group_annotation_shares_one_shim_until_its_last_task_goes() {
         .collect();
     let group = unique("g");
     let annotation = format!("io.nestcache.group={group}");
+    // No linger: the shim goes with the group's last task (a_group_shim_lingers_...).
+    let no_linger = linger_config(root.path(), 0);
+    let no_linger = no_linger.to_str().unwrap();
     for id in [&a, &b] {
         let out = ctr.run_rootfs(
             root.path(),
-            &["-d", "--annotation", &annotation],
+            &[
+                "-d",
+                "--annotation",
+                &annotation,
+                "--runtime-config-path",
+                no_linger,
+            ],
             id,
             &["/bin/sleep", "1000"],
         );
@@ -315,11 +324,138 @@ fn group_annotation_shares_one_shim_until_its_last_task_goes() {
     };
     let out = ctr.run_rootfs(
         root.path(),
-        &["--rm", "--annotation", &annotation],
+        &[
+            "--rm",
+            "--annotation",
+            &annotation,
+            "--runtime-config-path",
+            no_linger,
+        ],
         &again,
         &["/bin/echo", "again"],
     );
     assert_eq!(stdout(&out), "again\n", "{}", stderr(&out));
     ctr.remove(&solo);
     ctr.wait_for("every shim to exit", || shims_in(&ctr.namespace).is_empty());
+}
+
+/// A shim config (`ctr run --runtime-config-path`) asking for this linger.
+fn linger_config(dir: &std::path::Path, ms: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("{}.json", unique("linger")));
+    std::fs::write(&path, serde_json::json!({ "linger_ms": ms }).to_string()).unwrap();
+    path
+}
+
+/// `ctr run --rm` of `/bin/echo ID` in `group`, with the shim config `config`.
+fn echo_in_group(
+    ctr: &Ctr,
+    root: &std::path::Path,
+    group: &str,
+    config: &std::path::Path,
+    id: &str,
+) {
+    let annotation = format!("io.nestcache.group={group}");
+    let out = ctr.run_rootfs(
+        root,
+        &[
+            "--rm",
+            "--annotation",
+            &annotation,
+            "--runtime-config-path",
+            config.to_str().unwrap(),
+        ],
+        id,
+        &["/bin/echo", id],
+    );
+    assert_eq!(stdout(&out), format!("{id}\n"), "{}", stderr(&out));
+}
+
+fn group_socket(ctr: &Ctr, group: &str) -> std::path::PathBuf {
+    let socket = containerd_shim::socket_address(
+        &ctr.address,
+        &ctr.namespace,
+        &format!("nestcache-{group}"),
+    );
+    socket.trim_start_matches("unix://").into()
+}
+
+#[test]
+fn a_group_shim_lingers_for_the_groups_next_task_then_exits() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
+    let ctr = Ctr::new("shim-linger");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let long = linger_config(root.path(), 60_000);
+    let short = linger_config(root.path(), 300);
+    let group = unique("g");
+    let ids = [unique("first"), unique("second"), unique("last")];
+    let _guards: Vec<TaskGuard> = ids
+        .iter()
+        .map(|id| TaskGuard {
+            ctr: &ctr,
+            id: id.clone(),
+        })
+        .collect();
+
+    echo_in_group(&ctr, root.path(), &group, &long, &ids[0]);
+    let lingering = shims_in(&ctr.namespace);
+    assert_eq!(
+        lingering.len(),
+        1,
+        "the group's shim stays after its last task"
+    );
+    // The group's next task joins it: no shim daemon is spawned.
+    echo_in_group(&ctr, root.path(), &group, &long, &ids[1]);
+    assert_eq!(
+        shims_in(&ctr.namespace),
+        lingering,
+        "the next task joined it"
+    );
+    // The last create's linger holds: the shim goes 300 ms after that task, and its socket
+    // with it; nothing of the tasks is left.
+    echo_in_group(&ctr, root.path(), &group, &short, &ids[2]);
+    ctr.wait_for("the lingering shim to exit", || {
+        shims_in(&ctr.namespace).is_empty()
+    });
+    let socket = group_socket(&ctr, &group);
+    assert!(!socket.exists(), "socket {} left", socket.display());
+    assert!(ctr.ok(&["task", "ls", "-q"]).trim().is_empty());
+    assert!(ctr.ok(&["containers", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn a_lingering_shim_serves_the_next_task_after_containerd_restarts() {
+    testkit::require!(containerd, tool "ctr", tool "busybox");
+    let containerd = testkit::containerd::PrivateContainerd::start();
+    let ctr = Ctr::at(&containerd.address, "shim-linger-restart");
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    let long = linger_config(root.path(), 60_000);
+    let none = linger_config(root.path(), 0);
+    let group = unique("g");
+    let ids = [unique("before"), unique("after"), unique("last")];
+    let _guards: Vec<TaskGuard> = ids
+        .iter()
+        .map(|id| TaskGuard {
+            ctr: &ctr,
+            id: id.clone(),
+        })
+        .collect();
+    echo_in_group(&ctr, root.path(), &group, &long, &ids[0]);
+    let lingering = shims_in(&ctr.namespace);
+    assert_eq!(lingering.len(), 1);
+    // The new containerd knows nothing of a shim without tasks; the group's next task
+    // still joins it, and its output and exit reach the new containerd.
+    containerd.restart();
+    echo_in_group(&ctr, root.path(), &group, &long, &ids[1]);
+    assert_eq!(
+        shims_in(&ctr.namespace),
+        lingering,
+        "joined across the restart"
+    );
+    echo_in_group(&ctr, root.path(), &group, &none, &ids[2]);
+    ctr.wait_for("the shim to exit with its last task", || {
+        shims_in(&ctr.namespace).is_empty()
+    });
+    assert!(!group_socket(&ctr, &group).exists());
 }

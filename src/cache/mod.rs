@@ -214,22 +214,39 @@ pub async fn find(client: &Client, name: &str) -> Result<CacheInfo> {
     })
 }
 
+/// [`find`] from the labels alone: no `status` or `pid` (its keeper task's state is not
+/// asked for), what a nested run needs.
+pub async fn find_without_status(client: &Client, name: &str) -> Result<CacheInfo> {
+    validate_name(name)?;
+    match find_container(client, name).await? {
+        Some((c, container)) => Ok(info_from_labels(c.namespace(), &container)),
+        None => Err(Error::NotFound(format!(
+            "no cache named {name:?} in namespace {} (see `nestcache cache ls`)",
+            client.namespace()
+        ))),
+    }
+}
+
 /// Cache `name`, or None: in the client's namespace, else an adopted one in CRI's.
 pub async fn lookup(client: &Client, name: &str) -> Result<Option<CacheInfo>> {
+    match find_container(client, name).await? {
+        Some((c, container)) => Ok(Some(info(&c, container).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The container of cache `name`, and a client in its namespace.
+async fn find_container(client: &Client, name: &str) -> Result<Option<(Client, Container)>> {
     let found = client
         .list_by_labels(&[(labels::ROLE, labels::ROLE_CACHE), (labels::NAME, name)])
         .await?;
     if let Some(c) = found.into_iter().next() {
-        return Ok(Some(info(client, c).await?));
+        return Ok(Some((client.clone(), c)));
     }
-    match adopted_elsewhere(client, &[(labels::NAME, name)])
+    Ok(adopted_elsewhere(client, &[(labels::NAME, name)])
         .await?
         .into_iter()
-        .next()
-    {
-        Some((c, container)) => Ok(Some(info(&c, container).await?)),
-        None => Ok(None),
-    }
+        .next())
 }
 
 /// Every cache in the client's namespace, and those adopted in CRI's, by name.

@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// runc (through containerd's runc shim) or shim (containerd-shim-nestcache-v2)
     #[arg(long, default_value = "runc")]
     pub runtime: String,
+    /// With --runtime shim: milliseconds the cache's shim stays after its last container,
+    /// for the next run to join it (0: it exits with it; default 30000)
+    #[arg(long, env = nestcache::labels::SHIM_LINGER_ENV, value_name = "MS")]
+    pub shim_linger: Option<u64>,
     /// Registry options, for `--stage docker://…`
     #[command(flatten)]
     pub registry: super::stage::RegistryArgs,
@@ -244,6 +248,7 @@ pub async fn run(g: &Globals, a: RunArgs) -> anyhow::Result<ExitCode> {
         mount_cache: !a.no_mount_cache,
         cache_rw: a.cache_rw,
         runtime: a.runtime.parse()?,
+        shim_linger_ms: a.shim_linger,
         labels,
         volumes,
         volumes_from: a.mounts.volumes_from.clone(),

@@ -36,13 +36,61 @@ pub async fn remove(
     // (or the reaper) to try again.
     detached?;
     client.delete_container(id).await?;
-    match std::fs::remove_dir_all(&paths.dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("remove {}", paths.dir.display()), e)),
-    }
+    remove_dir(&paths.dir)?;
     super::release_lease(client, id, content_dir)
 }
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// [`remove_with_volumes`] for a `run --rm` container whose exit `run` has waited for:
+/// the task is deleted without a state query first (one that still runs after all is
+/// stopped as `remove` would), and once it is gone the container record, its dir and
+/// its lease go at once: the rootfs is unmounted, so nothing uses the layers any more, and
+/// a record whose delete fails still carries `--rm`'s label for the reaper to finish.
+pub async fn remove_exited(
+    client: &Client,
+    id: &str,
+    paths: &ContainerPaths,
+    content_dir: &Path,
+    anonymous: Option<&str>,
+) -> Result<()> {
+    let layout = crate::network::NetLayout::new(&paths.state_root);
+    let delete = async {
+        match client.delete_task(id).await {
+            Ok(_) => Ok(()),
+            Err(_) => match client.stop_and_delete_task(id, EXITED_GRACE).await {
+                Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    };
+    let (deleted, detached) = tokio::join!(delete, crate::network::detach(&layout, id));
+    deleted?;
+    detached?;
+    let local = {
+        let (client, id, dir) = (client.clone(), id.to_string(), paths.dir.clone());
+        let content_dir = content_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            remove_dir(&dir)?;
+            super::release_lease(&client, &id, &content_dir)
+        })
+    };
+    let (record, local) = tokio::join!(client.delete_container(id), local);
+    record?;
+    local.map_err(|e| Error::Other(format!("removing the dir and lease of {id}: {e}")))??;
+    let names = super::volumes::names_in_label(anonymous);
+    let state = crate::layout::StateLayout::new(&paths.state_root);
+    super::volumes::remove_dirs(&state, &names)
+}
+
+/// How long a task that was to have exited gets after SIGTERM (as `run`'s own cleanup).
+const EXITED_GRACE: Duration = Duration::from_secs(10);
 
 /// [`remove`], then the container's anonymous volumes (`anonymous`: the value of its
 /// `io.nestcache.anonymous-volumes` label): for `--rm` containers and `rm -v`.

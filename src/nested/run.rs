@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub mount_cache: bool,
     pub cache_rw: bool,
     pub runtime: Runtime,
+    /// `--shim-linger`: how long nestcache's shim stays after the cache's last nested
+    /// container (the shim's `linger_ms` option); None: the shim's default.
+    pub shim_linger_ms: Option<u64>,
     /// `--label`/`--label-file` (no `io.nestcache.` keys) and nestcache's own extra
     /// labels (the named volumes used, stop signal and timeout).
     pub labels: std::collections::HashMap<String, String>,
@@ -115,7 +118,8 @@ pub async fn run(
     // they abort the run (cleaning up), afterwards they are passed on to the task.
     let mut phases = Phases::new();
     let mut signals = Signals::install()?;
-    let cache = cache::find(client, &opts.cache).await?;
+    // Its keeper's task state is not needed to run in it: one round trip less.
+    let cache = cache::find_without_status(client, &opts.cache).await?;
     phases.mark("find cache");
     if cache.expired {
         return Err(Error::Invalid(format!(
@@ -223,7 +227,7 @@ pub async fn run(
                         .collect(),
                     spec,
                     runtime: Some(opts.runtime.containerd_name().to_string()),
-                    runtime_options: shim_options(&opts.runtime, &cache),
+                    runtime_options: shim_options(&opts, &cache),
                 })
                 .await
                 .map(drop)
@@ -272,9 +276,7 @@ pub async fn run(
     match result {
         Ok(mut report) => {
             if opts.rm && report.exit_code.is_some() {
-                let grace = Duration::from_secs(10);
-                cleanup::remove_with_volumes(client, &id, &paths, grace, &cache.content_dir, anon)
-                    .await?;
+                cleanup::remove_exited(client, &id, &paths, &cache.content_dir, anon).await?;
                 report.removed = true;
                 phases.mark("remove task, container, dirs");
             }
@@ -357,12 +359,14 @@ fn release_lease_after_failure(client: &Client, id: &str, cache: &cache::CacheIn
 
 /// nestcache's shim assembles the rootfs from the store an annotation names, and only
 /// from stores under the roots its options allow: this run's is the cache's content dir.
-fn shim_options(runtime: &Runtime, cache: &cache::CacheInfo) -> Option<prost_types::Any> {
-    (*runtime == Runtime::Shim).then(|| prost_types::Any {
+fn shim_options(opts: &RunOptions, cache: &cache::CacheInfo) -> Option<prost_types::Any> {
+    let mut options = serde_json::json!({ "store_roots": [&cache.content_dir] });
+    if let Some(ms) = opts.shim_linger_ms {
+        options["linger_ms"] = ms.into();
+    }
+    (opts.runtime == Runtime::Shim).then(|| prost_types::Any {
         type_url: labels::SHIM_OPTIONS_TYPE_URL.to_string(),
-        value: serde_json::json!({ "store_roots": [&cache.content_dir] })
-            .to_string()
-            .into_bytes(),
+        value: options.to_string().into_bytes(),
     })
 }
 

@@ -61,6 +61,9 @@ impl Env {
             .env("NESTCACHE_STATE_DIR", self.state.path())
             // Bridges are host-wide: only the network tests make them (tests/net.rs).
             .env("NESTCACHE_NET", "none")
+            // A cache's shim exits with its last nested container, so that a test's
+            // end finds no shim (tests of the linger set their own).
+            .env("NESTCACHE_SHIM_LINGER_MS", "0")
             .env_remove("RUST_LOG");
         c
     }

@@ -55,6 +55,7 @@ fn harness() -> Harness {
         rt.clone(),
         events.clone(),
         Arc::new(ExitSignal::default()),
+        Default::default(),
     )
     .unwrap();
     Harness {
