@@ -18,7 +18,7 @@ use nestcache::store::LeaseHolder;
 use crate::bundle::{Record, Spec};
 use crate::cgroups;
 use crate::error::{Result, ShimError};
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
 use crate::exec::ExecLifecycle;
 use crate::exits::Exits;
 use crate::init::InitLifecycle;
@@ -90,7 +90,7 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
         exited_at: MessageField::some(exit.at),
         ..Default::default()
     };
-    events.publish(TASK_EXIT_EVENT_TOPIC, Box::new(event));
+    events.publish(Event::new(TASK_EXIT_EVENT_TOPIC, &event));
 }
 
 /// [`report_exit`], on a thread of its own when the output is still being copied: a
@@ -299,8 +299,8 @@ impl Container {
         } else {
             self.shared.exits.watch(pid, process.clone())
         };
-        let (topic, event) = process.lifecycle.started_event(&process, pid);
-        self.shared.events.publish(topic, event);
+        let event = process.lifecycle.started_event(&process, pid);
+        self.shared.events.publish(event);
         // Stopped already (killed meanwhile) is fine: the exit stands.
         let _ = process.step(Step::Started);
         drop(gate);

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_shim::protos::events::task::TaskExecStarted;
-use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics::TASK_EXEC_STARTED_EVENT_TOPIC;
 use log::warn;
 use nix::errno::Errno;
@@ -14,6 +13,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::error::{Result, ShimError};
+use crate::events::Event;
 use crate::process::{launch, Lifecycle, Process, NEVER_RAN_STATUS};
 use crate::runc::{ProcessFiles, Runc, Runtime};
 
@@ -57,14 +57,14 @@ impl Lifecycle for ExecLifecycle {
         })
     }
 
-    fn started_event(&self, p: &Process, pid: u32) -> (&'static str, Box<dyn MessageDyn>) {
+    fn started_event(&self, p: &Process, pid: u32) -> Event {
         let event = TaskExecStarted {
             container_id: p.container_id.clone(),
             exec_id: p.exec_id.clone(),
             pid,
             ..Default::default()
         };
-        (TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+        Event::new(TASK_EXEC_STARTED_EVENT_TOPIC, &event)
     }
 
     fn failed_start(&self, p: &Process) {

@@ -8,9 +8,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex};
 
 use containerd_shim::monitor::monitor_notify_by_pid;
-use containerd_shim::protos::protobuf::MessageDyn;
 
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
 use crate::runc::{ProcessFiles, Runc, RuncError, RuncIo, Runtime};
 
 /// Fake pids start above the kernel's largest pid_max (2^22): no real process has one.
@@ -206,13 +205,13 @@ impl Runtime for FakeRuntime {
 /// Records every event, in order.
 #[derive(Default)]
 pub struct RecordingEvents {
-    events: Mutex<Vec<(&'static str, Box<dyn MessageDyn>)>>,
+    events: Mutex<Vec<Event>>,
     added: Condvar,
 }
 
 impl EventSink for RecordingEvents {
-    fn publish(&self, topic: &'static str, message: Box<dyn MessageDyn>) {
-        self.events.lock().unwrap().push((topic, message));
+    fn publish(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
         self.added.notify_all();
     }
 }
@@ -224,6 +223,6 @@ impl RecordingEvents {
         while events.len() < n {
             events = self.added.wait(events).unwrap();
         }
-        events.iter().map(|(t, _)| *t).collect()
+        events.iter().map(|e| e.topic).collect()
     }
 }

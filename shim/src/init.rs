@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use containerd_shim::protos::events::task::TaskStart;
-use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics::TASK_START_EVENT_TOPIC;
 
 use crate::bundle::Record;
 use crate::error::{Result, ShimError};
+use crate::events::Event;
 use crate::mounts;
 use crate::process::{Lifecycle, Process};
 use crate::runc::{Runc, Runtime};
@@ -30,13 +30,13 @@ impl Lifecycle for InitLifecycle {
         Ok(p.pid())
     }
 
-    fn started_event(&self, p: &Process, pid: u32) -> (&'static str, Box<dyn MessageDyn>) {
+    fn started_event(&self, p: &Process, pid: u32) -> Event {
         let event = TaskStart {
             container_id: p.container_id.clone(),
             pid,
             ..Default::default()
         };
-        (TASK_START_EVENT_TOPIC, Box::new(event))
+        Event::new(TASK_START_EVENT_TOPIC, &event)
     }
 
     fn failed_start(&self, p: &Process) {

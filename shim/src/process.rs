@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::protobuf::MessageField;
 
 use crate::error::{Result, ShimError};
+use crate::events::Event;
 use crate::runc::{RuncError, RuncIo};
 use crate::state::{State, Step};
 use crate::stdio::{Io, Prepared, StdioPaths};
@@ -24,7 +25,7 @@ pub trait Lifecycle: Send + Sync {
     /// Runs the process (`runc start` for init, `runc exec` for an exec); its pid.
     fn start(&self, p: &Process) -> Result<u32>;
     /// The event that says it started (TaskStart / TaskExecStarted).
-    fn started_event(&self, p: &Process, pid: u32) -> (&'static str, Box<dyn MessageDyn>);
+    fn started_event(&self, p: &Process, pid: u32) -> Event;
     /// The step after a failed start: init stays created, an exec that never ran stops.
     fn failed_start(&self, p: &Process);
     /// Signals the process; only called for a state that may have a live pid.

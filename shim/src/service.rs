@@ -176,8 +176,11 @@ impl Shim for Service {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        // crate::events dials its own connection at the first event: this one would
+        // hold a socket and two ttrpc threads in a shim with no task yet.
+        drop(publisher);
         let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-        let events = Events::start(publisher, ttrpc_address, self.namespace.clone());
+        let events = Events::start(ttrpc_address, self.namespace.clone());
         let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
         let serving = Serving {
             socket: Some(PathBuf::from(path)).filter(|p| !p.as_os_str().is_empty()),

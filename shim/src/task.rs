@@ -23,7 +23,7 @@ use log::{info, warn};
 
 use crate::container::{report_exit, report_exit_unblocking, Container, NewTask, Shared};
 use crate::error::{Result, ShimError};
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
 use crate::exits::Exits;
 use crate::lifetime::Lifetime;
 use crate::options::TaskOptions;
@@ -124,12 +124,8 @@ impl TaskService {
         })
     }
 
-    fn publish(
-        &self,
-        topic: &'static str,
-        event: impl containerd_shim::protos::protobuf::MessageDyn,
-    ) {
-        self.shared.events.publish(topic, Box::new(event));
+    fn publish(&self, topic: &'static str, event: impl containerd_shim::protos::protobuf::Message) {
+        self.shared.events.publish(Event::new(topic, &event));
     }
 
     fn do_create(&self, req: &CreateTaskRequest) -> Result<u32> {
