@@ -25,7 +25,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::Layer;
 use crate::source::Source;
 use crate::store::{BlobClaim, Ingested, NoTee, Present, Store, Tee};
-use crate::unpack::{apply_layer, chunk_pipe, ChunkSender, Feed, LayerBlob, Limits, Outcome};
+use crate::unpack::{
+    apply_buffered, apply_layer, chunk_pipe, ChunkSender, Feed, LayerBlob, Limits, Outcome,
+};
 
 /// The [`Feed`] of a stage: layers whose blobs are claimed are streamed from the source;
 /// the others (blob present, layer missing) are read from the store.
@@ -261,7 +263,7 @@ impl<'scope, 'env> LayerTee<'scope, 'env> {
         let (layer, dest, lowers, limits) = (self.layer, self.dest, self.lowers, self.limits);
         self.tx = Some(tx);
         self.running = Some(self.scope.spawn(move || {
-            apply_layer(rx, &layer.media_type, &layer.diff_id, dest, lowers, limits)
+            apply_buffered(rx, &layer.media_type, &layer.diff_id, dest, lowers, limits)
         }));
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -21,9 +21,6 @@ use super::tree::Tree;
 use super::writers::{self, Writers};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
-
-/// Buffer in front of the tar parser, which reads headers 512 bytes at a time.
-const TAR_BUFFER: usize = 256 << 10;
 
 /// What one extraction produced.
 #[derive(Debug, Clone)]
@@ -56,6 +53,20 @@ pub enum Outcome {
 /// hash to `diff_id`. On any failure, and on [`Outcome::NeedsLowers`], `dest` is removed.
 /// The tree is not synced: the caller syncs once before publishing (see `ensure`).
 pub fn apply_layer<R: Read + Send>(
+    blob: R,
+    media_type: &str,
+    diff_id: &Digest,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    limits: &Limits,
+) -> Result<Outcome> {
+    let buffered = BufReader::with_capacity(stream::BLOB_BUFFER, blob);
+    apply_buffered(buffered, media_type, diff_id, dest, lowers, limits)
+}
+
+/// [`apply_layer`] from a blob that buffers itself (a pipe of chunks, a slice): the
+/// decompressor reads out of its buffer, with no copy into one of its own.
+pub fn apply_buffered<R: BufRead + Send>(
     blob: R,
     media_type: &str,
     diff_id: &Digest,
@@ -148,10 +159,9 @@ fn apply_entries(
         buf: vec![0; COPY_BUFFER],
         writers,
     };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(
-        TAR_BUFFER,
-        HashingReader::new(chunks),
-    ));
+    // No buffer in front of the tar parser: the chunks are its buffer (headers are read
+    // 512 bytes at a time out of the current chunk, file data straight into `ap.buf`).
+    let mut archive = tar::Archive::new(HashingReader::new(chunks));
     let mut count = 0u64;
     let mut last: Option<PathBuf> = None;
     for entry in archive.entries().map_err(|e| stream_error(None, e))? {
@@ -181,7 +191,7 @@ fn apply_entries(
     // padding the tar parser stops short of.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(last.as_deref(), e))?;
-    let (actual, tar_bytes) = rest.into_inner().finish();
+    let (actual, tar_bytes) = rest.finish();
     if actual != *diff_id {
         return Err(UnpackError::DiffIdMismatch {
             layer: diff_id.clone(),

@@ -24,7 +24,7 @@ mod stream;
 mod tree;
 mod writers;
 
-pub use apply::{apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
+pub use apply::{apply_buffered, apply_layer, discard, finish_with_lowers, LayerStats, Outcome};
 pub use ensure::{
     clean_stale_tmp, ensure_layers, ensure_layers_with, ensure_unpacked, existing_layer, Feed,
     LayerBlob, StoreBlobs,

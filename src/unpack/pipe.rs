@@ -1,9 +1,11 @@
 //! A bounded in-process byte pipe of reused chunks, between two threads of one layer:
 //! the decoder and the tar parser, or (one-pass staging) the ingest and the extractor.
 //! Read chunks go back to the sender for reuse, so a pipe holds at most `depth` chunks
-//! in flight plus its spares, whatever the layer's size.
+//! in flight plus its spares, whatever the layer's size. The reading end is a
+//! [`BufRead`] over the chunk it holds: the decompressor and the tar parser read out of
+//! it directly, with no buffer (and no copy) of their own in front.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// A pipe holding at most `depth` chunks in flight.
@@ -69,21 +71,32 @@ pub struct Chunks {
     pos: usize,
 }
 
-impl Read for Chunks {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl BufRead for Chunks {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         // `while`: an empty chunk is not the end of the stream.
         while self.pos == self.cur.len() {
             let Ok(next) = self.rx.recv() else {
                 // The sender finished or died; a short stream then fails its digest check.
-                return Ok(0);
+                return Ok(&[]);
             };
             let done = std::mem::replace(&mut self.cur, next?);
             let _ = self.spare.try_send(done);
             self.pos = 0;
         }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.cur[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.cur.len());
+    }
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = out.len().min(avail.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

@@ -2,7 +2,7 @@
 //! bomb guard → sha256 of the uncompressed stream (the diff_id). Every byte is read once.
 
 use std::cell::Cell;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -43,17 +43,29 @@ impl Default for Limits {
     }
 }
 
-/// Counts bytes read from the blob so the guard can compute the expansion ratio.
+/// Counts the blob's bytes the decompressor consumed, so the guard can compute the
+/// expansion ratio.
 struct Counted<R> {
     inner: R,
     count: Rc<Cell<u64>>,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: BufRead> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);
         Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.count.set(self.count.get() + n as u64);
+        self.inner.consume(n);
     }
 }
 
@@ -94,18 +106,17 @@ impl Read for Guard<'_> {
     }
 }
 
-/// Small enough that the compressed count the ratio guard sees is close to what the
-/// decompressor really consumed.
-const BLOB_BUFFER: usize = 64 << 10;
+/// The buffer [`super::apply_layer`] puts in front of a blob that is only a `Read`.
+pub const BLOB_BUFFER: usize = 64 << 10;
 
 /// Builds blob → decompressor → guard, choosing the decompressor from the magic bytes.
-fn open<'a>(blob: Box<dyn Read + 'a>, limits: &Limits) -> io::Result<Guard<'a>> {
+/// The decompressor reads straight out of `blob`'s buffer.
+fn open<'a>(blob: Box<dyn BufRead + 'a>, limits: &Limits) -> io::Result<Guard<'a>> {
     let compressed = Rc::new(Cell::new(0));
-    let counted = Counted {
+    let mut buffered = Counted {
         inner: blob,
         count: compressed.clone(),
     };
-    let mut buffered = BufReader::with_capacity(BLOB_BUFFER, counted);
     let magic = buffered.fill_buf()?;
     let inner: Box<dyn Read + 'a> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
@@ -145,7 +156,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// Runs blob → decompressor → guard on a thread of its own inside `scope` and returns
 /// the uncompressed stream as a reader, so inflating overlaps with hashing and writing
 /// files (two cores for one layer). Dropping the reader stops the thread.
-pub fn spawn_decoder<'scope, 'env, R: Read + Send + 'env>(
+pub fn spawn_decoder<'scope, 'env, R: BufRead + Send + 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     blob: R,
     limits: &Limits,
