@@ -3,7 +3,8 @@
 # image and the same private containerd:
 #   - resident memory (VmRSS, Pss) of one idle shim (its task runs `sleep`), and of a
 #     running shim with no task yet (issue 17's goal: nestcache's ≤ 1/3 of runc-v2's);
-#   - the shim binaries' sizes;
+#   - the shim binaries' sizes (ours as a node runs it: cargo profile `shim`, static on
+#     glibc, as scripts/install-shim.sh builds it);
 #   - task start latency: `ctr run -d` (container + task create + start), and the whole
 #     `ctr run --rm IMAGE /bin/true` cycle (create, start, exit, delete);
 #   - and, for the shim only, start from a nestcache store (annotated --rootfs run).
@@ -21,7 +22,7 @@ cargo build --release -p nestcache --bin nestcache >&2
 target_dir=$(nc_target_dir)
 
 nc_temp_dir dir nc-bench-shim
-nc_shim_on_path release "$dir"
+nc_shim_on_path shim "$dir"
 nc_containerd_start "$dir/ctd"
 address=$CONTAINERD_ADDRESS
 ns=bench

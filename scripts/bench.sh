@@ -11,6 +11,9 @@ cargo build --release --workspace >&2
 nc_temp_dir dir nestcache-bench
 nc_shim_on_path release "$dir"
 export NESTCACHE_STATE_DIR="$dir/state"
+# containerd's state on tmpfs, as on a node (scripts/containerd.sh), for every containerd
+# of the run, the peers' too.
+export NESTCACHE_CONTAINERD_STATE_TMPFS=1
 # The shim logs its per-phase milliseconds into containerd's log (bench.py reads them for
 # the warm run's phase table).
 NESTCACHE_SHIM_TIMING=1 nc_containerd_start "$dir/ctd"

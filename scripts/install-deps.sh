@@ -17,6 +17,8 @@ for pair in iptables:iptables iptables-save:iptables ip:iproute2 perl:perl-base;
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# The node's shim (profile shim, scripts/lib.sh nc_build_shim) links glibc statically.
+[ -f "/usr/lib/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/libc.a" ] || need+=(libc6-dev)
 # The registry source's TLS (native-tls) links the system OpenSSL.
 { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need+=(pkg-config libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then

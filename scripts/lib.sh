@@ -35,16 +35,38 @@ nc_temp_dir() {
   printf -v "$1" '%s' "$d"
 }
 
+# nc_build_shim PROFILE: builds containerd-shim-nestcache-v2 for PROFILE (debug, release,
+# or shim: what a node runs, as scripts/install-shim.sh installs it) and prints its path.
+# Profile shim (Cargo.toml: opt-level s, fat LTO) is linked statically on glibc and not
+# as PIE: no ld.so, libc.so or libgcc_s mapped into every long-lived shim and no
+# start-up relocation of its tables, only the libc code it calls (the shim uses no NSS
+# or dlopen). `cargo rustc` gives those flags to the binary's link alone: set for the
+# whole build they would reach build scripts and proc macros, which cannot be static.
+nc_build_shim() {
+  local profile=$1 flags=()
+  case $profile in
+  debug) cargo build -p containerd-shim-nestcache >&2 ;;
+  release) cargo build --release -p containerd-shim-nestcache >&2 ;;
+  *)
+    case $(rustc -vV | sed -n 's/^host: //p') in
+    *-linux-gnu) flags=(-C target-feature=+crt-static -C relocation-model=static) ;;
+    esac
+    cargo rustc --profile "$profile" -p containerd-shim-nestcache \
+      --bin containerd-shim-nestcache-v2 -- "${flags[@]}" >&2
+    ;;
+  esac
+  nc_bin "$profile" containerd-shim-nestcache-v2
+}
+
 # nc_shim_on_path PROFILE DIR: builds containerd-shim-nestcache-v2 for PROFILE and puts
 # it first on PATH through DIR/bin, where containerd looks runtime
 # io.containerd.nestcache.v2 up.
 nc_shim_on_path() {
-  local profile=$1 dir=$2 flags=()
-  [ "$profile" = release ] && flags=(--release)
-  cargo build "${flags[@]}" -p containerd-shim-nestcache >&2
-  mkdir -p "$dir/bin"
-  ln -sf "$(nc_bin "$profile" containerd-shim-nestcache-v2)" "$dir/bin/containerd-shim-nestcache-v2"
-  export PATH="$dir/bin:$PATH"
+  local bin
+  bin=$(nc_build_shim "$1")
+  mkdir -p "$2/bin"
+  ln -sf "$bin" "$2/bin/containerd-shim-nestcache-v2"
+  export PATH="$2/bin:$PATH"
 }
 
 # nc_containerd_start DIR: starts a private containerd under DIR (scripts/containerd.sh),

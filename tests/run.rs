@@ -560,7 +560,8 @@ fn shim_runtime_runs_from_the_store() {
 }
 
 /// `--shim-linger`: the cache's shim stays after a `--rm` run, the next run joins it (no
-/// new shim process), and a run asking for no linger takes it away with its container.
+/// new shim process), a run asking for no linger takes it away with its container, and
+/// `cache rm` ends a lingering one.
 #[test]
 fn the_caches_shim_lingers_for_the_next_run() {
     testkit::require!(containerd);
@@ -599,12 +600,25 @@ fn the_caches_shim_lingers_for_the_next_run() {
         lingering,
         "the second run joined the lingering shim"
     );
+    let wait_gone = |what: &str| {
+        // Well within the 60 s linger: only an ended shim is gone by then.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !shims().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: shim left: {:?}",
+                shims()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     run("0");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !shims().is_empty() {
-        assert!(Instant::now() < deadline, "shim left: {:?}", shims());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_gone("a run without linger");
+    // `cache rm` ends the cache's lingering shim, not its linger.
+    run("60000");
+    assert_eq!(shims().len(), 1);
+    f.env.ok(&["cache", "rm", &f.cache, "--keep-content"]);
+    wait_gone("cache rm");
     f.assert_nothing_left();
     let bad = f.run(&["--rm", "--runtime", "shim", "--shim-linger", "soon", &img]);
     assert!(!bad.status.success());

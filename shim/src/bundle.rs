@@ -3,6 +3,7 @@
 //! subcommand can undo it after the shim died.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use log::warn;
@@ -118,15 +119,28 @@ pub fn set_root_to_bundle_rootfs(bundle: &Path) -> Result<(), String> {
         root.insert("path".into(), serde_json::Value::String("rootfs".into()));
     }
     let out = serde_json::to_vec(&v).map_err(|e| format!("serialize spec: {e}"))?;
-    write_durably(&path, &out).map_err(|e| e.to_string())
+    write_replacing(&path, &out).map_err(|e| e.to_string())
 }
 
-/// Writes `data` to `path` as the store writes (`fsutil::write_atomic`: temp file,
-/// fsync, rename, fsync of the directory). After a crash `path` holds the old or the new
-/// bytes, whole.
-pub fn write_durably(path: &Path, data: &[u8]) -> Result<(), ShimError> {
-    nestcache::fsutil::write_atomic(path, data)
-        .map_err(|e| ShimError::io(format!("write {}", path.display()), e))
+/// Replaces `path` with `data` through a temp file beside it, renamed over it: a shim
+/// killed half-way leaves the old bytes or the new ones, whole. Not fsynced, unlike the
+/// store's writes: a bundle is containerd's state of a running task (tmpfs on a node,
+/// under /run/containerd), which no machine crash leaves anything to resume from (the
+/// mounts are gone; a record lost with it leaves a store lease that `store gc` reclaims
+/// once containerd says the container is gone). On a disk-backed state dir the fsyncs
+/// were most of a create's rootfs setup (3 files, 2 fsyncs each, per create).
+pub fn write_replacing(path: &Path, data: &[u8]) -> Result<(), ShimError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+        tmp.write_all(data)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            tmp.as_file().set_permissions(meta.permissions())?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(|e| ShimError::io(format!("write {}", path.display()), e))
 }
 
 /// What the shim set up for the container, written before it is set up.
@@ -148,7 +162,7 @@ impl Record {
             bundle: bundle.to_path_buf(),
             reason: format!("serialize {RECORD_FILE}: {e}"),
         })?;
-        write_durably(&bundle.join(RECORD_FILE), &text)
+        write_replacing(&bundle.join(RECORD_FILE), &text)
     }
 
     /// The record, if the shim wrote one. A record that exists but cannot be read is
@@ -243,6 +257,23 @@ mod tests {
         );
         std::fs::write(dir.path().join(RECORD_FILE), b"{ half").unwrap();
         assert_eq!(Record::load(dir.path()), None);
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_leaves_no_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_replacing(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("gone").join("config.json");
+        let err = write_replacing(&missing, b"x").unwrap_err();
+        assert!(err.to_string().contains("gone/config.json"), "{err}");
     }
 
     #[test]

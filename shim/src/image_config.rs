@@ -284,7 +284,7 @@ pub fn apply(
     );
     save_exec_defaults(bundle, &before, &spec["process"])?;
     let out = serde_json::to_vec(&spec).map_err(|e| format!("serialize spec: {e}"))?;
-    crate::bundle::write_durably(&path, &out).map_err(|e| e.to_string())
+    crate::bundle::write_replacing(&path, &out).map_err(|e| e.to_string())
 }
 
 /// What `apply` replaced in the init's process (`from` → `to`), kept in the bundle for
@@ -304,7 +304,7 @@ fn save_exec_defaults(bundle: &Path, from: &Value, to: &Value) -> Result<(), Str
     };
     let doc = serde_json::json!({ "from": pick(from), "to": pick(to) });
     let path = bundle.join(EXEC_DEFAULTS);
-    crate::bundle::write_durably(&path, doc.to_string().as_bytes()).map_err(|e| e.to_string())
+    crate::bundle::write_replacing(&path, doc.to_string().as_bytes()).map_err(|e| e.to_string())
 }
 
 /// An exec's process spec for a container whose init got the store image's config: each

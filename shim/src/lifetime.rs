@@ -10,9 +10,9 @@
 //! unlinks its socket and then refuses joins, both under one lock: a refused `start`
 //! finds the address free and spawns a new shim there.
 //!
-//! Shutdown requests: after the delete of this shim's last task, the linger starts; with
-//! `now` set, or for a task this shim never had (a failed create), an idle shim exits at
-//! once.
+//! Shutdown requests: after the delete of this shim's last task, the linger starts; for a
+//! task this shim never had (a failed create; `cache rm`, which sends one for no task),
+//! an idle shim exits at once; with `now` set it exits at once, tasks or not.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -73,11 +73,14 @@ pub async fn running_users(client: &Client, name: &str) -> Result<Vec<String>> {
 /// loses its labels alone: its container, task and content dir are not nestcache's.
 pub async fn remove(client: &Client, info: &CacheInfo, opts: RemoveOptions) -> Result<bool> {
     if info.adopted {
-        super::adopt::unlabel(&info.client_for(client)?, &info.id).await?;
+        let owner = info.client_for(client)?;
+        super::adopt::unlabel(&owner, &info.id).await?;
+        end_shim(&owner, info).await;
         return Ok(false);
     }
     client.stop_and_delete_task(&info.id, STOP_GRACE).await?;
     client.delete_container(&info.id).await?;
+    end_shim(client, info).await;
     if info.content_dir.as_os_str().is_empty() || !info.content_dir.is_absolute() {
         return Ok(false);
     }
@@ -104,6 +107,15 @@ pub async fn remove(client: &Client, info: &CacheInfo, opts: RemoveOptions) -> R
     }
     remove_meta(&ContentLayout::new(&info.content_dir), &info.name);
     Ok(false)
+}
+
+/// The cache's nestcache shim, lingering for its next run (`run --runtime shim`), has
+/// nothing left to wait for: it exits now if it is idle (a running nested container, as
+/// TTL expiry may leave, keeps it).
+async fn end_shim(client: &Client, info: &CacheInfo) {
+    if client.end_group_shim(&info.shim_group()).await {
+        tracing::debug!("ended the shim of cache {}", info.name);
+    }
 }
 
 /// Removes the parents of `dir` that `cache create` made, up to and including `top`,

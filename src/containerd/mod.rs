@@ -7,6 +7,7 @@
 //! - `process`: exec processes in a running task, per-process calls, the task's pids.
 //! - [`events`]: containerd's event stream, decoded.
 //! - `reconnect`: calls that outlive a containerd restart (bounded retries).
+//! - `shim`: nestcache's shim of a group, on its own socket (ending a lingering one).
 //!
 //! Every call carries the namespace (containerd-client's `with_namespace!`); the
 //! namespace is validated at connect so that header can never be malformed.
@@ -20,6 +21,7 @@ pub mod io;
 pub use crate::labels;
 mod process;
 mod reconnect;
+mod shim;
 mod tasks;
 
 pub use tasks::Mount;
