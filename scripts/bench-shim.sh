@@ -95,13 +95,14 @@ stats() { # median and mean in ms of a list of ns
 }
 
 # Memory: one idle task per runtime; the shim is the task's parent (subreaper).
-mem() { # pid -> "rss_kib pss_kib"
-  local rss pss
+mem() { # pid -> "rss_kib pss_kib anonymous_kib"
+  local rss pss anon
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status")
   pss=$(awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0)
-  echo "$rss $pss"
+  anon=$(awk '/^Anonymous:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0)
+  echo "$rss $pss $anon"
 }
-declare -A rss pss
+declare -A rss pss anon
 for rt in runc nestcache store; do
   # shellcheck disable=SC2046
   ctr run -d --runtime "$(runtime_of $rt)" $(run_args $rt) "idle-$rt" /bin/sleep 1000 >/dev/null
@@ -110,7 +111,7 @@ sleep 2
 for rt in runc nestcache store; do
   task=$(ctr task ls | awk -v id="idle-$rt" '$1 == id { print $2 }')
   shim=$(awk '/^PPid:/ { print $2 }' "/proc/$task/status")
-  read -r rss[$rt] pss[$rt] < <(mem "$shim")
+  read -r rss[$rt] pss[$rt] anon[$rt] < <(mem "$shim")
 done
 for rt in runc nestcache store; do
   ctr task kill -s KILL "idle-$rt" >/dev/null
@@ -124,7 +125,7 @@ done
 # A running shim with no task: each runtime's `start` spawns its long-lived shim, which
 # waits for containerd's first Create; none comes. The log fifo gets a reader, as
 # containerd would be.
-notask_mem() { # shim binary, id -> "rss_kib pss_kib"
+notask_mem() { # shim binary, id -> "rss_kib pss_kib anonymous_kib"
   local b=$dir/notask-$2 pid socket
   mkdir -p "$b"
   echo '{"ociVersion": "1.0.2"}' >"$b/config.json"
@@ -137,11 +138,11 @@ notask_mem() { # shim binary, id -> "rss_kib pss_kib"
   kill -KILL "$pid"
   rm -f "${socket#unix://}"
 }
-declare -A notask_rss notask_pss
+declare -A notask_rss notask_pss notask_anon
 nc_shim=$(command -v containerd-shim-nestcache-v2)
 runc_shim=$(command -v containerd-shim-runc-v2)
-read -r notask_rss[runc] notask_pss[runc] < <(notask_mem "$runc_shim" notask-runc)
-read -r notask_rss[nestcache] notask_pss[nestcache] < <(notask_mem "$nc_shim" notask-nc)
+read -r notask_rss[runc] notask_pss[runc] notask_anon[runc] < <(notask_mem "$runc_shim" notask-runc)
+read -r notask_rss[nestcache] notask_pss[nestcache] notask_anon[nestcache] < <(notask_mem "$nc_shim" notask-nc)
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 stripped_size() { strip -o "$dir/stripped" "$1" && stat -L -c %s "$dir/stripped"; }
 
@@ -157,11 +158,14 @@ echo "shim benchmark: $runs runs each, image $image (busybox-static, 1 layer), $
 printf '%-34s %14s %14s %16s %10s\n' "" "runc-v2 shim" "nestcache shim" "nestcache+store" "ratio n/r"
 printf '%-34s %14s %14s %16s %10s\n' "idle shim VmRSS (KiB)" "${rss[runc]}" "${rss[nestcache]}" "${rss[store]}" "$(ratio "${rss[nestcache]}" "${rss[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "idle shim Pss (KiB)" "${pss[runc]}" "${pss[nestcache]}" "${pss[store]}" "$(ratio "${pss[nestcache]}" "${pss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "idle shim Anonymous (KiB)" "${anon[runc]}" "${anon[nestcache]}" "${anon[store]}" "$(ratio "${anon[nestcache]}" "${anon[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "no-task shim VmRSS (KiB)" "${notask_rss[runc]}" "${notask_rss[nestcache]}" "-" "$(ratio "${notask_rss[nestcache]}" "${notask_rss[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "no-task shim Pss (KiB)" "${notask_pss[runc]}" "${notask_pss[nestcache]}" "-" "$(ratio "${notask_pss[nestcache]}" "${notask_pss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "no-task shim Anonymous (KiB)" "${notask_anon[runc]}" "${notask_anon[nestcache]}" "-" "$(ratio "${notask_anon[nestcache]}" "${notask_anon[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "shim binary MiB (as built)" "$(mib "$(stat -L -c %s "$runc_shim")")" "$(mib "$(stat -L -c %s "$nc_shim")")" "-" ""
 printf '%-34s %14s %14s %16s %10s\n' "shim binary MiB (stripped)" "$(mib "$(stripped_size "$runc_shim")")" "$(mib "$(stripped_size "$nc_shim")")" "-" ""
 printf '%-34s %14s %14s %16s %10s\n' "goal: idle VmRSS ratio <= 0.33" "" "" "" "$(ratio "${rss[nestcache]}" "${rss[runc]}")"
+printf '%-34s %14s %14s %16s %10s\n' "goal: no-task VmRSS ratio <= 0.33" "" "" "" "$(ratio "${notask_rss[nestcache]}" "${notask_rss[runc]}")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, median ms" "$d_runc_med" "$d_nc_med" "$d_st_med" "$(ratio "$d_nc_med" "$d_runc_med")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run -d, mean ms" "$d_runc_mean" "$d_nc_mean" "$d_st_mean" "$(ratio "$d_nc_mean" "$d_runc_mean")"
 printf '%-34s %14s %14s %16s %10s\n' "ctr run --rm /bin/true, median ms" "$c_runc_med" "$c_nc_med" "$c_st_med" "$(ratio "$c_nc_med" "$c_runc_med")"
