@@ -47,6 +47,12 @@ def sh(cmd, **kw):
     return run(["bash", "-c", cmd], **kw)
 
 
+def flushed():
+    """Writes back what earlier steps left dirty, so a timed stage or import (each ends in
+    fsyncs or a syncfs) does not also pay for them; the disk floor does the same."""
+    subprocess.run(["sync"], check=False)
+
+
 def output(cmd, env=None):
     return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
 
@@ -130,6 +136,7 @@ def bench_peers(fig, image, layout, archive, ref, reps, warm, tmp):
     for i in range(reps):
         ctd = Containerd(os.path.join(tmp, f"ctd-{i}"))
         try:
+            flushed()
             secs, _ = run(ctd.ctr("images", "import", "--no-unpack=false", archive))
             fig.add(image, "ctr images import", secs)
             name = output(ctd.ctr("images", "ls", "-q")).split()[0]
@@ -171,12 +178,14 @@ def prepare_runc_bundle(bundle):
 def bench_nestcache(fig, image, archive, ref, reps, warm, tmp, env):
     for i in range(reps):
         blobs = os.path.join(tmp, f"store-blobs-{i}")
+        flushed()
         secs, rss = run([NESTCACHE, "stage", f"oci-archive:{archive}", "--store", blobs, "--ref", ref, "--no-unpack"], env=env)
         fig.add(image, "nestcache stage (blobs only)", secs, rss)
         # Extraction alone, from the blobs just staged: what the extraction goal is about.
         secs, rss = run([NESTCACHE, "store", "unpack", ref, "--store", blobs], env=env)
         fig.add(image, "nestcache store unpack (extraction only)", secs, rss)
         store = os.path.join(tmp, f"store-{i}")
+        flushed()
         secs, rss = run([NESTCACHE, "stage", f"oci-archive:{archive}", "--store", store, "--ref", ref], env=env)
         fig.add(image, "nestcache stage (cold)", secs, rss)
         bench_disk_floor(fig, image, store, os.path.join(tmp, f"disk-floor-{i}"))
@@ -392,12 +401,14 @@ def bench_registry(fig, image, layout, ref, reps, tmp, env):
         remote = reg.push(layout, ref, f"bench/{image}:v1")
         for i in range(reps):
             store = os.path.join(tmp, f"reg-store-{i}")
+            flushed()
             secs, rss = run([NESTCACHE, "stage", f"docker://{remote}", "--insecure", "--store", store,
                              "--ref", ref], env=env)
             fig.add(image, "nestcache stage docker:// (cold)", secs, rss)
             fig.add(image, "nestcache run --rm (first, after stage docker://)", nested_first_run(store, ref, env))
             ctd = Containerd(os.path.join(tmp, f"reg-ctd-{i}"))
             try:
+                flushed()
                 fig.add(image, "ctr images pull", run(ctd.ctr("images", "pull", "--plain-http", remote))[0])
                 secs, _ = run(ctd.ctr("run", "--rm", remote, f"reg-first-{i}", "/bin/true"))
                 fig.add(image, "ctr run --rm (first, after pull)", secs)
