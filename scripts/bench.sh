@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --workspace >&2
 nc_temp_dir dir nestcache-bench
-nc_shim_on_path release "$dir"
+# The shim as a node runs it (scripts/install-shim.sh): profile shim, static.
+nc_shim_on_path shim "$dir"
 export NESTCACHE_STATE_DIR="$dir/state"
 # containerd's state on tmpfs, as on a node (scripts/containerd.sh), for every containerd
 # of the run, the peers' too.
