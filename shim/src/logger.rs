@@ -134,72 +134,62 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        path
+    }
+
+    fn open_reader(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    }
+
+    fn record(log: &ShimLog, msg: &str) {
+        log.log(
+            &Record::builder()
+                .level(log::Level::Error)
+                .args(format_args!("{msg}"))
+                .build(),
+        )
+    }
+
     #[test]
     fn records_are_dropped_while_the_fifo_has_no_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let mut reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .unwrap();
+        let path = fifo(dir.path(), "log");
+        let mut reader = open_reader(&path).unwrap();
         let log = ShimLog::new(OpenOptions::new().write(true).open(&path).unwrap()).unwrap();
-        let record = |msg| {
-            log.log(
-                &Record::builder()
-                    .level(log::Level::Error)
-                    .args(format_args!("{msg}"))
-                    .build(),
-            )
-        };
-        record("first");
+        record(&log, "first");
         let mut got = String::new();
         let _ = reader.read_to_string(&mut got);
         assert!(got.contains("first"), "{got:?}");
         drop(reader);
         assert!(log.reader_gone());
         // Would be EPIPE (and SIGPIPE, outside the test harness, which ignores it).
-        record("to nobody");
-        let reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path);
+        record(&log, "to nobody");
+        let reader = open_reader(&path);
         assert!(!log.reader_gone(), "{reader:?}");
     }
 
     #[test]
     fn the_log_moves_to_a_fifo_with_a_reader_only() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = |name: &str| {
-            let path = dir.path().join(name);
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-            path
-        };
-        let (first, second, unread) = (fifo("first"), fifo("second"), fifo("unread"));
-        let open_reader = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .unwrap()
-        };
-        let mut first_reader = open_reader(&first);
+        let (first, second, unread) = (
+            fifo(dir.path(), "first"),
+            fifo(dir.path(), "second"),
+            fifo(dir.path(), "unread"),
+        );
+        let mut first_reader = open_reader(&first).unwrap();
         let log = ShimLog::new(OpenOptions::new().write(true).open(&first).unwrap()).unwrap();
-        let record = |msg| {
-            log.log(
-                &Record::builder()
-                    .level(log::Level::Error)
-                    .args(format_args!("{msg}"))
-                    .build(),
-            )
-        };
-        let mut second_reader = open_reader(&second);
+        let mut second_reader = open_reader(&second).unwrap();
         log.switch_to(&second).unwrap();
-        record("to the second");
+        record(&log, "to the second");
         let err = log.switch_to(&unread).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}");
-        record("still the second");
+        record(&log, "still the second");
         let (mut got_first, mut got_second) = (String::new(), String::new());
         let _ = first_reader.read_to_string(&mut got_first);
         let _ = second_reader.read_to_string(&mut got_second);

@@ -262,13 +262,7 @@ fn group_annotation_shares_one_shim_until_its_last_task_goes() {
     let root = tempfile::tempdir().unwrap();
     busybox_rootfs(root.path());
     let (a, b, solo) = (unique("a"), unique("b"), unique("solo"));
-    let _guards: Vec<TaskGuard> = [&a, &b, &solo]
-        .iter()
-        .map(|id| TaskGuard {
-            ctr: &ctr,
-            id: id.to_string(),
-        })
-        .collect();
+    let _guards = TaskGuard::each(&ctr, &[&a, &b, &solo]);
     let group = unique("g");
     let annotation = format!("io.nestcache.group={group}");
     // No linger: the shim goes with the group's last task (a_group_shim_lingers_...).
@@ -389,13 +383,7 @@ fn a_group_shim_lingers_for_the_groups_next_task_then_exits() {
     let short = linger_config(root.path(), 300);
     let group = unique("g");
     let ids = [unique("first"), unique("second"), unique("last")];
-    let _guards: Vec<TaskGuard> = ids
-        .iter()
-        .map(|id| TaskGuard {
-            ctr: &ctr,
-            id: id.clone(),
-        })
-        .collect();
+    let _guards = TaskGuard::each(&ctr, &ids);
 
     echo_in_group(&ctr, root.path(), &group, &long, &ids[0]);
     let lingering = shims_in(&ctr.namespace);
@@ -434,13 +422,7 @@ fn a_lingering_shim_serves_the_next_task_after_containerd_restarts() {
     let none = linger_config(root.path(), 0);
     let group = unique("g");
     let ids = [unique("before"), unique("after"), unique("last")];
-    let _guards: Vec<TaskGuard> = ids
-        .iter()
-        .map(|id| TaskGuard {
-            ctr: &ctr,
-            id: id.clone(),
-        })
-        .collect();
+    let _guards = TaskGuard::each(&ctr, &ids);
     echo_in_group(&ctr, root.path(), &group, &long, &ids[0]);
     let lingering = shims_in(&ctr.namespace);
     assert_eq!(lingering.len(), 1);

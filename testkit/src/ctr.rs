@@ -213,6 +213,18 @@ pub struct TaskGuard<'a> {
     pub id: String,
 }
 
+impl<'a> TaskGuard<'a> {
+    /// One guard for each id.
+    pub fn each<S: AsRef<str>>(ctr: &'a Ctr, ids: &[S]) -> Vec<TaskGuard<'a>> {
+        ids.iter()
+            .map(|id| TaskGuard {
+                ctr,
+                id: id.as_ref().to_string(),
+            })
+            .collect()
+    }
+}
+
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
         let _ = self.ctr.run(&["task", "kill", "-s", "KILL", &self.id]);
