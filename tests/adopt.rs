@@ -16,6 +16,8 @@ use testkit::{unique, Env};
 struct First {
     ctr: Ctr,
     id: String,
+    /// The bound state dir, where an exec's output files go.
+    state: PathBuf,
     _rootfs: tempfile::TempDir,
 }
 
@@ -74,23 +76,47 @@ impl First {
         First {
             ctr,
             id,
+            state,
             _rootfs: rootfs,
         }
     }
 
-    /// `nestcache ARGS` inside the first container.
+    /// `nestcache ARGS` inside the first container. Its output comes back through files
+    /// in the bound state dir, not the exec's fifos: containerd 1.6's runc shim (which
+    /// runs the first container) can publish an exec's exit before its output is copied,
+    /// and ctr then printed nothing once in CI under load.
     fn nestcache(&self, args: &[&str]) -> Output {
         let exec_id = unique("x");
+        let (out, err) = (
+            self.state.join(format!("{exec_id}.out")),
+            self.state.join(format!("{exec_id}.err")),
+        );
+        let (out_s, err_s) = (out.to_str().unwrap(), err.to_str().unwrap());
         let mut argv = vec![
             "task",
             "exec",
             "--exec-id",
             &exec_id,
             &self.id,
-            "/nestcache",
+            "/usr/bin/sh",
+            "-c",
+            r#"out=$1 err=$2; shift 2; exec /nestcache "$@" >"$out" 2>"$err""#,
+            "sh",
+            out_s,
+            err_s,
         ];
         argv.extend_from_slice(args);
-        self.ctr.run(&argv)
+        let mut o = self.ctr.run(&argv);
+        let take = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            let _ = std::fs::remove_file(p);
+            bytes
+        };
+        o.stdout = take(&out);
+        // ctr's own complaints (an exec that could not start) stay after the process's.
+        let ctr_err = std::mem::take(&mut o.stderr);
+        o.stderr = [take(&err), ctr_err].concat();
+        o
     }
 
     fn ok(&self, args: &[&str]) -> String {
