@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Deserialize;
 
-use crate::runc::{Executor, ProcessFiles, Runc, RuncCli, RuncError, RuncIo, Runtime};
+use crate::runc::{Executor, Runc, RuncCli, RuncError, Runtime};
 use crate::timing::timed;
 
 /// How often a start waiting for runc init checks that it is still alive (runc's own
@@ -37,28 +37,6 @@ pub struct Direct;
 type Fallback = String;
 
 impl Runtime for Direct {
-    fn create(
-        &self,
-        runc: &Runc,
-        id: &str,
-        bundle: &Path,
-        files: &ProcessFiles,
-        io: RuncIo,
-    ) -> Result<u32, RuncError> {
-        RuncCli.create(runc, id, bundle, files, io)
-    }
-
-    fn exec(
-        &self,
-        runc: &Runc,
-        id: &str,
-        process_json: &Path,
-        files: &ProcessFiles,
-        io: RuncIo,
-    ) -> Result<u32, RuncError> {
-        RuncCli.exec(runc, id, process_json, files, io)
-    }
-
     fn start(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
         if runc.executor == Executor::RuncDirect {
             match timed("direct-start", id, || start(runc, id)) {
@@ -69,10 +47,6 @@ impl Runtime for Direct {
         RuncCli.start(runc, id)
     }
 
-    fn kill(&self, runc: &Runc, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
-        RuncCli.kill(runc, id, signal, all)
-    }
-
     fn delete(&self, runc: &Runc, id: &str, force: bool) -> Result<(), RuncError> {
         if runc.executor == Executor::RuncDirect {
             match timed("direct-delete", id, || delete(runc, id)) {
@@ -81,22 +55,6 @@ impl Runtime for Direct {
             }
         }
         RuncCli.delete(runc, id, force)
-    }
-
-    fn pause(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
-        RuncCli.pause(runc, id)
-    }
-
-    fn resume(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
-        RuncCli.resume(runc, id)
-    }
-
-    fn ps(&self, runc: &Runc, id: &str) -> Result<Vec<u32>, RuncError> {
-        RuncCli.ps(runc, id)
-    }
-
-    fn update(&self, runc: &Runc, id: &str, resources: &Path) -> Result<(), RuncError> {
-        RuncCli.update(runc, id, resources)
     }
 }
 

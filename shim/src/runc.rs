@@ -77,40 +77,11 @@ pub struct RuncIo<'a> {
     pub stdio: PassStdio,
 }
 
-/// Every runc operation the shim uses. `RuncCli` runs the real binary; tests use fakes.
+/// Every runc operation the shim uses. The provided methods run the real binary: an
+/// implementation overrides the steps it does itself (`Direct`: start and delete) and
+/// keeps runc for the rest. Tests' fakes override every one.
 pub trait Runtime: Send + Sync {
     /// `runc create`; returns the init's pid.
-    fn create(
-        &self,
-        runc: &Runc,
-        id: &str,
-        bundle: &Path,
-        files: &ProcessFiles,
-        io: RuncIo,
-    ) -> Result<u32, RuncError>;
-    /// `runc exec --detach` of the process spec at `process_json`; returns its pid.
-    fn exec(
-        &self,
-        runc: &Runc,
-        id: &str,
-        process_json: &Path,
-        files: &ProcessFiles,
-        io: RuncIo,
-    ) -> Result<u32, RuncError>;
-    fn start(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
-    fn kill(&self, runc: &Runc, id: &str, signal: u32, all: bool) -> Result<(), RuncError>;
-    fn delete(&self, runc: &Runc, id: &str, force: bool) -> Result<(), RuncError>;
-    fn pause(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
-    fn resume(&self, runc: &Runc, id: &str) -> Result<(), RuncError>;
-    fn ps(&self, runc: &Runc, id: &str) -> Result<Vec<u32>, RuncError>;
-    /// `runc update --resources FILE`: FILE holds an OCI LinuxResources (JSON).
-    fn update(&self, runc: &Runc, id: &str, resources: &Path) -> Result<(), RuncError>;
-}
-
-/// The real runc.
-pub struct RuncCli;
-
-impl Runtime for RuncCli {
     fn create(
         &self,
         runc: &Runc,
@@ -122,7 +93,7 @@ impl Runtime for RuncCli {
         runc.create(id, bundle, files, io)?;
         read_pid(&files.pid_file, "create", id)
     }
-
+    /// `runc exec --detach` of the process spec at `process_json`; returns its pid.
     fn exec(
         &self,
         runc: &Runc,
@@ -134,35 +105,34 @@ impl Runtime for RuncCli {
         runc.exec(id, process_json, files, io)?;
         read_pid(&files.pid_file, "exec", id)
     }
-
     fn start(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
         runc.start(id)
     }
-
     fn kill(&self, runc: &Runc, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
         runc.kill(id, signal, all)
     }
-
     fn delete(&self, runc: &Runc, id: &str, force: bool) -> Result<(), RuncError> {
         runc.delete(id, force)
     }
-
     fn pause(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
         runc.pause(id)
     }
-
     fn resume(&self, runc: &Runc, id: &str) -> Result<(), RuncError> {
         runc.resume(id)
     }
-
     fn ps(&self, runc: &Runc, id: &str) -> Result<Vec<u32>, RuncError> {
         runc.ps(id)
     }
-
+    /// `runc update --resources FILE`: FILE holds an OCI LinuxResources (JSON).
     fn update(&self, runc: &Runc, id: &str, resources: &Path) -> Result<(), RuncError> {
         runc.update(id, resources)
     }
 }
+
+/// The real runc, every step.
+pub struct RuncCli;
+
+impl Runtime for RuncCli {}
 
 /// The pid runc wrote for a process it created.
 fn read_pid(path: &Path, action: &str, id: &str) -> Result<u32, RuncError> {
