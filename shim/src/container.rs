@@ -97,7 +97,7 @@ pub fn report_exit(events: &dyn EventSink, process: &Process, code: i32) {
 /// process whose output a child holds open must not hold back every other exit of a
 /// group shim for OUTPUT_DRAIN (the exit monitor's thread reports them one at a time).
 pub fn report_exit_unblocking(events: &Arc<dyn EventSink>, process: Arc<Process>, code: i32) {
-    if process.wait_output(std::time::Duration::ZERO) {
+    if process.wait_output(Duration::ZERO) {
         return report_exit(&**events, &process, code);
     }
     let (sink, held) = (events.clone(), process.clone());

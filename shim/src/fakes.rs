@@ -8,9 +8,25 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex};
 
 use containerd_shim::monitor::monitor_notify_by_pid;
+use containerd_shim::protos::ttrpc::MessageHeader;
+use containerd_shim::TtrpcContext;
 
 use crate::events::{Event, EventSink};
 use crate::runc::{ProcessFiles, Runc, RuncError, RuncIo, Runtime};
+
+/// A context for calling a Task service directly, as the ttrpc server would.
+pub fn ttrpc_context() -> TtrpcContext {
+    let (_tx, cancel_rx) = crossbeam_channel::unbounded();
+    let (res_tx, _res_rx) = std::sync::mpsc::channel();
+    TtrpcContext {
+        fd: -1,
+        cancel_rx,
+        mh: MessageHeader::default(),
+        res_tx,
+        metadata: Default::default(),
+        timeout_nano: 0,
+    }
+}
 
 /// Fake pids start above the kernel's largest pid_max (2^22): no real process has one.
 static NEXT_PID: AtomicU32 = AtomicU32::new(5_000_000);

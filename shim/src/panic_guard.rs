@@ -84,7 +84,8 @@ guarded! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerd_shim::protos::ttrpc::{self, Code, MessageHeader};
+    use crate::fakes::ttrpc_context as ctx;
+    use containerd_shim::protos::ttrpc::{self, Code};
 
     /// Panics in `kill`, answers `connect`: the other methods keep the trait's defaults.
     struct Panicky;
@@ -99,19 +100,6 @@ mod tests {
                 shim_pid: 7,
                 ..Default::default()
             })
-        }
-    }
-
-    fn ctx() -> TtrpcContext {
-        let (_tx, cancel_rx) = crossbeam_channel::unbounded();
-        let (res_tx, _res_rx) = std::sync::mpsc::channel();
-        TtrpcContext {
-            fd: -1,
-            cancel_rx,
-            mh: MessageHeader::default(),
-            res_tx,
-            metadata: Default::default(),
-            timeout_nano: 0,
         }
     }
 

@@ -37,18 +37,14 @@ impl Client {
     /// Best effort: a shim not reached exits by itself once its linger is over.
     pub async fn end_group_shim(&self, group: &str) -> bool {
         let socket = group_socket(socket_path(&self.address), &self.namespace, group);
-        let ended = tokio::task::spawn_blocking(move || shutdown_now(&socket)).await;
-        match ended {
-            Ok(Ok(answered)) => answered,
-            Ok(Err(e)) => {
-                tracing::warn!("ending the shim of group {group}: {e}");
-                false
-            }
-            Err(e) => {
-                tracing::warn!("ending the shim of group {group}: {e}");
-                false
-            }
-        }
+        let ended = tokio::task::spawn_blocking(move || shutdown_now(&socket))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|answered| answered);
+        ended.unwrap_or_else(|e| {
+            tracing::warn!("ending the shim of group {group}: {e}");
+            false
+        })
     }
 }
 

@@ -84,9 +84,7 @@ pub async fn remove_exited(
     let (record, local) = tokio::join!(client.delete_container(id), local);
     record?;
     local.map_err(|e| Error::Other(format!("removing the dir and lease of {id}: {e}")))??;
-    let names = super::volumes::names_in_label(anonymous);
-    let state = crate::layout::StateLayout::new(&paths.state_root);
-    super::volumes::remove_dirs(&state, &names)
+    remove_anonymous_volumes(paths, anonymous)
 }
 
 /// How long a task that was to have exited gets after SIGTERM (as `run`'s own cleanup).
@@ -103,6 +101,11 @@ pub async fn remove_with_volumes(
     anonymous: Option<&str>,
 ) -> Result<()> {
     remove(client, id, paths, grace, content_dir).await?;
+    remove_anonymous_volumes(paths, anonymous)
+}
+
+/// The volumes an `io.nestcache.anonymous-volumes` label value names.
+fn remove_anonymous_volumes(paths: &ContainerPaths, anonymous: Option<&str>) -> Result<()> {
     let names = super::volumes::names_in_label(anonymous);
     let state = crate::layout::StateLayout::new(&paths.state_root);
     super::volumes::remove_dirs(&state, &names)

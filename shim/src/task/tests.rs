@@ -9,11 +9,11 @@ use std::time::Duration;
 use containerd_shim::api::*;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::topics::*;
-use containerd_shim::protos::ttrpc::{self, Code, MessageHeader};
-use containerd_shim::{ExitSignal, Task, TtrpcContext};
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::{ExitSignal, Task};
 
 use super::TaskService;
-use crate::fakes::{FakeRuntime, RecordingEvents};
+use crate::fakes::{ttrpc_context as ctx, FakeRuntime, RecordingEvents};
 use crate::process::NEVER_RAN_STATUS;
 
 /// Long enough never to fire unless something deadlocked (it is not a speed check).
@@ -24,19 +24,6 @@ struct Harness {
     rt: Arc<FakeRuntime>,
     events: Arc<RecordingEvents>,
     dir: tempfile::TempDir,
-}
-
-fn ctx() -> TtrpcContext {
-    let (_tx, cancel_rx) = crossbeam_channel::unbounded();
-    let (res_tx, _res_rx) = std::sync::mpsc::channel();
-    TtrpcContext {
-        fd: -1,
-        cancel_rx,
-        mh: MessageHeader::default(),
-        res_tx,
-        metadata: Default::default(),
-        timeout_nano: 0,
-    }
 }
 
 fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (Code, String) {
